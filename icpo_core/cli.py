@@ -1,0 +1,72 @@
+"""``icpo <stage>``: the command behind every DVC stage (see dvc.yaml)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from icpo_core.config import ParamsError, load_params
+from icpo_core.errors import UserError
+
+# sub-command -> (module under icpo_core.stages, help). Modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("validate", "validate params.yaml and print the resolved config of the active profile"),
+    "base-model": ("base_model", "materialise the base model as a Hugging Face folder (models/base)"),
+    "prepare-train": (
+        "prepare_train",
+        "training set -> verl parquet (data/train.parquet) + synthetic eval sets",
+    ),
+    "prepare-demos": (
+        "prepare_demos",
+        "demo cache of solved problems with worked solutions (data/demos.parquet)",
+    ),
+    "train": ("train", "train one run of params.yaml `runs` (GRPO / ICPO / ablations) with its engine"),
+    "verl-cmd": ("verl_cmd", "print the verl launch command (hydra overrides) for one run"),
+    "merge": ("merge", "merge a run's last checkpoint into a Hugging Face folder (verl.model_merger)"),
+    "bench": ("bench", "LIMO-style benchmark of a run's merged model (or `base`)"),
+    "grade": ("grade", "grade an existing predictions JSONL with math-verify"),
+    "report": ("report", "GRPO-vs-ICPO comparison table and training curves"),
+    "compare": ("compare", "print the comparison table from MLflow runs"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icpo", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        mod = importlib.import_module(f"icpo_core.stages.{module}")
+        mod.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        # Validate before anything heavy is imported or downloaded.
+        args.params_obj = load_params(args.params)
+        mod = importlib.import_module(f"icpo_core.stages.{args._module}")
+        return int(mod.run(args) or 0)
+    except ParamsError as e:
+        print(f"icpo {args.command}: invalid params: {e}", file=sys.stderr)
+        return 2
+    except UserError as e:
+        print(f"icpo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

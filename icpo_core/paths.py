@@ -1,0 +1,46 @@
+"""Where every stage reads and writes, relative to the project root. dvc.yaml uses the same paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BASE_MODEL_DIR = Path("models/base")
+TRAIN_PARQUET = Path("data/train.parquet")
+DEMOS_PARQUET = Path("data/demos.parquet")
+EVAL_DIR = Path("data/eval")  # synthetic held-out levels, LIMO-style jsonl: <benchmark>.jsonl
+METRICS_DIR = Path("metrics")  # per-stage stats (DVC metrics)
+RUNS_DIR = Path("runs")
+BENCH_DIR = Path("bench")
+REPORTS_DIR = Path("reports")
+MLFLOW_DIR = Path("mlflow")
+
+
+def run_dir(run: str) -> Path:
+    return RUNS_DIR / run
+
+
+def checkpoints_dir(run: str) -> Path:
+    """verl layout: global_step_N/actor/..., latest_checkpointed_iteration.txt."""
+    return run_dir(run) / "checkpoints"
+
+
+def train_metrics_jsonl(run: str) -> Path:
+    """One JSON object per training step (key ``step`` plus metric names); DVC plots and the report read it."""
+    return METRICS_DIR / f"steps_{run}.jsonl"
+
+
+def train_summary(run: str) -> Path:
+    return METRICS_DIR / f"train_{run}.json"
+
+
+def merged_dir(run: str) -> Path:
+    """Hugging Face folder of the final actor. ``base`` maps to the base model."""
+    return BASE_MODEL_DIR if run == "base" else run_dir(run) / "merged"
+
+
+def bench_dir(run: str) -> Path:
+    return BENCH_DIR / run
+
+
+def bench_metrics(run: str) -> Path:
+    return METRICS_DIR / f"bench_{run}.json"
