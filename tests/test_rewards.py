@@ -1,0 +1,197 @@
+"""The grader: extraction rules, equivalent forms, and hostile outputs that must neither run nor hang."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from icpo_core.rewards import MAX_ANSWER_CHARS, Grader, Verdict, extract_answer, last_boxed
+
+TIMEOUT_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def grader():
+    with Grader(workers=2, timeout_s=TIMEOUT_S) as g:
+        yield g
+
+
+# ------------------------------------------------------------------------------------------------ extraction
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("so the answer is \\boxed{42}.", "42"),
+        ("\\boxed{1} first, then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),  # several boxes: the last
+        ("nested \\boxed{\\frac{\\sqrt{2}}{2}} ok", "\\frac{\\sqrt{2}}{2}"),
+        ("\\fbox{7}", "7"),
+        ("$\\boxed 5$", "5"),
+        ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),  # escaped braces do not close the box
+        ("no box here, the answer is 3", None),
+        ("\\boxed{3} and then \\boxed{4", "3"),  # the last box is cut off: the previous complete one
+        ("\\boxed{}", None),
+        ("\\boxedx{3}", None),
+    ],
+)
+def test_extract_boxed(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_thinking_only_text_after_close_is_graded():
+    assert extract_answer("<think>maybe \\boxed{1}</think> final: \\boxed{2}") == "2"
+    assert extract_answer("<think>maybe \\boxed{1}</think> I give up") is None
+    # cut off inside thinking: no answer, even with a boxed guess in the thoughts
+    assert extract_answer("<think>let me see ... \\boxed{1} hmm, wait") is None
+    # prompt ended with <think>: the response holds only the close tag
+    assert extract_answer("reasoning \\boxed{9}\n</think>\nSo \\boxed{8}") == "8"
+
+
+def test_fallbacks_only_when_declared():
+    text = "Adding them up, the final answer is 17."
+    assert extract_answer(text) is None  # training: strict boxed
+    assert extract_answer(text, ("answer_is",)) == "17"
+    assert extract_answer("we get 3 then 12 apples", ("answer_is", "last_number")) == "12"
+    assert extract_answer("reasoning...\nANSWER: C", ("answer_letter",)) == "C"
+    assert extract_answer("\\boxed{4}. The answer is 5", ("answer_is",)) == "4"  # a box always wins
+    with pytest.raises(ValueError, match="unknown answer fallback"):
+        extract_answer("x", ("guess",))
+
+
+def test_extraction_is_linear_on_huge_inputs():
+    t = time.monotonic()
+    assert last_boxed("{" * 1_000_000 + "\\boxed{" + "{" * 100_000) is None
+    assert extract_answer("x " * 500_000 + "\\boxed{1}") == "1"
+    assert time.monotonic() - t < 2.0
+
+
+# -------------------------------------------------------------------------------------------------- grading
+
+
+EQUIVALENT = [
+    ("\\boxed{\\frac{1}{2}}", "0.5"),  # fraction vs decimal
+    ("\\boxed{0.5}", "\\frac{1}{2}"),
+    ("\\boxed{1/2}", "\\dfrac{1}{2}"),  # plain vs LaTeX
+    ("\\boxed{\\dfrac{3}{4}}", "0.75"),
+    ("\\boxed{(1, 2]}", "(1,2]"),  # intervals
+    ("\\boxed{(-\\infty, 3)}", "(-\\infty,3)"),
+    ("\\boxed{\\{3, 2, 1\\}}", "\\{1,2,3\\}"),  # sets, any order
+    ("\\boxed{5 \\text{ cm}}", "5"),  # units stripped
+    ("\\boxed{12\\,\\mathrm{m}}", "12"),
+    ("\\boxed{\\text{Monday}}", "Monday"),  # \text answers
+    ("\\boxed{\\text{(B)}}", "B"),
+    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\sqrt{2}/2"),
+    ("\\boxed{2\\sqrt{3}}", "\\sqrt{12}"),
+    ("\\boxed{23}", "023"),  # LUFFY's zero-padded AIME answers
+    ("\\boxed{142}", "142.0"),  # LUFFY's AMC float strings
+    ("\\boxed{1,000}", "1000"),
+    ("<think>hmm</think>The answer is $\\boxed{x^2+2x+1}$", "(x+1)^2"),
+]
+
+WRONG = [
+    ("\\boxed{0.6}", "\\frac{1}{2}"),
+    ("\\boxed{[1,2)}", "(1,2]"),
+    ("\\boxed{\\{1,2\\}}", "\\{1,2,3\\}"),
+    ("\\boxed{4}", "3"),
+    ("\\boxed{\\text{Tuesday}}", "Monday"),
+    ("\\boxed{C}", "B"),
+]
+
+
+def test_equivalent_forms_are_correct(grader):
+    verdicts = grader.grade([r for r, _ in EQUIVALENT], [g for _, g in EQUIVALENT])
+    bad = [(case, v) for case, v in zip(EQUIVALENT, verdicts, strict=True) if not v.correct]
+    assert not bad
+    assert all(v.reason == "correct" and not v.timed_out for v in verdicts)
+
+
+def test_wrong_answers_are_wrong(grader):
+    verdicts = grader.grade([r for r, _ in WRONG], [g for _, g in WRONG])
+    assert [v.correct for v in verdicts] == [False] * len(WRONG)
+    assert all(v.reason.startswith("wrong") for v in verdicts)
+
+
+def test_no_answer_and_several_boxes(grader):
+    v_none, v_last, v_first = grader.grade(
+        ["I think it is 5.", "\\boxed{3} no wait \\boxed{5}", "\\boxed{5} no wait \\boxed{3}"],
+        ["5", "5", "5"],
+    )
+    assert v_none == Verdict(False, None, False, "no_answer")
+    assert v_none.reward == 0.0
+    assert v_last.correct and v_last.extracted == "5" and v_last.reward == 1.0
+    assert not v_first.correct and v_first.extracted == "3"
+
+
+def test_benchmark_fallback_grading(grader):
+    [v] = grader.grade(["so the answer is $\\frac{1}{2}$."], ["0.5"], fallbacks=("answer_is",))
+    assert v.correct
+    [v] = grader.grade(["so the answer is $\\frac{1}{2}$."], ["0.5"])
+    assert not v.correct and v.reason == "no_answer"
+
+
+def test_length_mismatch_is_an_error(grader):
+    with pytest.raises(ValueError):
+        grader.grade(["a", "b"], ["a"])
+
+
+# ------------------------------------------------------------------------------------------------- hostile
+
+
+def test_hostile_outputs_get_a_verdict_in_time_and_nothing_runs(grader, tmp_path):
+    marker = tmp_path / "pwned"
+    code = f"__import__('os').system('touch {marker}')"
+    hostile = [
+        "\\boxed{9^{9^{9^{9}}}}",  # huge exponent
+        "\\boxed{" + "\\frac{1}{" * 400 + "2" + "}" * 400 + "}",  # deep nesting
+        "\\boxed{" + "(" * 3000 + "1" + ")" * 3000 + "}",
+        "word " * 200_000 + "\\boxed{7}",  # a megabyte of text
+        f"\\boxed{{{code}}}",  # looks like Python
+        f"The answer is {code}",
+        f"<think></think>$\\boxed{{{code.replace('touch', 'rm -rf')}}}$",
+        "\\boxed{\\frac{1}{2}",  # unbalanced braces
+        "}}}}\\boxed{{{{1}",
+        "\\boxed{" + "1" * 50_000 + "}",  # over the input size guard
+    ]
+    golds = ["7"] * len(hostile)
+    t = time.monotonic()
+    verdicts = grader.grade(hostile, golds, fallbacks=("answer_is", "last_number"))
+    elapsed = time.monotonic() - t
+    assert len(verdicts) == len(hostile)
+    assert all(isinstance(v, Verdict) for v in verdicts)
+    # every sample is bounded by the limit; at most one timeout per worker slot runs at a time
+    assert elapsed < TIMEOUT_S * len(hostile) / 2 + 10
+    assert verdicts[0].timed_out and not verdicts[0].correct and verdicts[0].reason == "timeout"
+    assert verdicts[3].correct  # the megabyte of text still ends with a valid box
+    assert (
+        not verdicts[7].correct and verdicts[7].extracted == "2"
+    )  # unbalanced: no box, last-number fallback
+    assert len(verdicts[9].extracted) == MAX_ANSWER_CHARS
+    assert not any(v.correct for i, v in enumerate(verdicts) if i != 3)
+    assert not marker.exists()
+    # the pool recovered: normal grading still works after kills and restarts
+    assert grader.grade(["\\boxed{2}"], ["2"])[0].correct
+
+
+def test_timeout_kills_and_replaces_worker():
+    with Grader(workers=1, timeout_s=1.0) as g:
+        t = time.monotonic()
+        slow, fine = g.grade(["\\boxed{9^{9^{9^{9}}}}", "\\boxed{\\frac{6}{4}}"], ["1", "1.5"])
+        elapsed = time.monotonic() - t
+        assert slow.timed_out and fine.correct
+        assert g.restarts == 1
+        assert elapsed < 1.0 + 30  # 1 s limit + one worker restart on a busy 2-core machine
+
+
+def test_batch_of_40_is_fast(grader):
+    responses = [
+        f"Step by step: {i} + {i} = {2 * i}. So the answer is $\\boxed{{\\frac{{{4 * i}}}{{2}}}}$."
+        for i in range(40)
+    ]
+    golds = [str(2 * i) for i in range(40)]
+    grader.grade(responses[:2], golds[:2])  # the replaced workers of earlier tests are warm again
+    t = time.monotonic()
+    verdicts = grader.grade(responses, golds)
+    elapsed = time.monotonic() - t
+    assert all(v.correct for v in verdicts)
+    assert elapsed < 1.0
