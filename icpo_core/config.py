@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 PARAMS_FILE = "params.yaml"
 
@@ -31,44 +39,79 @@ class _Section(BaseModel):
 # ---------------------------------------------------------------------------------------------- model / data
 
 
+def _missing(path: str, folder: bool = False) -> str | None:
+    """An error message when ``path`` (relative to the project root) does not exist, else None."""
+    p = Path(path)
+    if folder and not p.is_dir():
+        return f"{path!r} is not a folder (paths are relative to the project root)"
+    if not p.exists():
+        return f"{path!r} does not exist (paths are relative to the project root)"
+    return None
+
+
 class ModelParams(_Section):
     source: Literal["smollm2_gguf", "hub", "local"] = "smollm2_gguf"
-    name: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    name: str = Field(default="HuggingFaceTB/SmolLM2-135M-Instruct", min_length=1)
     revision: str | None = None
     save_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @field_validator("name")
+    @classmethod
+    def _local_folder_exists(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("source") == "local" and (err := _missing(v, folder=True)):
+            raise ValueError(f"source 'local' needs a Hugging Face model folder here; {err}")
+        return v
 
 
 class TrainDataParams(_Section):
     source: Literal["synthetic", "openr1_46k", "openr1_220k", "local"] = "synthetic"
-    path: str | None = None
+    # A local parquet/jsonl file (or a folder: a local copy of the hub dataset) read instead of the hub.
+    path: str | None = Field(default=None, validate_default=True)
     max_rows: int | None = Field(default=None, gt=0)
     max_tokens: int = Field(default=8192, gt=0)
     num_proc: int = Field(default=2, ge=1)
     prompt_suffix: str = " Let's think step by step and output the final answer within \\boxed{}."
 
-    @model_validator(mode="after")
-    def _local_needs_path(self) -> TrainDataParams:
-        if self.source == "local" and not self.path:
-            raise ValueError("source 'local' needs data.train.path (a .parquet or .jsonl file)")
-        return self
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        source = info.data.get("source")
+        if source == "local" and not v:
+            raise ValueError("source 'local' needs a .parquet / .jsonl file (or a folder of them)")
+        if v and source == "synthetic":
+            raise ValueError("set, but source 'synthetic' generates its data; remove path or change source")
+        if v and (err := _missing(v)):
+            raise ValueError(err)
+        return v
 
 
 class DemoDataParams(_Section):
     source: Literal["synthetic", "math_hub", "local", "pkl"] = "synthetic"
-    path: str | None = None
-    allow_pickle: bool = False
+    path: str | None = Field(default=None, validate_default=True)
+    allow_pickle: bool = Field(default=False, validate_default=True)
     max_rows: int | None = Field(default=None, gt=0)
 
-    @model_validator(mode="after")
-    def _check_source(self) -> DemoDataParams:
-        if self.source in ("local", "pkl") and not self.path:
-            raise ValueError(f"source '{self.source}' needs data.demos.path")
-        if self.source == "pkl" and not self.allow_pickle:
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        source = info.data.get("source")
+        if source in ("local", "pkl") and not v:
+            raise ValueError(f"source '{source}' needs a file here")
+        if v and source == "synthetic":
+            raise ValueError("set, but source 'synthetic' generates its data; remove path or change source")
+        if v and (err := _missing(v)):
+            raise ValueError(err)
+        return v
+
+    @field_validator("allow_pickle")
+    @classmethod
+    def _pickle_opt_in(cls, v: bool, info: ValidationInfo) -> bool:
+        if info.data.get("source") == "pkl" and not v:
             raise ValueError(
                 "source 'pkl' loads a pickle, and unpickling runs arbitrary code; set "
                 "data.demos.allow_pickle: true only for a file you trust"
             )
-        return self
+        return v
 
 
 class SyntheticParams(_Section):
@@ -191,17 +234,29 @@ class TrainParams(_Section):
 # -------------------------------------------------------------------------------------------- bench / report
 
 
-class BenchParams(_Section):
+class SamplingOverrides(_Section):
+    """Sampling values that override a benchmark's registry defaults (None = keep the registry's)."""
+
+    n: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+
+
+class BenchParams(SamplingOverrides):
+    """``n`` / ``temperature`` / ... apply to every benchmark; ``per_benchmark`` overrides them per name."""
+
     benchmarks: list[str] = ["synthetic_l0", "synthetic_l1", "synthetic_l3"]
     backend: Literal["hf", "vllm"] = "hf"
-    n: int = Field(default=1, ge=1)
-    temperature: float = Field(default=0.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    max_tokens: int = Field(default=96, gt=0)
+    per_benchmark: dict[str, SamplingOverrides] = {}
+    registry: str | None = None  # extra benchmarks YAML merged over icpo_core/bench/benchmarks.yaml
     batch_size: int = Field(default=32, ge=1)
     grade_workers: int = Field(default=2, ge=1)
     grade_timeout_s: float = Field(default=5.0, gt=0)
     tensor_parallel: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @field_validator("benchmarks")
     @classmethod

@@ -1,0 +1,218 @@
+"""params.yaml validation: every bad input fails through the CLI with exit 2 and a message naming the key path."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from icpo_core.cli import main
+from icpo_core.config import ParamsError, deep_merge, load_params, parse_params
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    return yaml.safe_load(REPO_PARAMS.read_text())
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """An empty project folder as the working directory (params paths are relative to it)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cache.pkl").write_bytes(b"not read during validation")
+    (tmp_path / "train.jsonl").write_text('{"problem": "1+1?", "answer": "2"}\n')
+    return tmp_path
+
+
+def _validate(project: Path, params: dict[str, Any] | str, capsys, out: bool = False) -> tuple[int, str]:
+    """Run `icpo validate` on these params; (exit code, stderr) or (exit code, stdout) with ``out``."""
+    text = params if isinstance(params, str) else yaml.safe_dump(params)
+    (project / "params.yaml").write_text(text)
+    rc = main(["--params", str(project / "params.yaml"), "validate"])
+    captured = capsys.readouterr()
+    return rc, (captured.out if out else captured.err)
+
+
+BAD_CASES = [
+    # (id, override merged into the repo's params.yaml, substrings the message must contain)
+    ("wrong-type-int", {"train": {"steps": "ten"}}, ["train.steps"]),
+    ("wrong-type-bool", {"algorithm": {"errs": "maybe"}}, ["algorithm.errs"]),
+    ("wrong-type-section", {"data": {"train": 5}}, ["data.train"]),
+    ("unknown-key-top", {"trainer": {"steps": 1}}, ["trainer", "unknown key"]),
+    ("unknown-key-depth2", {"data": {"extra": 1}}, ["data.extra", "unknown key"]),
+    ("unknown-key-depth3", {"data": {"train": {"pathh": "x"}}}, ["data.train.pathh", "unknown key"]),
+    ("unknown-key-depth4", {"train": {"verl": {"nnodez": 2}}}, ["train.verl.nnodez", "unknown key"]),
+    ("bad-literal-model-source", {"model": {"source": "gguf"}}, ["model.source", "smollm2_gguf"]),
+    ("bad-literal-dtype", {"model": {"save_dtype": "int8"}}, ["model.save_dtype", "int8"]),
+    (
+        "bad-literal-train-source",
+        {"data": {"train": {"source": "openr1"}}},
+        ["data.train.source", "openr1_46k"],
+    ),
+    ("negative-lr", {"train": {"lr": -1e-6}}, ["train.lr", "greater than 0"]),
+    ("zero-max-tokens", {"data": {"train": {"max_tokens": 0}}}, ["data.train.max_tokens"]),
+    ("zero-num-proc", {"data": {"train": {"num_proc": 0}}}, ["data.train.num_proc"]),
+    ("zero-max-rows", {"data": {"demos": {"max_rows": 0}}}, ["data.demos.max_rows"]),
+    ("top-p-above-1", {"train": {"top_p": 1.5}}, ["train.top_p"]),
+    ("n-off-above-n-on", {"algorithm": {"n_on": 4, "n_off": 5}}, ["algorithm", "n_off (5) > n_on (4)"]),
+    ("mini-batch-above-batch", {"train": {"ppo_mini_batch_prompts": 8}}, ["train", "ppo_mini_batch_prompts"]),
+    ("bad-run-override-value", {"runs": {"icpo": {"n_off": 9}}}, ["runs.icpo", "n_off (9) > n_on (8)"]),
+    ("bad-run-override-key", {"runs": {"icpo": {"n_offf": 1}}}, ["runs.icpo.n_offf", "unknown key"]),
+    ("bad-run-override-type", {"runs": {"grpo": {"gamma": "big"}}}, ["runs.grpo.gamma"]),
+    ("reserved-run-name", {"runs": {"base": {"n_off": 0}}}, ["runs", "'base' is reserved"]),
+    ("report-unknown-run", {"report": {"runs": ["base", "ppo"]}}, ["report.runs", "ppo"]),
+    ("unknown-profile", {"profile": "paper_qwen3_70b"}, ["profile", "unknown profile 'paper_qwen3_70b'"]),
+    ("synthetic-level-out-of-range", {"data": {"synthetic": {"levels": [0, 4]}}}, ["data.synthetic.levels"]),
+    (
+        "synthetic-no-levels",
+        {"data": {"synthetic": {"levels": []}}},
+        ["data.synthetic.levels", "at least one"],
+    ),
+    (
+        "synthetic-dup-levels",
+        {"data": {"synthetic": {"levels": [1, 1]}}},
+        ["data.synthetic.levels", "unique"],
+    ),
+    ("local-train-without-path", {"data": {"train": {"source": "local"}}}, ["data.train.path", "needs"]),
+    (
+        "local-train-missing-file",
+        {"data": {"train": {"source": "local", "path": "nope/train.parquet"}}},
+        ["data.train.path", "nope/train.parquet", "does not exist"],
+    ),
+    (
+        "hub-train-missing-local-copy",
+        {"data": {"train": {"source": "openr1_220k", "path": "copies/openr1"}}},
+        ["data.train.path", "does not exist"],
+    ),
+    (
+        "path-with-synthetic-source",
+        {"data": {"train": {"path": "train.jsonl"}}},
+        ["data.train.path", "synthetic"],
+    ),
+    (
+        "local-demos-missing-file",
+        {"data": {"demos": {"source": "local", "path": "demos.jsonl"}}},
+        ["data.demos.path", "demos.jsonl", "does not exist"],
+    ),
+    ("pkl-without-path", {"data": {"demos": {"source": "pkl", "allow_pickle": True}}}, ["data.demos.path"]),
+    (
+        "pkl-without-allow-pickle",
+        {"data": {"demos": {"source": "pkl", "path": "cache.pkl"}}},
+        ["data.demos.allow_pickle", "unpickling runs arbitrary code"],
+    ),
+    (
+        "local-model-missing-folder",
+        {"model": {"source": "local", "name": "models/my-checkpoint"}},
+        ["model.name", "models/my-checkpoint", "not a folder"],
+    ),
+    (
+        "bad-value-inside-active-profile",
+        {"profile": "paper_qwen3_1_7b", "profiles": {"paper_qwen3_1_7b": {"train": {"lr": -1}}}},
+        ["profile 'paper_qwen3_1_7b'", "train.lr"],
+    ),
+    (
+        "profile-sets-profile",
+        {"profile": "paper_qwen3_8b", "profiles": {"paper_qwen3_8b": {"profile": "embedded"}}},
+        ["profiles.paper_qwen3_8b", "cannot set 'profile'"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("override", "expected"), [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES])
+def test_bad_params_exit_2_naming_the_key(project, raw, capsys, override, expected):
+    rc, err = _validate(project, deep_merge(raw, override), capsys)
+    assert rc == 2
+    assert err.startswith("icpo validate: invalid params:"), err
+    assert err.count("\n") == 1, f"one line expected, got: {err}"
+    for part in expected:
+        assert part in err, f"{part!r} not in: {err}"
+
+
+def test_invalid_yaml_exit_2(project, capsys):
+    rc, err = _validate(project, "model: {source: [unclosed\n", capsys)
+    assert rc == 2 and "not valid YAML" in err
+
+
+def test_top_level_not_a_mapping(project, capsys):
+    rc, err = _validate(project, "- just\n- a list\n", capsys)
+    assert rc == 2 and "top level must be a mapping" in err
+
+
+def test_missing_params_file(tmp_path, capsys):
+    rc = main(["--params", str(tmp_path / "absent.yaml"), "validate"])
+    assert rc == 2 and "not found" in capsys.readouterr().err
+
+
+def test_repo_params_validate(project, raw, capsys):
+    rc, out = _validate(project, raw, capsys, out=True)
+    assert rc == 0
+    assert '"source": "smollm2_gguf"' in out
+
+
+def test_valid_local_sources_and_opted_in_pickle(project, raw, capsys):
+    (project / "model").mkdir()
+    override = {
+        "model": {"source": "local", "name": "model"},
+        "data": {
+            "train": {"source": "local", "path": "train.jsonl"},
+            "demos": {"source": "pkl", "path": "cache.pkl", "allow_pickle": True},
+        },
+    }
+    rc, err = _validate(project, deep_merge(raw, override), capsys)
+    assert rc == 0, err
+
+
+def test_load_params_raises_params_error(project, raw):
+    bad = deep_merge(raw, {"algorithm": {"kl_coef": -0.1}})
+    (project / "params.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ParamsError, match=r"algorithm\.kl_coef"):
+        load_params(project / "params.yaml")
+
+
+def _resolved(raw: dict[str, Any], profile: str):
+    return parse_params({**copy.deepcopy(raw), "profile": profile})
+
+
+@pytest.mark.parametrize(
+    ("profile", "model", "mini_batch", "micro_batch", "tp"),
+    [("paper_qwen3_1_7b", "Qwen/Qwen3-1.7B", 64, 2, 1), ("paper_qwen3_8b", "Qwen/Qwen3-8B", 32, 1, 8)],
+)
+def test_paper_profiles_carry_released_hyperparameters(raw, profile, model, mini_batch, micro_batch, tp):
+    """DESIGN.md section 5: the released scripts' settings."""
+    p = _resolved(raw, profile)
+    assert (p.model.source, p.model.name, p.model.save_dtype) == ("hub", model, "bfloat16")
+    assert (p.data.train.source, p.data.demos.source) == ("openr1_46k", "math_hub")
+    assert (
+        p.data.train.prompt_suffix
+        == " Let's think step by step and output the final answer within \\boxed{}."
+    )
+    t = p.train
+    assert t.engine == "verl"
+    assert (t.steps, t.prompts_per_step, t.ppo_mini_batch_prompts) == (400, 128, mini_batch)
+    assert (t.lr, t.weight_decay, t.grad_clip) == (1e-6, 0.01, 1.0)
+    assert (t.max_prompt_length, t.max_response_length) == (4096, 8192)
+    assert (t.temperature, t.top_p) == (1.0, 1.0)
+    assert (t.save_freq, t.verl.test_freq) == (50, 10)
+    assert (t.verl.nnodes, t.verl.n_gpus_per_node, t.verl.tensor_parallel) == (1, 8, tp)
+    assert t.verl.ppo_micro_batch_size_per_gpu == micro_batch
+    a = p.algorithm
+    assert (a.n_on, a.n_off, a.k_demos) == (8, 1, 1)
+    assert (a.clip_ratio_low, a.clip_ratio_high, a.gamma) == (0.2, 0.2, 0.1)
+    assert (a.use_kl_loss, a.kl_coef, a.kl_type, a.entropy_coeff) == (True, 0.001, "low_var_kl", 0.0)
+    assert a.loss_agg_mode == "token-mean"
+    assert p.run_algorithm("grpo").n_off == 0
+
+
+def test_embedded_profile_is_offline(raw):
+    p = _resolved(raw, "embedded")
+    assert (p.model.source, p.data.train.source, p.data.demos.source) == (
+        "smollm2_gguf",
+        "synthetic",
+        "synthetic",
+    )
+    assert p.train.engine == "local"
