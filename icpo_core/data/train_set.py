@@ -1,0 +1,239 @@
+"""The training set: any source -> normalised rows -> drop unusable rows (counted) -> token filter -> verl parquet.
+
+Sources (``data.train.source``): ``synthetic`` (the offline generator's train split), ``openr1_46k`` (LUFFY's
+filtered OpenR1 subset, as released: no further length filter), ``openr1_220k`` (OpenR1-Math-220k ``default``
+with the project's own token-length filter) and ``local`` (a parquet / jsonl / folder in any of the layouts of
+:mod:`icpo_core.data.openr1`, token-filtered). ``data.train.path`` replaces the hub for a hub source.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from icpo_core.data import openr1, schema, synthetic
+from icpo_core.data.loading import load_table
+from icpo_core.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets
+
+    from icpo_core.config import Params
+
+log = logging.getLogger(__name__)
+
+# source -> (hub id, config, split)
+HUB_DATASETS = {
+    "openr1_46k": ("Elliott/Openr1-Math-46k-8192", None, "train"),
+    "openr1_220k": ("open-r1/OpenR1-Math-220k", "default", "train"),
+}
+TOKEN_FILTERED = ("openr1_220k", "local")
+
+
+@dataclass
+class TrainStats:
+    """What happened to the rows; written to metrics/prepare_train.json."""
+
+    source: str
+    dataset: str
+    layout: str
+    rows_in: int = 0
+    rows_kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    max_tokens: int | None = None
+    tokens: dict[str, float] = field(default_factory=dict)
+
+    def drop(self, reasons: Counter[str]) -> None:
+        for reason, n in reasons.items():
+            if reason:
+                self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+def _synthetic_rows(params: Params) -> list[dict[str, Any]]:
+    syn = params.data.synthetic
+    splits = synthetic.generate_splits(
+        syn.levels,
+        train=syn.train_per_level,
+        demo=syn.demos_per_level,
+        eval=syn.eval_per_level,
+        seed=params.seed,
+    )
+    return [
+        {"problem": p.problem, "answer": p.answer, "target": p.solution, "level": p.level, "drop": ""}
+        for p in splits["train"]
+    ]
+
+
+def load_normalized(params: Params) -> tuple[datasets.Dataset, str, str]:
+    """(normalised dataset with a ``drop`` column, dataset name, layout) for ``data.train``."""
+    import datasets
+
+    train = params.data.train
+    if train.source == "synthetic":
+        return datasets.Dataset.from_list(_synthetic_rows(params)), "synthetic", "synthetic"
+    if train.source in HUB_DATASETS:
+        hub_id, config, split = HUB_DATASETS[train.source]
+        raw = load_table(hub_id, path=train.path, config=config, split=split, what="data.train")
+        name = train.path or hub_id
+        layout = openr1.detect_layout(raw.column_names)
+        expected = "luffy" if train.source == "openr1_46k" else "openr1"
+        if layout != expected:
+            needed = openr1.LUFFY_COLUMNS if expected == "luffy" else openr1.OPENR1_COLUMNS
+            missing = [c for c in needed if c not in raw.column_names]
+            raise DataError(
+                f"{name}: not in the {hub_id} layout: missing column(s) {missing}; expected {list(needed)}, "
+                f"found {raw.column_names}"
+            )
+    else:
+        raw = load_table("", path=train.path, what="data.train")
+        name = str(train.path)
+        layout = openr1.detect_layout(raw.column_names)
+        if layout is None:
+            raise DataError(
+                f"{name}: unknown layout: expected the verl/LUFFY columns {list(openr1.LUFFY_COLUMNS)}, the "
+                f"OpenR1-Math columns {list(openr1.OPENR1_COLUMNS)} or problem + answer/solution; "
+                f"found {raw.column_names}"
+            )
+    norm = raw.map(
+        openr1.NORMALIZERS[layout],
+        batched=True,
+        batch_size=1000,
+        num_proc=_procs(train.num_proc, len(raw)),
+        remove_columns=raw.column_names,
+        load_from_cache_file=False,
+        desc=f"normalising {layout} rows",
+    )
+    return norm, name, layout
+
+
+def _procs(num_proc: int, rows: int) -> int | None:
+    """Worker processes for datasets.map: none for small tables (process start-up costs more than it saves)."""
+    return num_proc if num_proc > 1 and rows >= 2000 else None
+
+
+def _data_source(params: Params) -> str:
+    source = params.data.train.source
+    return HUB_DATASETS[source][0] if source in HUB_DATASETS else source
+
+
+def token_filter(ds: datasets.Dataset, *, tokenizer_dir: str, suffix: str, max_tokens: int, num_proc: int):
+    """(rows within ``max_tokens`` prompt + trace tokens, number dropped, token stats); batched, multi-process."""
+    counted = ds.map(
+        openr1.count_tokens,
+        batched=True,
+        batch_size=256,
+        num_proc=_procs(num_proc, len(ds)),
+        fn_kwargs={"tokenizer_dir": tokenizer_dir, "suffix": suffix},
+        load_from_cache_file=False,  # the fingerprint does not see a changed tokenizer behind the same path
+        desc=f"counting tokens (max {max_tokens})",
+    )
+    n_tokens = counted["n_tokens"]
+    kept = counted.filter(
+        lambda batch: [n <= max_tokens for n in batch["n_tokens"]],
+        batched=True,
+        batch_size=10_000,
+        load_from_cache_file=False,
+    ).remove_columns("n_tokens")
+    stats = {"max": max(n_tokens, default=0), "mean": sum(n_tokens) / max(len(n_tokens), 1)}
+    return kept, len(ds) - len(kept), stats
+
+
+def build_train_set(params: Params, out_path: str | Path, tokenizer_dir: str | Path | None) -> TrainStats:
+    """Build ``data/train.parquet`` at ``out_path`` (the caller makes it atomic); returns the stats."""
+    train = params.data.train
+    norm, name, layout = load_normalized(params)
+    stats = TrainStats(source=train.source, dataset=name, layout=layout, rows_in=len(norm))
+    stats.drop(Counter(norm["drop"]))
+    ds = norm.filter(lambda b: [d == "" for d in b["drop"]], batched=True, load_from_cache_file=False)
+    suffix = params.data.synthetic.prompt_suffix if train.source == "synthetic" else train.prompt_suffix
+
+    if train.source in TOKEN_FILTERED and len(ds):
+        if tokenizer_dir is None:
+            raise DataError(
+                "the token-length filter needs the base model's tokenizer; run `icpo base-model` first"
+            )
+        ds, too_long, stats.tokens = token_filter(
+            ds,
+            tokenizer_dir=str(tokenizer_dir),
+            suffix=suffix,
+            max_tokens=train.max_tokens,
+            num_proc=train.num_proc,
+        )
+        stats.max_tokens = train.max_tokens
+        if too_long:
+            stats.dropped["too_long"] = too_long
+
+    if not len(ds):
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.dropped.items())) or "none"
+        raise DataError(
+            f"{name}: no rows left after filtering ({stats.rows_in} rows in; dropped: {reasons}). Check the "
+            f"gold answers and data.train.max_tokens ({train.max_tokens})"
+        )
+    if train.max_rows is not None and len(ds) > train.max_rows:
+        # A seeded subset, kept in the source order.
+        picked = sorted(random.Random(params.seed).sample(range(len(ds)), train.max_rows))
+        stats.dropped["over_max_rows"] = len(ds) - train.max_rows
+        ds = ds.select(picked)
+
+    data_source = _data_source(params)
+    verl = ds.map(
+        _to_verl_rows,
+        batched=True,
+        with_indices=True,
+        fn_kwargs={"data_source": data_source, "suffix": suffix},
+        remove_columns=ds.column_names,
+        features=schema.train_features(),
+        load_from_cache_file=False,
+        desc="writing verl rows",
+    )
+    verl.to_parquet(str(out_path))
+    schema.check_schema(out_path, schema.TRAIN_SCHEMA)
+    stats.rows_kept = len(verl)
+    return stats
+
+
+def _to_verl_rows(batch: dict[str, list[Any]], indices: list[int], data_source: str, suffix: str):
+    rows = [
+        schema.train_row(
+            data_source=data_source,
+            problem=problem,
+            answer=answer,
+            index=index,
+            suffix=suffix,
+            level=level,
+            target=target or "",
+        )
+        for problem, answer, target, level, index in zip(
+            batch["problem"], batch["answer"], batch["target"], batch["level"], indices, strict=True
+        )
+    ]
+    return {c: [r[c] for r in rows] for c in schema.TRAIN_COLUMNS}
+
+
+def write_eval_sets(params: Params, out_dir: str | Path) -> dict[str, int]:
+    """The synthetic held-out levels as ``<out_dir>/synthetic_l<level>.jsonl``; returns rows per benchmark."""
+    syn = params.data.synthetic
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for level in syn.levels:
+        rows = synthetic.generate_level(level, {"eval": syn.eval_per_level}, params.seed)["eval"]
+        name = synthetic.eval_name(level)
+        counts[name] = schema.write_eval_jsonl(
+            (
+                {
+                    "id": p.id,
+                    "problem": p.problem,
+                    "answer": p.answer,
+                    "solution": p.solution,
+                    "level": p.level,
+                }
+                for p in rows
+            ),
+            out_dir / f"{name}.jsonl",
+        )
+    return counts

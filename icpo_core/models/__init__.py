@@ -1,0 +1,1 @@
+"""Base model materialisation (offline GGUF default, hub snapshot, local folder)."""
