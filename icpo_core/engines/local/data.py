@@ -1,0 +1,95 @@
+"""Training prompts for the local engine: the verl parquet, tokenized once, served in seeded epoch order."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from icpo_core.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One training prompt of ``data/train.parquet`` (verl schema)."""
+
+    messages: list[dict[str, str]]  # chat prompt: one user turn (problem + suffix), maybe a system turn
+    gold: str  # reward_model.ground_truth
+    question: str  # extra_info.question: the raw problem (demos exclude it)
+    suffix: str  # the prompt suffix, re-used for the IEF demos' questions
+    prompt_ids: tuple[int, ...]  # chat-templated plain prompt, with the generation prompt
+
+
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a chat prompt ending in the assistant generation prompt (no extra BOS: the template has it)."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _suffix_of(messages: list[dict[str, str]], question: str, default: str) -> str:
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+    if users and question and users[-1].startswith(question):
+        return users[-1][len(question) :]
+    return default
+
+
+def load_prompts(
+    path: str | Path, tokenizer: Any, max_prompt_length: int, default_suffix: str
+) -> list[PromptRow]:
+    """Read and tokenize the training parquet; prompts longer than ``max_prompt_length`` are dropped (logged)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: training set not found; run `icpo prepare-train` (dvc repro prepare_train)")
+    try:
+        records = pq.read_table(path, columns=["prompt", "reward_model", "extra_info"]).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a wrong schema / corrupt file
+        raise DataError(
+            f"{path}: not a verl training parquet (prompt, reward_model, extra_info): {e}"
+        ) from None
+    rows, too_long = [], 0
+    for r in records:
+        messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in r["prompt"]]
+        question = str((r.get("extra_info") or {}).get("question") or "")
+        ids = chat_ids(tokenizer, messages)
+        if len(ids) > max_prompt_length:
+            too_long += 1
+            continue
+        rows.append(
+            PromptRow(
+                messages=messages,
+                gold=str(r["reward_model"]["ground_truth"]),
+                question=question,
+                suffix=_suffix_of(messages, question, default_suffix),
+                prompt_ids=tuple(ids),
+            )
+        )
+    if too_long:
+        log.warning(
+            "%s: %d prompts longer than max_prompt_length=%d dropped", path, too_long, max_prompt_length
+        )
+    if not rows:
+        raise DataError(f"{path}: no usable training prompts (empty, or all longer than max_prompt_length)")
+    return rows
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled order of epoch ``epoch`` (a pure function of seed and epoch: resumable from a position)."""
+    return np.random.default_rng([seed, epoch, 0x1CF0]).permutation(n)
+
+
+def take(n_rows: int, seed: int, position: int, count: int) -> list[int]:
+    """Row indices ``position .. position+count`` of the endless seeded sequence of shuffled epochs."""
+    out, orders = [], {}
+    for pos in range(position, position + count):
+        epoch, offset = divmod(pos, n_rows)
+        if epoch not in orders:
+            orders[epoch] = epoch_order(n_rows, seed, epoch)
+        out.append(int(orders[epoch][offset]))
+    return out

@@ -1,0 +1,115 @@
+"""verl's FSDP model merger, with the checkpoint's dtype kept instead of verl's hard-coded bfloat16 cast.
+
+Why: ``verl.model_merger.fsdp_model_merger.FSDPModelMerger`` casts every tensor to bfloat16 while merging. For
+verl's own paper-scale runs (bf16 models) that is what the released scripts got. The embedded default trains
+fp32 with small learning rates, and bf16 has 8 mantissa bits: rounding the trained weights to bf16 undoes most
+of a short run's update (and even changes the untrained weights). So for checkpoints whose base model is not
+bf16, ``icpo merge`` runs verl's merger through this subclass, which merges the shards exactly as verl does
+(same loading, same placements, same Hugging Face save and validation) but casts to a chosen dtype (default:
+keep the stored one) and writes that dtype into ``config.json`` so transformers / vLLM load it as saved.
+
+Command line (same arguments as verl's): ``python -m icpo_core.engines.local.merger merge --backend fsdp
+--local_dir <ckpt>/global_step_N/actor --target_dir <out> [--dtype float32|bfloat16|float16|keep]``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from verl.model_merger.fsdp_model_merger import FSDPModelMerger, merge_non_dtensor_shards
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # older torch
+    from torch.distributed._tensor import DTensor
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class DtypePreservingFSDPMerger(FSDPModelMerger):
+    """``FSDPModelMerger`` whose merged tensors keep their stored dtype (or ``target_dtype``)."""
+
+    def __init__(self, config, target_dtype: torch.dtype | None = None):
+        super().__init__(config)
+        self.target_dtype = target_dtype
+        self.saved_dtype: torch.dtype | None = None
+
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+        if self.target_dtype is not None and t.is_floating_point():
+            t = t.to(self.target_dtype)
+        if t.is_floating_point() and self.saved_dtype is None:
+            self.saved_dtype = t.dtype
+        return t
+
+    def _load_and_merge_state_dicts(
+        self, world_size: int, total_shards: int, mesh_shape: tuple[int, ...], mesh_dim_names: tuple[str, ...]
+    ) -> dict[str, torch.Tensor]:
+        # Same shard files and merge rules as the parent; the only change is no forced bfloat16 cast.
+        shards = [
+            torch.load(
+                Path(self.config.local_dir) / f"model_world_size_{world_size}_rank_{rank}.pt",
+                map_location="cpu",
+                weights_only=False,
+            )
+            for rank in range(total_shards)
+        ]
+        merged: dict[str, torch.Tensor] = {}
+        for key in shards[0]:
+            pieces = [s[key] for s in shards]
+            if isinstance(pieces[0], DTensor):
+                placements = tuple(pieces[0].placements)
+                if mesh_dim_names[0] in ("dp", "ddp"):
+                    placements = placements[1:]  # replicated over data parallel: one copy is enough
+                if len(mesh_shape) != 1 or len(placements) != 1:
+                    raise NotImplementedError(
+                        "FSDP + TP checkpoints are not supported (nor by verl's merger)"
+                    )
+                local = [self._cast(p._local_tensor) for p in pieces]
+                merged[key] = self._merge_by_placement(local, placements[0])
+            else:
+                merged[key] = merge_non_dtensor_shards(key, [self._cast(p) for p in pieces])
+        return merged
+
+    def save_hf_model_and_tokenizer(self, state_dict: dict[str, torch.Tensor]) -> None:
+        super().save_hf_model_and_tokenizer(state_dict)
+        # The parent builds its save skeleton in bfloat16, so config.json says bfloat16; the tensors were
+        # saved as they are. Record their real dtype, or loaders with dtype="auto" would round them.
+        if self.saved_dtype is not None:
+            name = str(self.saved_dtype).removeprefix("torch.")
+            cfg_path = Path(self.config.target_dir) / "config.json"
+            cfg = json.loads(cfg_path.read_text())
+            cfg["dtype"] = name
+            if "torch_dtype" in cfg:
+                cfg["torch_dtype"] = name
+            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """verl's merger CLI (``merge``/``test``, ``--backend fsdp``) plus ``--dtype``."""
+    from verl.model_merger.base_model_merger import generate_config_from_args, parse_args
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    dtype = "keep"
+    if "--dtype" in argv:
+        i = argv.index("--dtype")
+        dtype = argv[i + 1]
+        del argv[i : i + 2]
+    if dtype != "keep" and dtype not in DTYPES:
+        print(f"--dtype must be keep or one of {sorted(DTYPES)}, got {dtype!r}", file=sys.stderr)
+        return 2
+    sys.argv = [sys.argv[0], *argv]
+    config = generate_config_from_args(parse_args())
+    if config.backend != "fsdp":
+        print("only --backend fsdp is supported here; use python -m verl.model_merger", file=sys.stderr)
+        return 2
+    merger = DtypePreservingFSDPMerger(config, target_dtype=None if dtype == "keep" else DTYPES[dtype])
+    merger.merge_and_save()
+    merger.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Batched rollouts with transformers generation: left padding, KV cache, temperature / top_p, stop at EOS.
+
+The sampler is ``model.generate`` itself (no custom decode loop): the wrapper only pads, seeds and splits the
+output into response tokens and a response mask (every token up to and including the first EOS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Rollouts:
+    """Generated responses of a batch of prompts (row i answers prompt i).
+
+    ``response_ids`` is right-padded with ``pad_token_id``; ``response_mask`` is 1 on generated tokens up to
+    and including the first EOS.
+    """
+
+    response_ids: torch.Tensor  # [N, T] long, on CPU
+    response_mask: torch.Tensor  # [N, T] long, on CPU
+    texts: list[str]  # decoded responses, special tokens skipped
+    prefill_tokens: int  # real (non-pad) prompt tokens that were prefilled
+    gen_tokens: int  # generated tokens (sum of response_mask)
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.response_mask.sum(-1).tolist()
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``(ids, attention_mask)`` of shape [N, max_len]."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, width - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def response_mask_from(tokens: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
+    """1 for every token up to and including the first EOS of each row (all ones when a row has no EOS)."""
+    is_eos = torch.zeros_like(tokens, dtype=torch.bool)
+    for e in eos_ids:
+        is_eos |= tokens == e
+    # Number of EOS tokens strictly before each position: the position belongs to the response while it is 0.
+    eos_before = torch.cumsum(is_eos.long(), dim=-1) - is_eos.long()
+    return (eos_before == 0).long()
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """EOS ids from the generation config (may be a list) plus the tokenizer's EOS."""
+    ids: list[int] = []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for e in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
+        if e is not None and e not in ids:
+            ids.append(int(e))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> Rollouts:
+    """Sample one response per prompt (token-id lists, already chat-templated) with ``model.generate``.
+
+    Prompts are generated in chunks of ``batch_size`` (all at once when None), each left-padded to its own
+    longest prompt. ``temperature == 0`` means greedy. ``seed`` re-seeds torch's RNG first (generate samples
+    from the global generator), which makes a step's rollouts reproducible, also after a resume.
+    """
+    from transformers import GenerationConfig
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = eos_token_ids(model, tokenizer)
+    sampling = temperature > 0
+    gen_config = GenerationConfig(
+        do_sample=sampling,
+        temperature=temperature if sampling else None,
+        top_p=top_p if sampling else None,
+        top_k=0 if sampling else None,  # no top-k truncation: sample the full distribution (verl: top_k -1)
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chunks: list[torch.Tensor] = []
+    prefill = 0
+    step = batch_size or len(prompts)
+    try:
+        for start in range(0, len(prompts), step):
+            ids, mask = left_pad(prompts[start : start + step], pad_id)
+            prefill += int(mask.sum())
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                out = model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_config
+                )
+            chunks.append(out[:, ids.shape[1] :].cpu())
+    finally:
+        model.train(was_training)
+    width = max(c.shape[1] for c in chunks)
+    response = torch.cat(
+        [torch.nn.functional.pad(c, (0, width - c.shape[1]), value=pad_id) for c in chunks], dim=0
+    )
+    resp_mask = response_mask_from(response, eos_ids)
+    response = torch.where(resp_mask.bool(), response, torch.full_like(response, pad_id))
+    texts = tokenizer.batch_decode(
+        [row[m.bool()].tolist() for row, m in zip(response, resp_mask, strict=True)], skip_special_tokens=True
+    )
+    return Rollouts(
+        response_ids=response,
+        response_mask=resp_mask,
+        texts=texts,
+        prefill_tokens=prefill,
+        gen_tokens=int(resp_mask.sum()),
+    )

@@ -1,0 +1,62 @@
+"""``metrics/steps_<run>.jsonl``: one JSON object per training step, each appended whole, deduplicated on resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from icpo_core.io_utils import atomic_write_text
+
+
+def _clean(v: Any) -> Any:
+    # JSON has no NaN / inf: a metric that is undefined for a step (no accepted IEF row, ...) is null.
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def read_steps(path: str | Path) -> list[dict[str, Any]]:
+    """Complete lines only (a line cut by a kill is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
+def reset(path: str | Path, keep_through_step: int | None) -> list[dict[str, Any]]:
+    """Keep one line per step ``<= keep_through_step`` (none when None), rewrite the file atomically."""
+    path = Path(path)
+    by_step: dict[int, dict[str, Any]] = {}
+    if keep_through_step is not None:
+        for row in read_steps(path):
+            if int(row["step"]) <= keep_through_step:
+                by_step[int(row["step"])] = row
+    rows = [by_step[s] for s in sorted(by_step)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return rows
+
+
+def append(path: str | Path, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Append one step as a single write of one line (O_APPEND), flushed to disk."""
+    row = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}
+    data = (json.dumps(row, sort_keys=True) + "\n").encode()
+    fd = os.open(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return row

@@ -1,0 +1,148 @@
+"""A tiny random causal LM with a real byte-level BPE tokenizer and a ChatML template, built offline in ~1 s.
+
+Used by the tests and by smoke runs of the local engine: it exercises the same code paths as the real model
+(chat template, left padding, EOS stop, tied embeddings, verl merge) at a size where a training step takes
+milliseconds. Nothing here is needed for real training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# ChatML, the template family of SmolLM2 (no default system prompt, to keep prompts short).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = [
+    "Tom has 7 marbles. Tom gets 6 more marbles. How many marbles does Tom have now?",
+    "Put your final answer within \\boxed{}. The answer is \\boxed{13}.",
+    "Leo starts with 19 apples and gives away 2, so 19 - 2 = 17. The answer is \\boxed{17}.",
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 + - * = ( ) { } \\ user assistant system",
+]
+
+
+def make_tiny_tokenizer(vocab_size: int = 320):
+    """A byte-level BPE tokenizer (any text round-trips) with ChatML special tokens; eos = pad = <|im_end|>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def make_tiny_model_dir(path: str | Path, *, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
+    """Write a Hugging Face folder (fp32 safetensors + tokenizer + chat template) of a random Llama."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    tok = make_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def make_tiny_project(
+    root: str | Path,
+    *,
+    train: dict | None = None,
+    algorithm: dict | None = None,
+    runs: dict | None = None,
+    n_problems: int = 24,
+) -> Path:
+    """A project folder a tiny training can run in: models/base, data/*.parquet (contract schemas), params.yaml."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    root = Path(root)
+    make_tiny_model_dir(root / "models" / "base")
+    suffix = " Put your final answer within \\boxed{}."
+    train_rows, demo_rows = [], []
+    for i in range(n_problems):
+        a, b = i % 7 + 1, (3 * i) % 5 + 2
+        q = f"Tom has {a} marbles and gets {b} more. How many marbles does Tom have?"
+        train_rows.append(
+            {
+                "data_source": "synthetic_l0",
+                "prompt": [{"role": "user", "content": q + suffix}],
+                "ability": "math",
+                "reward_model": {"style": "rule", "ground_truth": str(a + b)},
+                "extra_info": {"index": i, "split": "train", "question": q, "level": 0},
+                "target": f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}.",
+            }
+        )
+        c, d = i % 4 + 2, i % 3 + 1
+        demo_rows.append(
+            {
+                "id": f"demo-{i}",
+                "problem": f"Leo has {c} apples and gets {d} more. How many apples does Leo have?",
+                "solution": f"{c} + {d} = {c + d}. The answer is \\boxed{{{c + d}}}.",
+                "answer": str(c + d),
+                "source": "synthetic_l0",
+            }
+        )
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(train_rows), root / "data" / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(demo_rows), root / "data" / "demos.parquet")
+    params = {
+        "seed": 0,
+        "algorithm": {"n_on": 4, "n_off": 1, **(algorithm or {})},
+        "train": {
+            "steps": 4,
+            "prompts_per_step": 2,
+            "ppo_mini_batch_prompts": 2,
+            "micro_batch_size": 4,
+            "lr": 1e-3,
+            "max_prompt_length": 256,
+            "max_response_length": 12,
+            "save_freq": 2,
+            "max_ckpt_to_keep": 2,
+            "device": "cpu",
+            **(train or {}),
+        },
+        "runs": runs or {"grpo": {"n_off": 0}, "icpo": {"n_off": 1}},
+        "report": {"runs": ["base"]},
+        "tracking": {"experiment": "icpo-test"},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root

@@ -1,0 +1,612 @@
+"""The local engine: GRPO / ICPO training with torch + transformers on CPU (fp32) or one CUDA device (bf16 autocast).
+
+One step (t = 1 .. T, verl's 1-based ``global_steps``):
+
+1. take ``prompts_per_step`` prompts from the seeded epoch order (the position is resumable state);
+2. roll out ``n_on`` on-policy samples per prompt from the plain prompt and ``n_off`` IEF samples from the prompt
+   with k demos in front (:func:`build_ief_messages`; the plain prompt with ``released_demos_skip_generation``),
+   all in one batched ``generate`` call;
+3. grade every response (binary reward, :class:`icpo_core.rewards.Grader`);
+4. per prompt :func:`mix_group` (ERRS + replacement), the expert bonus (:func:`annealed_bonus`) on accepted IEF
+   rows when ``reward_shaping``, :func:`group_advantages` over the mixed groups;
+5. reference log-probs (frozen base model, if ``use_kl_loss``) and old log-probs (policy before the update; only
+   when a step has several mini-batches, else the detached current ones are identical, as in verl), all on the
+   PLAIN prompt: IEF rows are trained as answers to q alone;
+6. for each mini-batch of ``ppo_mini_batch_prompts`` prompts: micro-batches of ``micro_batch_size`` rows,
+   :func:`compute_actor_loss` normalised over the mini-batch's tokens, gradients accumulated, clipped, AdamW.
+
+The method's maths is entirely in :mod:`icpo_core.algorithm`; this module only moves tensors. GRPO is n_off 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from icpo_core import paths, tracking
+from icpo_core.algorithm import (
+    DemoPool,
+    annealed_bonus,
+    build_ief_messages,
+    compute_actor_loss,
+    effective_entropy_coeff,
+    entropy_from_logits,
+    group_advantages,
+    mix_group,
+    shaped_ief_rewards,
+)
+from icpo_core.config import AlgorithmParams, Params
+from icpo_core.engines.local import checkpoint as ckpt
+from icpo_core.engines.local import steplog
+from icpo_core.engines.local.data import PromptRow, chat_ids, load_prompts, take
+from icpo_core.engines.local.logprobs import (
+    SequenceBatch,
+    batched_log_probs,
+    build_sequences,
+    response_logits,
+    token_log_probs,
+)
+from icpo_core.engines.local.rollout import generate
+from icpo_core.errors import DataError, UserError
+from icpo_core.io_utils import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+RewardFn = Callable[[Sequence[str], Sequence[str]], list[float]]
+
+# Loss terms that compute_actor_loss normalises by the mini-batch's token count: their micro-batch values add up.
+_ADDITIVE = ("actor/pg_loss", "actor/kl", "actor/entropy")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A 63-bit seed per (run seed, step, purpose): a step's randomness does not depend on earlier steps."""
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def _file_digest(path: Path, whole: bool = True) -> str:
+    if not path.is_file():
+        return "missing"
+    if not whole:
+        return f"size:{path.stat().st_size}"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def config_fingerprint(params: Params, run: str, root: Path) -> str:
+    """What a checkpoint must match to be resumed: the run's config and its inputs.
+
+    Checkpointing / logging knobs (save_freq, max_ckpt_to_keep, device, verl) are left out: changing them does
+    not change what the steps compute. The base weights enter by size (hashing 0.5 GB each start is slow).
+    """
+    cfg = tracking.run_config(params, run)
+    for key in ("save_freq", "max_ckpt_to_keep", "device", "verl"):
+        cfg["train"].pop(key, None)
+    cfg["inputs"] = {
+        "train": _file_digest(root / paths.TRAIN_PARQUET),
+        "demos": _file_digest(root / paths.DEMOS_PARQUET),
+        "model_config": _file_digest(root / paths.BASE_MODEL_DIR / "config.json"),
+        "model_weights": _file_digest(root / paths.BASE_MODEL_DIR / "model.safetensors", whole=False),
+    }
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("train.device is 'cuda' but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@dataclass
+class StepBatch:
+    """The trained rows of one step (prompt-major), with everything the update needs."""
+
+    seqs: SequenceBatch
+    advantages: torch.Tensor  # [B]
+    ief_mask: torch.Tensor  # [B] bool
+    prompt_of_row: list[int]  # prompt index within the step, per row
+    old_log_prob: torch.Tensor | None = None
+    ref_log_prob: torch.Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+
+
+class LocalTrainer:
+    """Trains one run of params.yaml in-process; see the module docstring for one step."""
+
+    def __init__(
+        self,
+        params: Params,
+        run: str,
+        *,
+        root: str | Path = ".",
+        reward_fn: RewardFn | None = None,
+        progress: bool = True,
+    ):
+        self.params = params
+        self.run = run
+        self.root = Path(root)
+        self.algo: AlgorithmParams = params.run_algorithm(run)
+        self.train_cfg = params.train
+        self.reward_fn = reward_fn
+        self.progress = progress
+        self.device = pick_device(self.train_cfg.device)
+        # bf16 autocast on GPU (fp32 master weights and optimizer state); plain fp32 on CPU.
+        self.autocast = torch.bfloat16 if self.device.type == "cuda" else None
+        self.ckpt_root = self.root / paths.checkpoints_dir(run)
+        self.steps_path = self.root / paths.train_metrics_jsonl(run)
+        self.summary_path = self.root / paths.train_summary(run)
+
+    # -------------------------------------------------------------------------------------- setup
+    def _load(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model_dir = self.root / paths.BASE_MODEL_DIR
+        if not (model_dir / "config.json").is_file():
+            raise DataError(
+                f"{model_dir}: base model not found; run `icpo base-model` (dvc repro base_model)"
+            )
+        torch.manual_seed(self.params.seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.device)
+        self.model.config.use_cache = False
+        self.ref_model = None
+        if self.algo.use_kl_loss:
+            self.ref_model = copy.deepcopy(self.model).eval()
+            self.ref_model.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay
+        )
+        synthetic = self.params.data.train.source == "synthetic"
+        default_suffix = (
+            self.params.data.synthetic.prompt_suffix if synthetic else self.params.data.train.prompt_suffix
+        )
+        self.prompts = load_prompts(
+            self.root / paths.TRAIN_PARQUET, self.tokenizer, self.train_cfg.max_prompt_length, default_suffix
+        )
+        self.demos: DemoPool | None = None
+        if self.algo.n_off > 0 and not self.algo.released_demos_skip_generation:
+            demo_path = self.root / paths.DEMOS_PARQUET
+            if not demo_path.is_file():
+                raise DataError(f"{demo_path}: demo cache not found; run `icpo prepare-demos`")
+            self.demos = DemoPool.from_parquet(demo_path)
+
+    def _rewards(self, texts: Sequence[str], golds: Sequence[str]) -> list[float]:
+        if self.reward_fn is not None:
+            return [float(r) for r in self.reward_fn(texts, golds)]
+        return [v.reward for v in self._grader.grade(list(texts), list(golds))]
+
+    # -------------------------------------------------------------------------------------- one step
+    def rollout_step(self, step: int, rows: list[PromptRow]) -> tuple[StepBatch, dict[str, float]]:
+        """Steps 2-5 of the module docstring: generate, grade, mix, advantages, old/ref log-probs."""
+        a, tc = self.algo, self.train_cfg
+        rng = np.random.default_rng(step_seed(self.params.seed, step, 1))
+        gen_prompts: list[Sequence[int]] = []
+        for row in rows:
+            gen_prompts.extend([row.prompt_ids] * a.n_on)
+            for _ in range(a.n_off):
+                if self.demos is None:  # released_demos_skip_generation: the demos never reach generation
+                    gen_prompts.append(row.prompt_ids)
+                else:
+                    demos = self.demos.sample(a.k_demos, rng, exclude_problem=row.question)
+                    msgs = build_ief_messages(row.messages, demos, a.demo_format, row.suffix)
+                    gen_prompts.append(chat_ids(self.tokenizer, msgs))
+        t0 = time.perf_counter()
+        roll = generate(
+            self.model,
+            self.tokenizer,
+            gen_prompts,
+            max_new_tokens=tc.max_response_length,
+            temperature=tc.temperature,
+            top_p=tc.top_p,
+            seed=step_seed(self.params.seed, step, 2),
+            autocast_dtype=self.autocast,
+        )
+        t_gen = time.perf_counter() - t0
+        per = a.n_on + a.n_off
+        t0 = time.perf_counter()
+        rewards = self._rewards(roll.texts, [r.gold for r in rows for _ in range(per)])
+        t_reward = time.perf_counter() - t0
+
+        bonus = 0.0
+        if a.reward_shaping and a.n_off > 0:
+            bonus = annealed_bonus(a.alpha, step, tc.steps, constant=a.released_constant_bonus)
+        trained_rows: list[int] = []  # indices into the rollout batch
+        trained_rewards: list[float] = []
+        is_ief: list[bool] = []
+        prompt_of_row: list[int] = []
+        on_all, ief_all, accepted_rewards = [], [], []
+        n_accepted = 0
+        for i in range(len(rows)):
+            base = i * per
+            on_r = rewards[base : base + a.n_on]
+            ief_r = rewards[base + a.n_on : base + per]
+            on_all += on_r
+            ief_all += ief_r
+            mix = mix_group(on_r, ief_r, errs=a.errs, delta=a.delta, rng=rng)
+            ief_trained = (
+                shaped_ief_rewards(ief_r, mix.ief_keep, bonus, a.delta)
+                if a.reward_shaping
+                else [float(ief_r[j]) for j in mix.ief_keep]
+            )
+            for j in mix.on_keep:
+                trained_rows.append(base + j)
+                trained_rewards.append(float(on_r[j]))
+                is_ief.append(False)
+                prompt_of_row.append(i)
+            for j, r in zip(mix.ief_keep, ief_trained, strict=True):
+                trained_rows.append(base + a.n_on + j)
+                trained_rewards.append(float(r))
+                is_ief.append(True)
+                prompt_of_row.append(i)
+            n_accepted += mix.n_accepted
+            accepted_rewards += ief_trained
+
+        reward_t = torch.tensor(trained_rewards, dtype=torch.float32)
+        adv = group_advantages(reward_t, prompt_of_row, eps=a.adv_eps, norm_by_std=a.norm_adv_by_std)
+        seqs = build_sequences(
+            [rows[p].prompt_ids for p in prompt_of_row],  # PLAIN prompt, also for IEF rows
+            [roll.response_ids[r] for r in trained_rows],
+            [roll.response_mask[r] for r in trained_rows],
+            self.tokenizer.pad_token_id,
+        )
+        batch = StepBatch(
+            seqs=seqs,
+            advantages=adv,
+            ief_mask=torch.tensor(is_ief, dtype=torch.bool),
+            prompt_of_row=prompt_of_row,
+        )
+        t0 = time.perf_counter()
+        if self.ref_model is not None:
+            batch.ref_log_prob = batched_log_probs(
+                self.ref_model, seqs, tc.micro_batch_size, tc.temperature, self.autocast
+            )
+        t_ref = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if self._n_minibatches(len(rows)) > 1:
+            batch.old_log_prob = batched_log_probs(
+                self.model, seqs, tc.micro_batch_size, tc.temperature, self.autocast
+            )
+        t_old = time.perf_counter() - t0
+
+        n_ief = len(ief_all)
+        lengths = seqs.response_mask.sum(-1).float()
+        metrics = {
+            "reward/on_policy": float(np.mean(on_all)),
+            "reward/expert_region": float(np.mean(accepted_rewards)) if accepted_rewards else float("nan"),
+            "reward/overall": float(reward_t.mean()),
+            "icpo/ief_generated": float(n_ief),
+            "icpo/ief_accepted": float(n_accepted),
+            "icpo/accept_rate": n_accepted / n_ief if n_ief else 0.0,
+            "icpo/ief_acc": float(np.mean(ief_all)) if n_ief else float("nan"),
+            "icpo/bonus": bonus,
+            "adv/mean": float(adv.mean()),
+            "adv/std": float(adv.std()) if adv.numel() > 1 else 0.0,
+            "adv/abs_max": float(adv.abs().max()),
+            "response/length_mean": float(lengths.mean()),
+            "response/clip_ratio": float((lengths >= tc.max_response_length).float().mean()),
+            "perf/gen_tokens": float(roll.gen_tokens),
+            "perf/prefill_tokens": float(roll.prefill_tokens),
+            "perf/train_tokens": float(seqs.attention_mask.sum()),
+            "timing/gen_s": t_gen,
+            "timing/reward_s": t_reward,
+            "timing/ref_s": t_ref,
+            "timing/old_s": t_old,
+        }
+        return batch, metrics
+
+    def _n_minibatches(self, n_prompts: int) -> int:
+        return max(1, n_prompts // self.train_cfg.ppo_mini_batch_prompts)
+
+    def update(self, batch: StepBatch) -> dict[str, float]:
+        """Step 6: one pass over the mini-batches with gradient accumulation; returns actor metrics."""
+        tc, a = self.train_cfg, self.algo
+        need_entropy_grad = effective_entropy_coeff(a) > 0
+        n_prompts = max(batch.prompt_of_row) + 1
+        per_mini = tc.ppo_mini_batch_prompts
+        self.model.train()
+        totals: dict[str, float] = {}
+        weighted: dict[str, float] = {}
+        n_mini = 0
+        grad_norms = []
+        for first_prompt in range(0, n_prompts, per_mini):
+            rows = [
+                i for i, p in enumerate(batch.prompt_of_row) if first_prompt <= p < first_prompt + per_mini
+            ]
+            if not rows:
+                continue
+            lo, hi = rows[0], rows[-1] + 1  # prompt-major rows: a mini-batch is a contiguous slice
+            mini_tokens = int(batch.seqs.response_mask[lo:hi].sum())
+            token_mean = a.loss_agg_mode == "token-mean"
+            mini_sums: dict[str, float] = {}
+            mini_w: dict[str, float] = {}
+            self.optimizer.zero_grad(set_to_none=True)
+            for s in range(lo, hi, tc.micro_batch_size):
+                e = min(s + tc.micro_batch_size, hi)
+                mb = batch.seqs.rows(s, e).to(self.device)
+                width = mb.response_width
+                with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                    logits = response_logits(self.model, mb, tc.temperature)
+                log_prob = token_log_probs(logits, mb.response_ids)
+                if need_entropy_grad:
+                    entropy = entropy_from_logits(logits)
+                else:
+                    with torch.no_grad():
+                        entropy = entropy_from_logits(logits)
+                del logits
+
+                def cut(
+                    x: torch.Tensor | None, s: int = s, e: int = e, width: int = width
+                ) -> torch.Tensor | None:
+                    return None if x is None else x[s:e, :width].to(self.device)
+
+                old = cut(batch.old_log_prob)
+                loss, m = compute_actor_loss(
+                    log_prob,
+                    log_prob.detach() if old is None else old,
+                    cut(batch.ref_log_prob),
+                    entropy,
+                    batch.advantages[s:e].to(self.device),
+                    mb.response_mask,
+                    batch.ief_mask[s:e].to(self.device),
+                    a,
+                    batch_num_tokens=mini_tokens if token_mean else None,
+                )
+                # seq-mean modes normalise per micro-batch: weight by the micro-batch's share of the rows.
+                scale = 1.0 if token_mean else (e - s) / (hi - lo)
+                (loss * scale).backward()
+                n_tok = float(mb.response_mask.sum())
+                for k, v in m.items():
+                    if k in _ADDITIVE:
+                        mini_sums[k] = mini_sums.get(k, 0.0) + v * scale
+                    else:
+                        mini_sums[k] = mini_sums.get(k, 0.0) + v * n_tok
+                        mini_w[k] = mini_w.get(k, 0.0) + n_tok
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            if torch.isfinite(grad_norm):
+                self.optimizer.step()
+            else:
+                log.warning("non-finite gradient norm %s: optimizer step skipped", float(grad_norm))
+            self.optimizer.zero_grad(set_to_none=True)
+            grad_norms.append(float(grad_norm))
+            for k, v in mini_sums.items():
+                val = v / mini_w[k] if k in mini_w and mini_w[k] else v
+                totals[k] = totals.get(k, 0.0) + val
+                weighted[k] = weighted.get(k, 0.0) + 1
+            n_mini += 1
+        out = {k: totals[k] / weighted[k] for k in totals}
+        out["actor/grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
+        out["actor/lr"] = tc.lr
+        return out
+
+    def train_step(self, step: int) -> dict[str, float]:
+        t_start = time.perf_counter()
+        idx = take(len(self.prompts), self.params.seed, self.data_pos, self.train_cfg.prompts_per_step)
+        rows = [self.prompts[i] for i in idx]
+        batch, metrics = self.rollout_step(step, rows)
+        t0 = time.perf_counter()
+        metrics.update(self.update(batch))
+        metrics["timing/update_s"] = time.perf_counter() - t0
+        self.data_pos += len(rows)
+        elapsed = time.perf_counter() - t_start
+        metrics["perf/step_time_s"] = elapsed
+        metrics["perf/tokens_per_s"] = (metrics["perf/gen_tokens"] + metrics["perf/prefill_tokens"]) / elapsed
+        return metrics
+
+    # -------------------------------------------------------------------------------------- the run
+    def _resume_point(self, fingerprint: str) -> int | None:
+        latest = ckpt.latest_step(self.ckpt_root)
+        if latest is None:
+            return None
+        state = ckpt.read_resume_state(self.ckpt_root, latest)
+        if state.get("fingerprint") != fingerprint:
+            log.warning(
+                "%s: the checkpoint at step %d was made with a different config or inputs (fingerprint %s, now "
+                "%s); starting %s from scratch and removing the old checkpoints",
+                self.ckpt_root,
+                latest,
+                state.get("fingerprint"),
+                fingerprint,
+                self.run,
+            )
+            ckpt.clear(self.ckpt_root)
+            return None
+        return latest
+
+    def _start_tracking(self, fingerprint: str, resumed: bool) -> tracking.Tracker:
+        uri = tracking.tracking_uri(self.params, self.root)
+        tracker = tracking.Tracker(uri, self.params.tracking.experiment, root=self.root)
+        id_file = self.root / tracking.run_id_path(self.run)
+        stored = tracking.read_run_id(id_file, uri)
+        if stored and tracking.read_run_meta(id_file).get("fingerprint") != fingerprint:
+            stored = None
+        params = tracking.flatten(tracking.run_config(self.params, self.run))
+        params["fingerprint"] = fingerprint
+        run_id = tracker.start(
+            self.run,
+            tags=tracking.run_tags(self.params, self.run, root=self.root),
+            params=params,
+            resume_run_id=stored,
+        )
+        if run_id:
+            tracking.write_run_id(id_file, run_id, uri, fingerprint=fingerprint)
+            if run_id != stored:
+                tracker.log_dict(tracking.run_config(self.params, self.run), "config/run_config.json")
+        if resumed and run_id and run_id != stored:
+            tracker.set_tags({"icpo.resumed_without_mlflow_history": "true"})
+        return tracker
+
+    def train(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Run (or resume) the training; ``stop_after`` ends this call after that many new steps (tests)."""
+        from tqdm import tqdm
+
+        wall0 = time.time()
+        total = self.train_cfg.steps
+        self.ckpt_root.mkdir(parents=True, exist_ok=True)
+        ckpt.prune(self.ckpt_root, None)  # temporaries of a killed checkpoint write
+        fingerprint = config_fingerprint(self.params, self.run, self.root)
+        start = self._resume_point(fingerprint)
+        self._load()
+        self.data_pos = 0
+        if start is not None:
+            state = ckpt.load_checkpoint(self.ckpt_root, start, model=self.model, optimizer=self.optimizer)
+            self.data_pos = int(state["data_pos"])
+            log.info("%s: resuming from checkpoint step %d of %d", self.run, start, total)
+        start = start or 0
+        history = steplog.reset(self.steps_path, start if start else None)
+        tracker = self._start_tracking(fingerprint, resumed=start > 0)
+        pending: list[tuple[int, dict[str, float]]] = []  # MLflow lags to the last checkpoint: no duplicates
+
+        def save(step: int) -> None:
+            ckpt.save_checkpoint(
+                self.ckpt_root,
+                step,
+                model=self.model,
+                optimizer=self.optimizer,
+                tokenizer=self.tokenizer,
+                resume_state={"data_pos": self.data_pos, "fingerprint": fingerprint, "total_steps": total},
+                max_to_keep=self.train_cfg.max_ckpt_to_keep,
+            )
+            tracker.log_metrics(pending)
+            pending.clear()
+
+        grader = None
+        if self.reward_fn is None:
+            from icpo_core.rewards import Grader
+
+            grader = Grader(workers=2, timeout_s=self.params.bench.grade_timeout_s).start(wait=False)
+        self._grader = grader
+        bar = tqdm(
+            total=total, initial=start, desc=f"train {self.run}", unit="step", disable=not self.progress
+        )
+        step = start
+        status = "FAILED"
+        try:
+            end = total if stop_after is None else min(total, start + stop_after)
+            for step in range(start + 1, end + 1):
+                metrics = self.train_step(step)
+                history.append(steplog.append(self.steps_path, step, metrics))
+                pending.append((step, metrics))
+                bar.update(1)
+                bar.set_postfix(
+                    reward=f"{metrics['reward/on_policy']:.3f}",
+                    ief_acc=f"{metrics['icpo/accept_rate']:.2f}",
+                    s_per_step=f"{metrics['perf/step_time_s']:.1f}",
+                )
+                if step % self.train_cfg.save_freq == 0 or step == total:
+                    save(step)
+            if step > start and ckpt.latest_step(self.ckpt_root) != step:
+                save(step)  # stopped early (stop_after): keep what was done
+            status = "FINISHED" if step >= total else "RUNNING"
+        finally:
+            bar.close()
+            if grader is not None:
+                grader.close()
+            if status == "FAILED":
+                tracker.finish("FAILED")
+        summary = self._summary(history, start, step, time.time() - wall0, tracker.run_id, fingerprint)
+        atomic_write_json(self.summary_path, summary)
+        if status == "FINISHED":
+            self._log_final_artifacts(tracker, summary)
+            tracker.finish("FINISHED")
+        return summary
+
+    def _summary(
+        self, history: list[dict], start: int, step: int, wall: float, run_id: str | None, fingerprint: str
+    ) -> dict[str, Any]:
+        def mean(key: str, rows: list[dict]) -> float | None:
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            return float(np.mean(vals)) if vals else None
+
+        last = history[-5:]
+        return {
+            "run": self.run,
+            "method": self.algo.method,
+            "engine": "local",
+            "device": self.device.type,
+            "steps": step,
+            "total_steps": self.train_cfg.steps,
+            "resumed_from_step": start,
+            "wall_time_s": round(wall, 2),
+            "mean_step_time_s": mean("perf/step_time_s", history),
+            "reward_on_policy_mean": mean("reward/on_policy", history),
+            "reward_on_policy_last5": mean("reward/on_policy", last),
+            "reward_overall_mean": mean("reward/overall", history),
+            "reward_overall_last5": mean("reward/overall", last),
+            "ief_accept_rate_mean": mean("icpo/accept_rate", history),
+            "mlflow_run_id": run_id,
+            "fingerprint": fingerprint,
+        }
+
+    def _log_final_artifacts(self, tracker: tracking.Tracker, summary: dict[str, Any]) -> None:
+        if not tracker.active:
+            return
+        import tempfile
+
+        tracker.log_dict(summary, "summary/train_summary.json")
+        tracker.log_artifact(self.steps_path, "curves")
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / f"curves_{self.run}.png"
+            if plot_curves(steplog.read_steps(self.steps_path), png, title=self.run):
+                tracker.log_artifact(png, "curves")
+
+
+def plot_curves(rows: list[dict[str, Any]], out: Path, title: str) -> bool:
+    """Reward / acceptance / KL curves of one run as a PNG (the MLflow artifact)."""
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    panels = [
+        ("reward", ["reward/on_policy", "reward/overall", "icpo/ief_acc"]),
+        ("IEF acceptance", ["icpo/accept_rate"]),
+        ("actor", ["actor/kl", "actor/entropy"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3))
+    for ax, (name, keys) in zip(axes, panels, strict=True):
+        for k in keys:
+            ys = [r.get(k) for r in rows]
+            if any(y is not None for y in ys):
+                ax.plot(steps, [float("nan") if y is None else y for y in ys], marker=".", label=k)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return True
+
+
+def train_local(
+    params: Params,
+    run: str,
+    *,
+    root: str | Path = ".",
+    reward_fn: RewardFn | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) ``run`` with the local engine; returns the summary written to metrics/train_<run>.json."""
+    return LocalTrainer(params, run, root=root, reward_fn=reward_fn, progress=progress).train(stop_after)
