@@ -1,0 +1,92 @@
+"""Benchmark metrics into MLflow: on the training run of a DVC run (``find_run``), or a run of its own for
+``base``. MLflow trouble warns and is skipped; ``metrics/bench_<run>.json`` is the source of truth."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from icpo_core.config import Params
+
+log = logging.getLogger(__name__)
+
+
+def metric_items(metrics: dict[str, Any]) -> dict[str, float]:
+    """``bench/<name>/<metric>`` for every numeric per-benchmark metric, plus ``bench/average/avg_at_n`` and
+    ``bench/time/{generate_s,grade_s}``."""
+    out: dict[str, float] = {}
+    for name, m in metrics.get("benchmarks", {}).items():
+        for key, value in m.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+                out[f"bench/{name}/{key}"] = float(value)
+    avg = metrics.get("average", {}).get("avg_at_n")
+    if avg is not None:
+        out["bench/average/avg_at_n"] = float(avg)
+    for key in ("generate_s", "grade_s"):
+        if metrics.get("timing", {}).get(key) is not None:
+            out[f"bench/time/{key}"] = float(metrics["timing"][key])
+    return out
+
+
+def _base_tags(params: Params) -> dict[str, str]:
+    from icpo_core.tracking import env_tags, git_commit
+
+    tags = {
+        "icpo.run": "base",
+        "icpo.method": "base",
+        "icpo.variant": "base",
+        "icpo.engine": "none",
+        "icpo.profile": params.profile,
+        "icpo.dvc_stage": "bench_base",
+        "git_commit": git_commit(),
+    }
+    tags.update(env_tags())
+    parent = os.environ.get("ICPO_MLFLOW_PARENT_RUN_ID")
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    return tags
+
+
+def log_bench(params: Params, run: str, metrics: dict[str, Any]) -> str | None:
+    """Log the metrics (and the metrics JSON as an artifact); returns the MLflow run id or None."""
+    try:
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        from icpo_core.tracking import artifact_location, find_run, tracking_uri
+
+        uri = tracking_uri(params)
+        client = MlflowClient(tracking_uri=uri)
+        run_id = find_run(params, run)
+        if run_id is None:
+            exp = client.get_experiment_by_name(params.tracking.experiment)
+            exp_id = (
+                exp.experiment_id
+                if exp is not None
+                else client.create_experiment(
+                    params.tracking.experiment, artifact_location=artifact_location(uri)
+                )
+            )
+            if run == "base":
+                tags = _base_tags(params)
+            else:
+                # The training run is not in this store (e.g. trained elsewhere): a bench-only run, same tags.
+                from icpo_core.tracking import run_tags
+
+                tags = run_tags(params, run, stage=f"bench@{run}")
+            created = client.create_run(exp_id, run_name=run, tags=tags)
+            run_id = created.info.run_id
+            client.set_terminated(run_id)
+        import time
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, v, now, 0) for k, v in metric_items(metrics).items()]
+        for s in range(0, len(items), 1000):
+            client.log_batch(run_id, metrics=items[s : s + 1000])
+        client.log_dict(run_id, metrics, f"bench/bench_{run}.json")
+        log.info("MLflow: bench metrics of %s logged to run %s", run, run_id)
+        return run_id
+    except Exception as e:
+        log.warning("MLflow logging of bench %s skipped: %s: %s", run, type(e).__name__, str(e)[:300])
+        return None
