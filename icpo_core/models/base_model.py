@@ -112,8 +112,26 @@ def materialise_gguf(gguf_path: str | Path, out_dir: str | Path, save_dtype: str
         gguf_path.parent, gguf_file=gguf_path.name, dtype=_torch_dtype("float32")
     )
     drop_gguf_quantizer(model)
+    fix_special_tokens(tokenizer, model.config)
     _save(model, tokenizer, out_dir, save_dtype)
     return model
+
+
+def fix_special_tokens(tokenizer: Any, config: Any) -> None:
+    """Make the tokenizer's bos / eos / pad tokens the ones the GGUF metadata (parsed into ``config``) names.
+
+    transformers 5.9's GGUF tokenizer conversion sets eos to ``<|im_start|>`` and no pad token for SmolLM2,
+    although the file says eos = pad = ``<|im_end|>`` (id 2); generation would then never stop at the end of
+    an assistant turn. The model config carries the right ids.
+    """
+    for role in ("bos", "eos", "pad"):
+        token_id = getattr(config, f"{role}_token_id", None)
+        if isinstance(token_id, list):
+            token_id = token_id[0] if token_id else None
+        if token_id is not None and 0 <= token_id < len(tokenizer):
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
+    # Byte-level BPE: the WordPiece clean-up would strip spaces before punctuation on decode.
+    tokenizer.clean_up_tokenization_spaces = False
 
 
 def check_model_folder(folder: str | Path) -> list[str]:
