@@ -1,0 +1,85 @@
+"""The comparison table and the training curves, from fabricated metrics files."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+from tests_report_helpers import make_params
+
+from icpo_core.report.curves import plot_curves, read_steps
+from icpo_core.report.mlflow_runs import metrics_from_run, tag_filter
+from icpo_core.report.table import build_table, run_label, table_from_metrics
+
+
+def bench_json(values: dict[str, float], n: int = 1) -> dict:
+    return {"benchmarks": {k: {"avg_at_n": v, "n": n} for k, v in values.items()}}
+
+
+def test_best_per_column_is_bold_and_missing_is_na():
+    t = build_table(
+        [
+            ("base", "Base model", bench_json({"x": 0.1, "y": 0.5}), ""),
+            ("grpo", "GRPO", bench_json({"x": 0.3, "y": 0.2}), ""),
+            ("icpo", "ICPO", bench_json({"x": 0.3}), ""),
+            ("icpo_rs", "ICPO†", None, ""),
+        ]
+    )
+    md = t.to_markdown()
+    lines = md.splitlines()
+    assert lines[0] == "| Method | Run | x (avg@1) | y (avg@1) | Avg. |"
+    assert lines[2] == "| Base model | `base` | 10.00 | **50.00** | **30.00** |"
+    assert lines[3] == "| GRPO | `grpo` | **30.00** | 20.00 | 25.00 |"
+    assert lines[4] == "| ICPO | `icpo` | **30.00** | n/a | n/a |"  # ties are all bold; no average over a gap
+    assert lines[5] == "| ICPO† | `icpo_rs` | n/a | n/a | n/a |"
+    assert t.best() == {"x": 30.0, "y": 50.0, "average": 30.0}
+    assert json.loads(json.dumps(t.to_dict()))["rows"][1]["values"] == {"x": 30.0, "y": 20.0}
+
+
+def test_labels_follow_the_algorithm_params():
+    p = make_params()
+    labels = {r: run_label(p, r) for r in ["base", *p.runs]}
+    assert labels == {
+        "base": "Base model",
+        "grpo": "GRPO",
+        "icpo": "ICPO",
+        "icpo_rs": "ICPO†",
+        "icpo_no_errs": "ICPO − ERRS",
+        "icpo_released": "ICPO (released code)",
+    }
+
+
+def test_table_from_metrics_dir_orders_columns_by_params(tmp_path):
+    p = make_params()
+    (tmp_path / "bench_icpo.json").write_text(json.dumps(bench_json({"extra": 0.9, "synthetic_l1": 0.5})))
+    (tmp_path / "bench_grpo.json").write_text("{not json")  # unreadable -> n/a, no crash
+    t = table_from_metrics(p, ["base", "grpo", "icpo"], tmp_path)
+    assert t.columns == ["synthetic_l0", "synthetic_l1", "synthetic_l3", "extra"]
+    rows = {r.run: r for r in t.rows}
+    assert rows["icpo"].values["synthetic_l1"] == 50.0 and rows["icpo"].average is None
+    assert all(v is None for v in rows["grpo"].values.values())
+
+
+def test_curves_png_overlays_runs(tmp_path):
+    steps = tmp_path / "steps_icpo.jsonl"
+    rows = [{"step": s, "reward/on_policy": 0.1 * s, "reward/expert_region": 0.5} for s in (1, 2, 3)]
+    rows.append({"step": 2, "reward/on_policy": 0.9, "reward/expert_region": None})  # resumed step: last wins
+    steps.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "rew')  # torn last line
+    assert [r["reward/on_policy"] for r in read_steps(steps)] == [0.1, 0.9, 0.30000000000000004]
+    out = tmp_path / "curves.png"
+    plotted = plot_curves({"icpo": ("ICPO", steps), "grpo": ("GRPO", tmp_path / "missing.jsonl")}, out)
+    assert plotted == {"icpo": 3}
+    head = out.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", head[16:24])
+    assert width > height > 100
+
+
+def test_mlflow_helpers():
+    assert tag_filter(["icpo.method=icpo", "tags.`icpo.profile` = 'x'"]) == (
+        "tags.`icpo.method` = 'icpo' and tags.`icpo.profile` = 'x'"
+    )
+    m = metrics_from_run(
+        {"bench/a/avg_at_n": 0.5, "bench/a/n": 4.0, "bench/average/avg_at_n": 0.5, "loss": 1.0}
+    )
+    assert m == {"benchmarks": {"a": {"avg_at_n": 0.5, "n": 4}}}
