@@ -1,13 +1,34 @@
-"""`icpo verl-cmd`: placeholder until its issue lands."""
+"""``icpo verl-cmd --run X``: print the verl launch command of one run (shell-quoted, environment included).
+
+Copy it to a GPU node, or let ``icpo train`` run it when ``train.engine: verl``.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from icpo_core.errors import UserError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", default=None)
+    p.add_argument("--run", required=True, help="a name from params.yaml `runs` (grpo, icpo, ...)")
+    p.add_argument(
+        "--overrides-only", action="store_true", help="print only the hydra overrides, one per line"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("icpo verl-cmd is not implemented yet")
+    from icpo_core.config import ParamsError
+    from icpo_core.engines.verl.overrides import override_list, shell_command
+
+    params = args.params_obj
+    if args.run not in params.runs:
+        raise UserError(f"unknown run '{args.run}': params.yaml runs has {sorted(params.runs)}")
+    try:
+        if args.overrides_only:
+            print("\n".join(override_list(params, args.run)))
+        else:
+            print(shell_command(params, args.run))
+    except ParamsError as e:
+        raise UserError(str(e)) from None
+    return 0

@@ -1,0 +1,17 @@
+"""verl engine: paper-scale GRPO / ICPO on Ray with vLLM rollouts (GPU nodes).
+
+- :mod:`.overrides`: ``build_command(params, run)`` / ``launch(params, run)``, params.yaml -> hydra overrides;
+- :mod:`.launcher`: ``python -m icpo_core.engines.verl.launcher``, hydra main + ICPO task runner;
+- :mod:`.trainer`: ``RayICPOTrainer`` (a ``RayPPOTrainer`` that installs the ICPO loss, logs ICPO metrics);
+- :mod:`.manager`: ``ICPOAgentLoopManager`` (IEF rows, ERRS, bonus, prompt restore around generation);
+- :mod:`.batch_ops`: those transforms on ``DataProto`` (no Ray, tested on CPU);
+- :mod:`.losses`: the ``icpo`` advantage estimator / policy loss and the actor loss given to ``set_loss_fn``;
+- :mod:`.plugin`: the ``verl.plugins`` entry point registering them on every ``import verl``;
+- :mod:`.reward`: the rule-based math reward verl's reward loop calls.
+
+Only :mod:`.overrides` is imported here, and it needs neither verl nor torch.
+"""
+
+from icpo_core.engines.verl.overrides import build_command, launch
+
+__all__ = ["build_command", "launch"]

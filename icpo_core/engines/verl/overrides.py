@@ -1,0 +1,220 @@
+"""params.yaml -> the verl launch command: ``build_command(params, run)`` and ``launch(params, run)``.
+
+One function builds the whole command line for every run (GRPO and ICPO alike go through
+``python -m icpo_core.engines.verl.launcher``; GRPO is ``n_off: 0``, where the ICPO manager passes generation
+through and the stock verl loss is used). For the paper profiles the resolved values equal the released
+scripts' (DESIGN.md section 5; tests/engines/verl checks them on the composed hydra config).
+
+No verl / torch import here: ``icpo verl-cmd`` prints instantly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from icpo_core import paths
+from icpo_core.algorithm.losses import effective_entropy_coeff
+from icpo_core.config import AlgorithmParams, Params
+
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")  # hydra-safe unquoted values (identifiers, dotted names)
+LAUNCHER_MODULE = "icpo_core.engines.verl.launcher"
+MANAGER_FQN = "icpo_core.engines.verl.manager.ICPOAgentLoopManager"
+REWARD_PATH = "pkg://icpo_core.engines.verl.reward"
+
+# Released-script settings that params.yaml does not expose (icpo_anchor.md section 3.1).
+RELEASED_FIXED = {
+    "actor_rollout_ref.rollout.top_k": -1,
+    "actor_rollout_ref.rollout.enforce_eager": True,
+    "actor_rollout_ref.rollout.val_kwargs.n": 2,
+    "actor_rollout_ref.rollout.val_kwargs.do_sample": True,
+    "actor_rollout_ref.rollout.val_kwargs.temperature": 0.6,
+    "actor_rollout_ref.rollout.val_kwargs.top_p": 0.7,
+    "actor_rollout_ref.rollout.val_kwargs.top_k": 50,
+    "actor_rollout_ref.model.use_remove_padding": True,
+    "actor_rollout_ref.model.enable_gradient_checkpointing": True,
+    "actor_rollout_ref.actor.fsdp_config.param_offload": False,
+    "actor_rollout_ref.actor.fsdp_config.optimizer_offload": False,
+    "actor_rollout_ref.actor.optim.lr_scheduler_type": "constant",
+    "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio": 0.0,
+    "actor_rollout_ref.actor.ppo_epochs": 1,
+    "actor_rollout_ref.actor.use_dynamic_bsz": False,
+    "actor_rollout_ref.ref.fsdp_config.param_offload": True,
+    "algorithm.use_kl_in_reward": False,
+    "data.filter_overlong_prompts": True,
+    "data.truncation": "error",
+    "data.shuffle": True,
+    "trainer.critic_warmup": 0,
+}
+
+
+def _fmt(value: Any) -> str:
+    """A value in hydra override syntax (strings quoted so spaces, quotes and backslashes survive)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_fmt(v) for v in value) + "]"
+    text = str(value)
+    if _PLAIN.fullmatch(text):
+        return text
+    # hydra quoted string: a backslash run is literal unless it precedes a quote or the closing quote,
+    # where it is doubled; then quotes are escaped
+    text = re.sub(r'(\\+)(?="|$)', lambda m: m.group(1) * 2, text)
+    text = text.replace('"', '\\"').replace("${", "\\${")  # no interpolation
+    return '"' + text + '"'
+
+
+def _abs(path: str | Path, root: Path) -> str:
+    p = Path(path)
+    return str(p if p.is_absolute() else (root / p).resolve())
+
+
+def ief_prompt_length(params: Params, algo: AlgorithmParams) -> int:
+    """Rollout prompt budget: the plain prompt plus k demos of up to the same length each.
+
+    verl left-truncates any prompt longer than ``rollout.prompt_length`` (demos first), so IEF prompts need
+    room; GRPO keeps ``max_prompt_length``. After the prompt restore the extra padding costs the actor nothing.
+    """
+    base = params.train.max_prompt_length
+    return base if algo.n_off == 0 else base * (1 + algo.k_demos)
+
+
+def prompt_suffix(params: Params) -> str:
+    """The suffix the training prompts carry (demo problems get the same one)."""
+    if params.data.train.source == "synthetic":
+        return params.data.synthetic.prompt_suffix
+    return params.data.train.prompt_suffix
+
+
+def verl_overrides(params: Params, run: str, root: str | Path = ".") -> dict[str, Any]:
+    """Every hydra key -> value of one run, in order (``runs.<run>`` applied over ``algorithm``)."""
+    root = Path(root).resolve()
+    algo = params.run_algorithm(run)
+    t, v = params.train, params.train.verl
+    icpo = algo.n_off > 0
+    prompt_len = ief_prompt_length(params, algo)
+    val_files = [_abs(f, root) for f in v.val_files]
+    ov: dict[str, Any] = {
+        "algorithm.adv_estimator": "icpo" if icpo else "grpo",
+        "algorithm.norm_adv_by_std_in_grpo": algo.norm_adv_by_std,
+        "data.train_files": [_abs(paths.TRAIN_PARQUET, root)],
+        # verl always builds a validation set; without benchmarks it reads the train file and never validates
+        "data.val_files": val_files or [_abs(paths.TRAIN_PARQUET, root)],
+        "data.train_batch_size": t.prompts_per_step,
+        "data.max_prompt_length": t.max_prompt_length,
+        "data.max_response_length": t.max_response_length,
+        "data.seed": params.seed,
+        "actor_rollout_ref.model.path": _abs(paths.BASE_MODEL_DIR, root),
+        "actor_rollout_ref.actor.optim.lr": t.lr,
+        "actor_rollout_ref.actor.optim.weight_decay": t.weight_decay,
+        "actor_rollout_ref.actor.grad_clip": t.grad_clip,
+        "actor_rollout_ref.actor.ppo_mini_batch_size": t.ppo_mini_batch_prompts,
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": v.ppo_micro_batch_size_per_gpu,
+        "actor_rollout_ref.actor.use_kl_loss": algo.use_kl_loss,
+        "actor_rollout_ref.actor.kl_loss_coef": algo.kl_coef,
+        "actor_rollout_ref.actor.kl_loss_type": algo.kl_type,
+        "actor_rollout_ref.actor.entropy_coeff": effective_entropy_coeff(algo),
+        "actor_rollout_ref.actor.clip_ratio_low": algo.clip_ratio_low,
+        "actor_rollout_ref.actor.clip_ratio_high": algo.clip_ratio_high,
+        "actor_rollout_ref.actor.clip_ratio_c": algo.clip_ratio_c,
+        "actor_rollout_ref.actor.loss_agg_mode": algo.loss_agg_mode,
+        "actor_rollout_ref.actor.policy_loss.loss_mode": "icpo" if icpo else "vanilla",
+        "actor_rollout_ref.rollout.name": "vllm",
+        "actor_rollout_ref.rollout.n": algo.n_on,
+        "actor_rollout_ref.rollout.prompt_length": prompt_len,
+        "actor_rollout_ref.rollout.response_length": t.max_response_length,
+        "actor_rollout_ref.rollout.max_num_batched_tokens": prompt_len + t.max_response_length,
+        "actor_rollout_ref.rollout.tensor_model_parallel_size": v.tensor_parallel,
+        "actor_rollout_ref.rollout.gpu_memory_utilization": v.gpu_memory_utilization,
+        "actor_rollout_ref.rollout.temperature": t.temperature,
+        "actor_rollout_ref.rollout.top_p": t.top_p,
+        # IEF rows' rollout log-probs are demo-conditioned: only debug metrics use them; off for both arms
+        "actor_rollout_ref.rollout.calculate_log_probs": False,
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": v.log_prob_micro_batch_size_per_gpu,
+        "actor_rollout_ref.rollout.agent.agent_loop_manager_class": MANAGER_FQN,
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": v.log_prob_micro_batch_size_per_gpu,
+        "reward.custom_reward_function.path": REWARD_PATH,
+        "reward.custom_reward_function.name": "compute_score",
+        "trainer.use_v1": False,
+        "trainer.nnodes": v.nnodes,
+        "trainer.n_gpus_per_node": v.n_gpus_per_node,
+        "trainer.total_training_steps": t.steps,
+        "trainer.total_epochs": 1000,  # the step cap ends the run
+        "trainer.save_freq": t.save_freq,
+        "trainer.max_actor_ckpt_to_keep": t.max_ckpt_to_keep,
+        "trainer.test_freq": v.test_freq if val_files else -1,
+        "trainer.val_before_train": bool(val_files),
+        "trainer.default_local_dir": _abs(paths.checkpoints_dir(run), root),
+        "trainer.resume_mode": "auto",
+        "trainer.logger": ["console", "mlflow"],
+        "trainer.project_name": params.tracking.experiment,
+        "trainer.experiment_name": run,
+        **RELEASED_FIXED,
+        "hydra.run.dir": _abs(paths.run_dir(run) / "hydra", root),
+    }
+    for key, value in algo.model_dump().items():
+        ov[f"icpo.{key}"] = value
+    ov["icpo.demo_path"] = _abs(paths.DEMOS_PARQUET, root)
+    ov["icpo.prompt_suffix"] = prompt_suffix(params)
+    ov["icpo.seed"] = params.seed
+    if v.nnodes > 1:
+        ov["+ray_kwargs.ray_init.address"] = "auto"  # join the cluster started with `ray start` on every node
+    return ov
+
+
+def override_list(params: Params, run: str, root: str | Path = ".") -> list[str]:
+    """``key=value`` hydra overrides, ``train.verl.extra_overrides`` appended last (they win)."""
+    return [f"{k}={_fmt(v)}" for k, v in verl_overrides(params, run, root).items()] + list(
+        params.train.verl.extra_overrides
+    )
+
+
+def build_command(params: Params, run: str, root: str | Path = ".") -> list[str]:
+    """The full verl launch command of one run: ``python -m icpo_core.engines.verl.launcher <overrides>``."""
+    return [sys.executable, "-m", LAUNCHER_MODULE, *override_list(params, run, root)]
+
+
+def tracking_env(params: Params, root: str | Path = ".") -> dict[str, str]:
+    """``MLFLOW_TRACKING_URI`` per docs/architecture.md; ``MLFLOW_RUN_ID`` passes through when set.
+
+    verl's MLflow logger reads the URI and attaches to ``MLFLOW_RUN_ID`` when it is set, so the train stage can
+    open the run (tags, parent) and verl logs into it.
+    """
+    env = {}
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.tracking_uri
+    if not uri:
+        uri = f"sqlite:///{_abs(paths.MLFLOW_DIR / 'mlflow.db', Path(root).resolve())}"
+    env["MLFLOW_TRACKING_URI"] = uri
+    if os.environ.get("MLFLOW_RUN_ID"):
+        env["MLFLOW_RUN_ID"] = os.environ["MLFLOW_RUN_ID"]
+    return env
+
+
+def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
+    """The command as one shell line, environment included (what ``icpo verl-cmd`` prints)."""
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in tracking_env(params, root).items())
+    cmd = ["python", *build_command(params, run, root)[1:]]  # portable: the node's active environment
+    return f"{env} {shlex.join(cmd)}"
+
+
+def launch(params: Params, run: str, root: str | Path = ".") -> int:
+    """Run the verl command of ``run``, streaming its output; returns its exit code."""
+    cmd = build_command(params, run, root)
+    env = {**os.environ, **tracking_env(params, root)}
+    (Path(root) / paths.run_dir(run)).mkdir(parents=True, exist_ok=True)
+    print(shlex.join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=root)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return proc.wait()

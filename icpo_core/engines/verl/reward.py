@@ -1,0 +1,42 @@
+"""The training reward for verl's reward loop: last ``\\boxed{}`` + math-verify, binary (paper / released).
+
+verl calls ``compute_score(data_source, solution_str, ground_truth, extra_info)`` per row from threads of its
+reward-loop workers (``reward.custom_reward_function.path=pkg://icpo_core.engines.verl.reward``). Grading goes
+through :class:`icpo_core.rewards.Grader`, whose worker processes hold the hard time limit (math-verify's own
+signal timeouts fail in threads). One grader per process, started on first use.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from typing import Any
+
+_grader = None
+_lock = threading.Lock()
+
+
+def _get_grader():
+    global _grader
+    with _lock:
+        if _grader is None:
+            from icpo_core.rewards import Grader
+
+            workers = int(os.environ.get("ICPO_REWARD_WORKERS", "2"))
+            timeout_s = float(os.environ.get("ICPO_REWARD_TIMEOUT_S", "5"))
+            _grader = Grader(workers=workers, timeout_s=timeout_s)
+            atexit.register(_grader.close)
+        return _grader
+
+
+def compute_score(
+    data_source: str | None = None,
+    solution_str: str = "",
+    ground_truth: str = "",
+    extra_info: Any = None,
+    **_: Any,
+) -> float:
+    """1.0 when the response's last ``\\boxed{}`` answer matches ``ground_truth``, else 0.0."""
+    (verdict,) = _get_grader().grade([solution_str], [str(ground_truth)])
+    return float(verdict.reward)

@@ -1,0 +1,39 @@
+"""``RayICPOTrainer``: verl's ``RayPPOTrainer`` with the ICPO actor loss and ICPO step metrics.
+
+The recipe shape verl uses (a trainer subclass plus a task runner), but ``fit()`` is *not* copied: the IEF
+rows, ERRS, bonus and prompt restore happen in :class:`~.manager.ICPOAgentLoopManager`, and GRPO advantages
+over the mixed group are verl's own. Two hooks remain:
+
+- ``init_workers``: installs :func:`~.losses.icpo_ppo_loss` on the actor workers with ``set_loss_fn`` (verl's
+  registered policy losses never see the per-row IEF mask; this loss reads ``icpo_ief``);
+- ``_update_actor``: adds the manager's per-step metrics (``reward/*``, ``icpo/*``) to what verl logs.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from icpo_core.engines.verl.losses import icpo_ppo_loss
+from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+from verl.utils.config import omega_conf_to_dataclass
+
+
+def make_actor_loss(config):
+    """The loss callable the actor workers run: ``icpo_ppo_loss`` bound to the actor config and gamma."""
+    actor_cfg = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+    return partial(icpo_ppo_loss, config=actor_cfg, gamma=float(config.icpo.gamma))
+
+
+class RayICPOTrainer(RayPPOTrainer):
+    """ICPO (paper section 3) on verl; with ``icpo.n_off == 0`` it is verl's GRPO trainer unchanged."""
+
+    def init_workers(self):
+        super().init_workers()
+        if int(self.config.icpo.n_off) > 0:
+            self.actor_rollout_wg.set_loss_fn(make_actor_loss(self.config))
+
+    def _update_actor(self, batch):
+        out = super()._update_actor(batch)
+        extra = getattr(self.async_rollout_manager, "last_metrics", None) or {}
+        out.meta_info.setdefault("metrics", {}).update(extra)
+        return out

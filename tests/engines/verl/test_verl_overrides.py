@@ -1,0 +1,222 @@
+"""params.yaml -> verl command: composes for every run and profile; paper profiles equal the released scripts."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from icpo_core.config import parse_params
+from icpo_core.engines.verl import overrides as ov
+
+ROOT = Path(__file__).resolve().parents[3]
+RUNS = ["grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
+PROFILES = ["embedded", "paper_qwen3_1_7b", "paper_qwen3_8b"]
+
+# The released Qwen3 scripts' values (icpo_anchor.md section 3; DESIGN.md section 5).
+RELEASED = {
+    "data.train_batch_size": 128,
+    "data.max_prompt_length": 4096,
+    "data.max_response_length": 8192,
+    "data.filter_overlong_prompts": True,
+    "data.truncation": "error",
+    "data.shuffle": True,
+    "actor_rollout_ref.actor.optim.lr": 1e-6,
+    "actor_rollout_ref.actor.optim.weight_decay": 0.01,
+    "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio": 0.0,
+    "actor_rollout_ref.actor.optim.lr_scheduler_type": "constant",
+    "actor_rollout_ref.actor.use_kl_loss": True,
+    "actor_rollout_ref.actor.kl_loss_coef": 0.001,
+    "actor_rollout_ref.actor.kl_loss_type": "low_var_kl",
+    "actor_rollout_ref.actor.grad_clip": 1.0,
+    "actor_rollout_ref.actor.clip_ratio_low": 0.2,
+    "actor_rollout_ref.actor.clip_ratio_high": 0.2,
+    "actor_rollout_ref.actor.clip_ratio_c": 3.0,
+    "actor_rollout_ref.actor.loss_agg_mode": "token-mean",
+    "actor_rollout_ref.actor.ppo_epochs": 1,
+    "actor_rollout_ref.actor.use_dynamic_bsz": False,
+    "actor_rollout_ref.actor.fsdp_config.param_offload": False,
+    "actor_rollout_ref.actor.fsdp_config.optimizer_offload": False,
+    "actor_rollout_ref.ref.fsdp_config.param_offload": True,
+    "actor_rollout_ref.model.use_remove_padding": True,
+    "actor_rollout_ref.model.enable_gradient_checkpointing": True,
+    "actor_rollout_ref.rollout.name": "vllm",
+    "actor_rollout_ref.rollout.n": 8,
+    "actor_rollout_ref.rollout.temperature": 1.0,
+    "actor_rollout_ref.rollout.top_p": 1.0,
+    "actor_rollout_ref.rollout.top_k": -1,
+    "actor_rollout_ref.rollout.gpu_memory_utilization": 0.8,
+    "actor_rollout_ref.rollout.enforce_eager": True,
+    "actor_rollout_ref.rollout.val_kwargs.n": 2,
+    "actor_rollout_ref.rollout.val_kwargs.do_sample": True,
+    "actor_rollout_ref.rollout.val_kwargs.temperature": 0.6,
+    "actor_rollout_ref.rollout.val_kwargs.top_p": 0.7,
+    "actor_rollout_ref.rollout.val_kwargs.top_k": 50,
+    "algorithm.use_kl_in_reward": False,
+    "algorithm.norm_adv_by_std_in_grpo": True,
+    "trainer.nnodes": 1,
+    "trainer.n_gpus_per_node": 8,
+    "trainer.total_training_steps": 400,
+    "trainer.save_freq": 50,
+    "trainer.critic_warmup": 0,
+}
+PER_MODEL = {
+    "paper_qwen3_1_7b": {
+        "actor_rollout_ref.actor.ppo_mini_batch_size": 64,
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 2,
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": 2,
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": 2,
+        "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
+    },
+    "paper_qwen3_8b": {
+        "actor_rollout_ref.actor.ppo_mini_batch_size": 32,
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 1,
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": 1,
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": 1,
+        "actor_rollout_ref.rollout.tensor_model_parallel_size": 8,
+    },
+}
+
+
+def _params(profile: str, **train_verl):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profile"] = profile
+    if train_verl:  # into the profile, which deep-merges over the base sections
+        target = raw["profiles"][profile] if profile != "embedded" else raw
+        target.setdefault("train", {}).setdefault("verl", {}).update(train_verl)
+    return parse_params(raw)
+
+
+def _get(cfg, dotted: str):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def composed(tmp_path_factory):
+    """Every (profile, run) composed in-process with hydra's compose API (hydra.* keys go via --cfg below)."""
+    from hydra import compose, initialize_config_dir
+
+    cfg_dir = str(Path(ov.__file__).parent / "config")
+    root = tmp_path_factory.mktemp("proj")
+    out = {}
+    with initialize_config_dir(config_dir=cfg_dir, version_base=None):
+        for profile in PROFILES:
+            params = _params(profile)
+            for run in RUNS:
+                overrides = [o for o in ov.override_list(params, run, root) if not o.startswith("hydra.")]
+                out[profile, run] = compose("icpo_trainer", overrides=overrides)
+    return out, root
+
+
+@pytest.mark.parametrize("profile", ["paper_qwen3_1_7b", "paper_qwen3_8b"])
+def test_paper_profiles_equal_released_scripts(composed, profile):
+    cfgs, _ = composed
+    for run in RUNS:
+        cfg = cfgs[profile, run]
+        for key, want in {**RELEASED, **PER_MODEL[profile]}.items():
+            assert _get(cfg, key) == want, (profile, run, key)
+    # the only deliberate differences: IEF prompt room, entropy bonus only on the released run
+    grpo, icpo = cfgs[profile, "grpo"], cfgs[profile, "icpo"]
+    assert grpo.actor_rollout_ref.rollout.prompt_length == 4096
+    assert grpo.actor_rollout_ref.rollout.max_num_batched_tokens == 12288  # released value
+    assert icpo.actor_rollout_ref.rollout.prompt_length == 8192
+    assert [cfgs[profile, r].actor_rollout_ref.actor.entropy_coeff for r in RUNS] == [0, 0, 0, 0, 0.001]
+
+
+def test_every_run_composes_with_its_method(composed):
+    cfgs, root = composed
+    for (profile, run), cfg in cfgs.items():
+        params = _params(profile)
+        algo = params.run_algorithm(run)
+        assert cfg.algorithm.adv_estimator == ("grpo" if algo.n_off == 0 else "icpo")
+        assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == ("vanilla" if algo.n_off == 0 else "icpo")
+        assert cfg.actor_rollout_ref.rollout.agent.agent_loop_manager_class == ov.MANAGER_FQN
+        assert cfg.trainer.use_v1 is False
+        assert cfg.trainer.logger == ["console", "mlflow"]
+        assert cfg.trainer.experiment_name == run
+        assert cfg.trainer.default_local_dir == str(root / "runs" / run / "checkpoints")
+        assert cfg.trainer.max_actor_ckpt_to_keep == params.train.max_ckpt_to_keep
+        assert cfg.data.train_files == [str(root / "data" / "train.parquet")]
+        assert cfg.actor_rollout_ref.model.path == str(root / "models" / "base")
+        assert cfg.actor_rollout_ref.rollout.n == algo.n_on
+        for key, value in algo.model_dump().items():
+            assert cfg.icpo[key] == value, (profile, run, key)
+        assert cfg.icpo.prompt_suffix == ov.prompt_suffix(params)
+        assert cfg.icpo.demo_path == str(root / "data" / "demos.parquet")
+        assert cfg.reward.custom_reward_function.path == ov.REWARD_PATH
+
+
+def test_validation_multinode_and_extra_overrides(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    params = _params(
+        "paper_qwen3_1_7b",
+        nnodes=4,
+        val_files=["data/val/math500.parquet"],
+        extra_overrides=["trainer.save_freq=25"],
+    )
+    overrides = [o for o in ov.override_list(params, "icpo", tmp_path) if not o.startswith("hydra.")]
+    assert overrides[-1] == "trainer.save_freq=25"
+    with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
+        cfg = compose("icpo_trainer", overrides=overrides)
+    assert cfg.trainer.nnodes == 4 and cfg.ray_kwargs.ray_init.address == "auto"
+    assert cfg.trainer.test_freq == 10 and cfg.trainer.val_before_train is True
+    assert cfg.data.val_files == [str(tmp_path / "data/val/math500.parquet")]
+    assert cfg.trainer.save_freq == 25
+
+
+def test_hydra_string_quoting_round_trips(tmp_path):
+    """Through the real launcher (`--cfg job`, one subprocess): odd strings survive hydra's override parser."""
+    nasty = ' Let\'s think \\boxed{} "q" ${oc.env:HOME} a\\'
+    params = _params("paper_qwen3_8b")
+    cmd = ov.build_command(params, "icpo_rs", tmp_path)
+    cmd = [c for c in cmd if not c.startswith("icpo.prompt_suffix=")]
+    cmd += [f"icpo.prompt_suffix={ov._fmt(nasty)}", "--cfg", "job", "--resolve"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg["icpo"]["prompt_suffix"] == nasty
+    assert cfg["icpo"]["reward_shaping"] is True
+    assert cfg["actor_rollout_ref"]["rollout"]["tensor_model_parallel_size"] == 8
+    assert not (tmp_path / "outputs").exists()  # --cfg job writes nothing
+
+
+def test_cli_prints_shell_quoted_command(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
+    r = subprocess.run(
+        [sys.executable, "-m", "icpo_core.cli", "--params", str(ROOT / "params.yaml"), "verl-cmd", "--run", "icpo"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    words = shlex.split(r.stdout)
+    assert words[0] == "MLFLOW_TRACKING_URI=http://mlflow.example:5000"
+    assert words[1:4] == ["python", "-m", ov.LAUNCHER_MODULE]
+    assert "icpo.n_off=1" in words and "actor_rollout_ref.rollout.n=8" in words
+    r = subprocess.run(
+        [sys.executable, "-m", "icpo_core.cli", "--params", str(ROOT / "params.yaml"), "verl-cmd", "--run", "nope"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and "unknown run" in r.stderr
+
+
+def test_launch_streams_and_passes_tracking_env(tmp_path, monkeypatch, capfd):
+    params = _params("embedded")
+    script = "import os; print('uri', os.environ['MLFLOW_TRACKING_URI']); print('run', os.environ.get('MLFLOW_RUN_ID'))"
+    monkeypatch.setattr(ov, "build_command", lambda p, run, root=".": [sys.executable, "-c", script])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")
+    assert ov.launch(params, "icpo", tmp_path) == 0
+    out = capfd.readouterr().out
+    assert f"uri sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db" in out and "run abc123" in out
+    assert (tmp_path / "runs" / "icpo").is_dir()
+    monkeypatch.setattr(
+        ov, "build_command", lambda p, run, root=".": [sys.executable, "-c", "raise SystemExit(3)"]
+    )
+    assert ov.launch(params, "icpo", tmp_path) == 3
