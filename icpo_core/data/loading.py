@@ -7,8 +7,9 @@ exercised by tests with small local files in the hub datasets' real layouts. Eve
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,17 @@ def _load_local(path: Path) -> datasets.Dataset:
     return datasets.load_dataset(_builder_for(path), data_files=str(path), split="train")
 
 
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_table(
     hub_id: str,
     *,
@@ -65,7 +77,8 @@ def load_table(
         if not path.exists():
             raise DataError(f"{what}.path: {path} does not exist")
         try:
-            return _load_local(path)
+            with _quiet("datasets"):  # its own error log would repeat what the DataError says
+                return _load_local(path)
         except DataError:
             raise
         except (DatasetGenerationError, ValueError, OSError, TypeError) as e:
