@@ -79,3 +79,17 @@ def plot_curves(runs: dict[str, tuple[str, Path]], out_png: Path) -> dict[str, i
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
     return plotted
+
+
+def write_plot_data(runs: list[str], steps_path: dict[str, Path], out_dir: Path) -> list[Path]:
+    """``<out_dir>/steps_<run>.json`` per run: the curve keys per step as a JSON list, the format DVC plots read
+    (DVC 3 reads JSON / YAML / CSV / TSV, not JSON lines). A run without steps gets ``[]``, so the top-level
+    ``plots:`` of dvc.yaml always find their files."""
+    from icpo_core.io_utils import atomic_write_text
+
+    written = []
+    for run in runs:
+        rows = read_steps(steps_path[run]) if run in steps_path else []
+        data = [{"step": int(r["step"]), **{k: r.get(k) for k, _ in CURVES}} for r in rows]
+        written.append(atomic_write_text(out_dir / f"steps_{run}.json", json.dumps(data) + "\n"))
+    return written

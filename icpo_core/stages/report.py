@@ -2,8 +2,9 @@
 
 Reads ``metrics/bench_<run>.json``, ``metrics/train_<run>.json`` and ``metrics/steps_<run>.jsonl`` for the runs
 of ``params.report.runs`` and writes ``reports/report.md`` (paper-style table, best per column in bold; training
-summary), ``reports/table.json`` and ``reports/curves.png`` (on-policy and expert-region reward vs step, runs
-overlaid); logs the table and files to MLflow. A run with missing files gets "n/a", never a crash.
+summary), ``reports/table.json``, ``reports/curves.png`` (on-policy and expert-region reward vs step, runs
+overlaid) and ``reports/plots/steps_<run>.json`` (the same curves for dvc.yaml's top-level ``plots:``); logs the
+table and files to MLflow. A run with missing files gets "n/a", never a crash.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from icpo_core.io_utils import atomic_path, atomic_write_json, atomic_write_text
-    from icpo_core.report.curves import plot_curves
+    from icpo_core.report.curves import plot_curves, write_plot_data
     from icpo_core.report.table import run_label, table_from_metrics, training_markdown
 
     params = args.params_obj
@@ -35,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     curves = {r: (run_label(params, r), paths.train_metrics_jsonl(r)) for r in runs if r != "base"}
     with atomic_path(out / "curves.png") as tmp:
         plotted = plot_curves(curves, tmp)
+    train_runs = [r for r in runs if r != "base"]
+    write_plot_data(train_runs, {r: paths.train_metrics_jsonl(r) for r in train_runs}, out / "plots")
     missing = [r.run for r in table.rows if all(v is None for v in r.values.values())]
     md = [
         "# GRPO vs ICPO",

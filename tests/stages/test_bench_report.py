@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,7 @@ def test_grade_stage(in_project, capsys):
 
 def test_report_stage_from_fabricated_metrics(in_project, capsys):
     metrics = Path("metrics")
+    metrics.mkdir(exist_ok=True)
     for run, acc in {"grpo": 0.2, "icpo": 0.4, "icpo_rs": 0.5}.items():
         bench = {"benchmarks": {f"synthetic_l{k}": {"avg_at_n": acc + 0.1 * k, "n": 1} for k in (0, 1, 3)}}
         (metrics / f"bench_{run}.json").write_text(json.dumps(bench))
@@ -167,6 +169,19 @@ def test_report_stage_from_fabricated_metrics(in_project, capsys):
         "icpo_released",
     ]
     assert Path("reports/curves.png").read_bytes()[:4] == b"\x89PNG"
+    plot_rows = json.loads(Path("reports/plots/steps_icpo.json").read_text())
+    assert [r["step"] for r in plot_rows] == [1, 2, 3, 4] and plot_rows[0]["reward/expert_region"] == 0.8
+    assert json.loads(Path("reports/plots/steps_icpo_no_errs.json").read_text()) == []
+
+    # dvc.yaml's top-level plots read those files (DVC cannot read JSON lines)
+    shutil.copy(REPO / "dvc.yaml", "dvc.yaml")
+    subprocess.run(["dvc", "init", "--no-scm", "-q", "-f"], check=True)
+    shown = subprocess.run(["dvc", "plots", "show", "--json"], capture_output=True, text=True, check=False)
+    plots = json.loads(shown.stdout)
+    assert not [e for e in plots.get("errors", []) if "reports/plots" in e.get("source", "")]
+    values = plots["data"]["on_policy_reward"][0]["content"]["data"]["values"]
+    assert {v["filename"] for v in values} == {"steps_grpo.json", "steps_icpo.json", "steps_icpo_rs.json"}
+    assert len(values) == 12
 
     from mlflow.tracking import MlflowClient
 
