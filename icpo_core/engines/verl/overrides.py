@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,11 @@ def verl_overrides(params: Params, run: str, root: str | Path = ".") -> dict[str
         "trainer.val_before_train": bool(val_files),
         "trainer.default_local_dir": _abs(paths.checkpoints_dir(run), root),
         "trainer.resume_mode": "auto",
-        "trainer.logger": ["console", "mlflow"],
+        "trainer.logger": [
+            "console",
+            "mlflow",
+            "file",
+        ],  # file: runs/<run>/verl_metrics -> metrics/steps_<run>
         "trainer.project_name": params.tracking.experiment,
         "trainer.experiment_name": run,
         **RELEASED_FIXED,
@@ -199,22 +204,39 @@ def tracking_env(params: Params, root: str | Path = ".") -> dict[str, str]:
     return env
 
 
+def launch_env(params: Params, run: str, root: str | Path = ".") -> dict[str, str]:
+    """:func:`tracking_env` plus the path of this launch's verl step log (one file per launch, by start time)."""
+    from icpo_core.engines.verl.metrics import metrics_dir
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_path = _abs(metrics_dir(run) / f"{stamp}.jsonl", Path(root).resolve())
+    return {**tracking_env(params, root), "VERL_FILE_LOGGER_PATH": log_path}
+
+
 def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
     """The command as one shell line, environment included (what ``icpo verl-cmd`` prints)."""
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in tracking_env(params, root).items())
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in launch_env(params, run, root).items())
     cmd = ["python", *build_command(params, run, root)[1:]]  # portable: the node's active environment
     return f"{env} {shlex.join(cmd)}"
 
 
 def launch(params: Params, run: str, root: str | Path = ".") -> int:
-    """Run the verl command of ``run``, streaming its output; returns its exit code."""
+    """Run the verl command of ``run``, streaming its output; returns its exit code.
+
+    Afterwards (also after a failure, for the steps that ran) verl's step log is exported to
+    ``metrics/steps_<run>.jsonl`` with the project's metric names (:func:`.metrics.export_steps`).
+    """
+    from icpo_core.engines.verl.metrics import export_steps, metrics_dir
+
     cmd = build_command(params, run, root)
-    env = {**os.environ, **tracking_env(params, root)}
-    (Path(root) / paths.run_dir(run)).mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **launch_env(params, run, root)}
+    (Path(root) / metrics_dir(run)).mkdir(parents=True, exist_ok=True)
     print(shlex.join(cmd), flush=True)
     proc = subprocess.Popen(cmd, env=env, cwd=root)
     try:
-        return proc.wait()
+        code = proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
-        return proc.wait()
+        code = proc.wait()
+    export_steps(run, root)
+    return code

@@ -6,7 +6,8 @@ over the mixed group are verl's own. Two hooks remain:
 
 - ``init_workers``: installs :func:`~.losses.icpo_ppo_loss` on the actor workers with ``set_loss_fn`` (verl's
   registered policy losses never see the per-row IEF mask; this loss reads ``icpo_ief``);
-- ``_update_actor``: adds the manager's per-step metrics (``reward/*``, ``icpo/*``) to what verl logs.
+- ``_update_actor``: adds the manager's per-step metrics (``reward/*``, ``icpo/*``) and advantage statistics
+  (``adv/*``, one value per trajectory) to what verl logs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,18 @@ class RayICPOTrainer(RayPPOTrainer):
 
     def _update_actor(self, batch):
         out = super()._update_actor(batch)
-        extra = getattr(self.async_rollout_manager, "last_metrics", None) or {}
+        extra = dict(getattr(self.async_rollout_manager, "last_metrics", None) or {})
+        extra.update(advantage_metrics(batch))
         out.meta_info.setdefault("metrics", {}).update(extra)
         return out
+
+
+def advantage_metrics(batch) -> dict[str, float]:
+    """``adv/mean``, ``adv/std``, ``adv/abs_max`` over trajectories (outcome advantages: one value per row)."""
+    adv, mask = batch.batch["advantages"], batch.batch["response_mask"].float()
+    per_row = (adv * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return {
+        "adv/mean": float(per_row.mean()),
+        "adv/std": float(per_row.std()) if per_row.numel() > 1 else 0.0,
+        "adv/abs_max": float(per_row.abs().max()),
+    }

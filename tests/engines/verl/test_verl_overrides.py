@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -139,7 +140,7 @@ def test_every_run_composes_with_its_method(composed):
         assert cfg.actor_rollout_ref.actor.policy_loss.loss_mode == ("vanilla" if algo.n_off == 0 else "icpo")
         assert cfg.actor_rollout_ref.rollout.agent.agent_loop_manager_class == ov.MANAGER_FQN
         assert cfg.trainer.use_v1 is False
-        assert cfg.trainer.logger == ["console", "mlflow"]
+        assert cfg.trainer.logger == ["console", "mlflow", "file"]
         assert cfg.trainer.experiment_name == run
         assert cfg.trainer.default_local_dir == str(root / "runs" / run / "checkpoints")
         assert cfg.trainer.max_actor_ckpt_to_keep == params.train.max_ckpt_to_keep
@@ -197,7 +198,8 @@ def test_cli_prints_shell_quoted_command(tmp_path):
     assert r.returncode == 0, r.stderr
     words = shlex.split(r.stdout)
     assert words[0] == "MLFLOW_TRACKING_URI=http://mlflow.example:5000"
-    assert words[1:4] == ["python", "-m", ov.LAUNCHER_MODULE]
+    assert words[1].startswith("VERL_FILE_LOGGER_PATH=") and "/runs/icpo/verl_metrics/" in words[1]
+    assert words[2:5] == ["python", "-m", ov.LAUNCHER_MODULE]
     assert "icpo.n_off=1" in words and "actor_rollout_ref.rollout.n=8" in words
     r = subprocess.run(
         [sys.executable, "-m", "icpo_core.cli", "--params", str(ROOT / "params.yaml"), "verl-cmd", "--run", "nope"],
@@ -206,16 +208,27 @@ def test_cli_prints_shell_quoted_command(tmp_path):
     assert r.returncode == 2 and "unknown run" in r.stderr
 
 
-def test_launch_streams_and_passes_tracking_env(tmp_path, monkeypatch, capfd):
+def test_launch_streams_passes_env_and_exports_steps(tmp_path, monkeypatch, capfd):
+    """launch() runs the command with the MLflow env and turns verl's step log into metrics/steps_<run>.jsonl."""
     params = _params("embedded")
-    script = "import os; print('uri', os.environ['MLFLOW_TRACKING_URI']); print('run', os.environ.get('MLFLOW_RUN_ID'))"
+    script = (
+        "import json, os; print('uri', os.environ['MLFLOW_TRACKING_URI']); print('run', os.environ.get('MLFLOW_RUN_ID'));"
+        "f = open(os.environ['VERL_FILE_LOGGER_PATH'], 'w');"
+        "[f.write(json.dumps({'step': s, 'data': {'actor/kl_loss': 0.1 * s, 'reward/on_policy': 0.5, 'icpo/accept_rate': 1.0,"
+        " 'timing_s/step': 2.0, 'response_length/mean': 30.0, 'training/global_step': s}}) + chr(10)) for s in (1, 2)]"
+    )
     monkeypatch.setattr(ov, "build_command", lambda p, run, root=".": [sys.executable, "-c", script])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")
     assert ov.launch(params, "icpo", tmp_path) == 0
     out = capfd.readouterr().out
     assert f"uri sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db" in out and "run abc123" in out
-    assert (tmp_path / "runs" / "icpo").is_dir()
+    rows = [json.loads(line) for line in (tmp_path / "metrics" / "steps_icpo.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[1] == {
+        "step": 2, "actor/kl": 0.2, "reward/on_policy": 0.5, "icpo/accept_rate": 1.0,
+        "perf/step_time_s": 2.0, "response/length_mean": 30.0,
+    }  # fmt: skip
     monkeypatch.setattr(
         ov, "build_command", lambda p, run, root=".": [sys.executable, "-c", "raise SystemExit(3)"]
     )
