@@ -121,25 +121,24 @@ def _data_source(params: Params) -> str:
 
 
 def token_filter(ds: datasets.Dataset, *, tokenizer_dir: str, suffix: str, max_tokens: int, num_proc: int):
-    """(rows within ``max_tokens`` prompt + trace tokens, number dropped, token stats); batched, multi-process."""
-    counted = ds.map(
+    """(rows within ``max_tokens`` prompt + trace tokens, number dropped, token stats); batched, multi-process.
+
+    Only the token counts are written by the map (the long traces are not copied); the kept rows are an index
+    selection of ``ds``.
+    """
+    counts = ds.select_columns(["problem", "target"]).map(
         openr1.count_tokens,
         batched=True,
         batch_size=256,
         num_proc=_procs(num_proc, len(ds)),
         fn_kwargs={"tokenizer_dir": tokenizer_dir, "suffix": suffix},
+        remove_columns=["problem", "target"],
         load_from_cache_file=False,  # the fingerprint does not see a changed tokenizer behind the same path
         desc=f"counting tokens (max {max_tokens})",
-    )
-    n_tokens = counted["n_tokens"]
-    kept = counted.filter(
-        lambda batch: [n <= max_tokens for n in batch["n_tokens"]],
-        batched=True,
-        batch_size=10_000,
-        load_from_cache_file=False,
-    ).remove_columns("n_tokens")
-    stats = {"max": max(n_tokens, default=0), "mean": sum(n_tokens) / max(len(n_tokens), 1)}
-    return kept, len(ds) - len(kept), stats
+    )["n_tokens"]
+    keep = [i for i, n in enumerate(counts) if n <= max_tokens]
+    stats = {"max": max(counts, default=0), "mean": sum(counts) / max(len(counts), 1)}
+    return ds.select(keep), len(ds) - len(keep), stats
 
 
 def build_train_set(params: Params, out_path: str | Path, tokenizer_dir: str | Path | None) -> TrainStats:
