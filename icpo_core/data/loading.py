@@ -30,19 +30,15 @@ def _builder_for(path: Path) -> str:
     return builder
 
 
-def _load_local(path: Path) -> datasets.Dataset:
+def _load_local(path: Path, config: str | None, split: str) -> datasets.Dataset:
     import datasets
 
     if path.is_dir():
         if (path / "dataset_info.json").exists() and (path / "state.json").exists():
             return datasets.load_from_disk(str(path))  # a Dataset.save_to_disk folder
-        # A folder of data files, e.g. a `git clone` / `hf download` of the hub repo: the hub's own layout.
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in _FILE_BUILDERS and p.is_file())
-        if not files:
-            raise DataError(f"{path}: folder holds no {sorted(_FILE_BUILDERS)} files")
-        builder = _builder_for(files[0])
-        files = [str(p) for p in files if _FILE_BUILDERS[p.suffix.lower()] == builder]
-        return datasets.load_dataset(builder, data_files=files, split="train")
+        # A downloaded copy of the hub repo: datasets reads its card's configs (or infers the
+        # data/train-* layout) exactly as it does on the hub, so `config` picks the same files.
+        return datasets.load_dataset(str(path), config, split=split)
     return datasets.load_dataset(_builder_for(path), data_files=str(path), split="train")
 
 
@@ -78,7 +74,7 @@ def load_table(
             raise DataError(f"{what}.path: {path} does not exist")
         try:
             with _quiet("datasets"):  # its own error log would repeat what the DataError says
-                return _load_local(path)
+                return _load_local(path, config, split)
         except DataError:
             raise
         except (DatasetGenerationError, ValueError, OSError, TypeError) as e:

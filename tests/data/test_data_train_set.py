@@ -190,6 +190,23 @@ def test_local_folder_copy_of_hub_dataset(make_params, tmp_path):
     assert build_train_set(params, tmp_path / "train.parquet", None).rows_in == 3
 
 
+def test_hub_folder_copy_reads_the_same_config(make_params, tmp_path, tokenizer_dir):
+    """A downloaded OpenR1-Math-220k folder: its card's `default` config (data/), not `extended/`."""
+    root = tmp_path / "OpenR1-Math-220k"
+    (root / "data").mkdir(parents=True)
+    (root / "extended").mkdir()
+    rows = openr1_220k_rows("short")
+    write_parquet(rows[:2], root / "data" / "train-00000-of-00001.parquet")
+    write_parquet(rows[2:], root / "extended" / "train-00000-of-00001.parquet")
+    (root / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*\n"
+        "- config_name: extended\n  data_files:\n  - split: train\n    path: extended/train-*\n---\n"
+    )
+    params = make_params({"data": {"train": {"source": "openr1_220k", "path": str(root)}}})
+    stats = build_train_set(params, tmp_path / "train.parquet", tokenizer_dir)
+    assert (stats.rows_in, stats.rows_kept) == (2, 2)
+
+
 def test_max_rows_is_a_seeded_subset(make_params, tmp_path):
     params = make_params({"data": {"train": {"max_rows": 7}}})
     stats = build_train_set(params, tmp_path / "a.parquet", None)
