@@ -174,7 +174,11 @@ def materialise_folder(src: str | Path, out_dir: str | Path, save_dtype: str) ->
 
 
 def download_hub(name: str, revision: str | None, dest: str | Path) -> Path:
-    """Snapshot ``name``@``revision`` into ``dest``; a UserError that says what to do when the hub is unreachable."""
+    """Snapshot ``name``@``revision`` into ``dest`` and return the folder to read.
+
+    When the hub cannot be reached, a copy already in the Hugging Face cache is used; without one, a UserError
+    says what to do.
+    """
     from huggingface_hub import snapshot_download
 
     try:
@@ -182,11 +186,19 @@ def download_hub(name: str, revision: str | None, dest: str | Path) -> Path:
             snapshot_download(repo_id=name, revision=revision, local_dir=str(dest), allow_patterns=HUB_ALLOW)
         )
     except Exception as e:  # offline, DNS, HTTP, unknown repo: all end here
-        raise UserError(
-            f"cannot download model '{name}'{f'@{revision}' if revision else ''} from the Hugging Face hub "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}) and there is no local copy. "
-            "Download it on a machine with hub access and use `model.source: local` with `model.name: <folder>`"
-        ) from None
+        error = e
+    try:
+        cached = Path(snapshot_download(repo_id=name, revision=revision, local_files_only=True))
+        log.warning("hub unreachable (%s); using the cached copy %s", type(error).__name__, cached)
+        return cached
+    except Exception:
+        pass
+    raise UserError(
+        f"cannot download model '{name}'{f'@{revision}' if revision else ''} from the Hugging Face hub "
+        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}) and there is no local "
+        "copy in the Hugging Face cache. Download it on a machine with hub access and use "
+        "`model.source: local` with `model.name: <folder>`"
+    )
 
 
 def count_parameters(folder: str | Path) -> int:
@@ -220,8 +232,8 @@ def materialise(
     elif model.source == "hub":
         staging = out_dir.with_name(out_dir.name + ".download")
         try:
-            download_hub(model.name, model.revision, staging)
-            materialise_folder(staging, out_dir, model.save_dtype)
+            snapshot = download_hub(model.name, model.revision, staging)
+            materialise_folder(snapshot, out_dir, model.save_dtype)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         origin = f"{model.name}@{model.revision or 'main'}"

@@ -138,6 +138,19 @@ def test_hub_snapshot_goes_through_the_same_checks(tiny_folder, tmp_path, monkey
     assert sorted(p.name for p in out.parent.iterdir()) == ["base"]  # the download staging folder is gone
 
 
+def test_unreachable_hub_falls_back_to_the_hf_cache(tiny_folder, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def snapshot(repo_id, revision, local_dir=None, allow_patterns=None, local_files_only=False):
+        if not local_files_only:
+            raise ConnectionError("Name or service not known")
+        return str(tiny_folder)  # what the cache holds
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    info = bm.materialise(ModelParams(source="hub", name="org/tiny"), tmp_path / "base")
+    assert info["parameters"] > 0 and bm.check_model_folder(tmp_path / "base") == []
+
+
 def test_unreachable_hub_points_to_a_local_folder(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
