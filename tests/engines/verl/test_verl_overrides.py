@@ -145,6 +145,7 @@ def test_every_run_composes_with_its_method(composed):
         assert cfg.trainer.default_local_dir == str(root / "runs" / run / "checkpoints")
         assert cfg.trainer.max_actor_ckpt_to_keep == params.train.max_ckpt_to_keep
         assert cfg.data.train_files == [str(root / "data" / "train.parquet")]
+        assert cfg.data.val_max_samples == 8 and cfg.trainer.test_freq == -1  # no val_files: never validates
         assert cfg.actor_rollout_ref.model.path == str(root / "models" / "base")
         assert cfg.actor_rollout_ref.rollout.n == algo.n_on
         for key, value in algo.model_dump().items():
@@ -170,6 +171,7 @@ def test_validation_multinode_and_extra_overrides(tmp_path):
     assert cfg.trainer.nnodes == 4 and cfg.ray_kwargs.ray_init.address == "auto"
     assert cfg.trainer.test_freq == 10 and cfg.trainer.val_before_train is True
     assert cfg.data.val_files == [str(tmp_path / "data/val/math500.parquet")]
+    assert cfg.data.val_max_samples == -1
     assert cfg.trainer.save_freq == 25
 
 
