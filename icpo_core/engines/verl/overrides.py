@@ -21,9 +21,10 @@ from typing import Any
 
 from icpo_core import paths
 from icpo_core.algorithm.losses import effective_entropy_coeff
-from icpo_core.config import AlgorithmParams, Params
+from icpo_core.config import AlgorithmParams, Params, ParamsError
 
 _PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")  # hydra-safe unquoted values (identifiers, dotted names)
+VERL_ADV_EPS = 1e-6  # the epsilon verl's advantage estimators always run with
 LAUNCHER_MODULE = "icpo_core.engines.verl.launcher"
 MANAGER_FQN = "icpo_core.engines.verl.manager.ICPOAgentLoopManager"
 REWARD_PATH = "pkg://icpo_core.engines.verl.reward"
@@ -100,6 +101,11 @@ def verl_overrides(params: Params, run: str, root: str | Path = ".") -> dict[str
     """Every hydra key -> value of one run, in order (``runs.<run>`` applied over ``algorithm``)."""
     root = Path(root).resolve()
     algo = params.run_algorithm(run)
+    if algo.adv_eps != VERL_ADV_EPS:
+        # verl's compute_advantage never passes an epsilon to the estimator; refuse rather than ignore the knob
+        raise ParamsError(
+            f"runs.{run}: algorithm.adv_eps must be {VERL_ADV_EPS} with train.engine verl (got {algo.adv_eps})"
+        )
     t, v = params.train, params.train.verl
     icpo = algo.n_off > 0
     prompt_len = ief_prompt_length(params, algo)

@@ -175,6 +175,15 @@ def test_validation_multinode_and_extra_overrides(tmp_path):
     assert cfg.trainer.save_freq == 25
 
 
+def test_unsupported_eps_is_refused():
+    from icpo_core.config import ParamsError
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["runs"]["icpo"] = {"n_off": 1, "adv_eps": 1e-4}
+    with pytest.raises(ParamsError, match="adv_eps"):
+        ov.build_command(parse_params(raw), "icpo")
+
+
 def test_hydra_string_quoting_round_trips(tmp_path):
     """Through the real launcher (`--cfg job`, one subprocess): odd strings survive hydra's override parser."""
     nasty = ' Let\'s think \\boxed{} "q" ${oc.env:HOME} a\\'
