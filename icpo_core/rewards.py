@@ -204,6 +204,29 @@ def normalize_text(answer: str) -> str:
     return s.rstrip(".").lower()
 
 
+_PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d{1,60})(?:\.\d{1,60})?")
+
+
+def fast_numeric(answer: str, gold: str) -> bool | None:
+    """Plain numerals on both sides (``42``, ``-3.50``, ``1,000``): decided here, exactly, without a worker.
+
+    Integers: equal or not (what math-verify says too). Decimals: equal values are correct; unequal ones return
+    None so math-verify applies its own rounding rules. Anything else (LaTeX, units, %): None.
+    """
+    a = normalize_text(answer).replace("{,}", ",")
+    g = normalize_text(gold).replace("{,}", ",")
+    if not (_PLAIN_NUMBER.fullmatch(a) and _PLAIN_NUMBER.fullmatch(g)):
+        return None
+    from decimal import Decimal
+
+    da, dg = Decimal(a.replace(",", "")), Decimal(g.replace(",", ""))
+    if da == dg:
+        return True
+    if "." not in a and "." not in g:
+        return False
+    return None
+
+
 # --------------------------------------------------------------------------------------------------- worker
 
 
@@ -324,7 +347,10 @@ class Grader:
     """A warm pool of grading processes with a hard per-sample time limit.
 
     Create it once and reuse it (training calls :meth:`grade` every step). Thread-safe: calls are serialised.
+    Verdicts of (answer, gold) pairs are memoised (``CACHE_SIZE`` pairs), so repeated answers cost nothing.
     """
+
+    CACHE_SIZE = 200_000
 
     def __init__(
         self,
@@ -345,6 +371,10 @@ class Grader:
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()
         self.restarts = 0  # workers killed on timeout or found dead
+        # (answer, gold) -> (correct, reason): grading is deterministic, and samples of one prompt often repeat
+        # an answer. Timeouts are not cached (a loaded machine can time out an answer that is fine).
+        self._cache: dict[tuple[str, str], tuple[bool, str]] = {}
+        self.cache_hits = 0
 
     # lifecycle -----------------------------------------------------------------------------------------
     def start(self, wait: bool = False) -> Grader:
@@ -389,13 +419,31 @@ class Grader:
                 verdicts[i] = Verdict(False, None, False, "no_answer")
             elif normalize_text(ans) == normalize_text(str(gold)):
                 verdicts[i] = Verdict(True, ans, False, "correct")  # identical text: no maths needed
+            elif (num := fast_numeric(ans, str(gold))) is not None:
+                verdicts[i] = Verdict(num, ans, False, "correct" if num else "wrong")
+            elif (ans, str(gold)) in self._cache:
+                ok, reason = self._cache[(ans, str(gold))]
+                verdicts[i] = Verdict(ok, ans, False, reason)
+                self.cache_hits += 1
             else:
                 todo.append(i)
         if todo:
+            # One worker call per distinct (answer, gold) pair of the batch.
+            first: dict[tuple[str, str], int] = {}
+            for i in todo:
+                first.setdefault((extracted[i], str(golds[i])), i)  # type: ignore[arg-type]
             with self._lock:
-                results = self._run(todo, extracted, [str(g) for g in golds])
+                results = self._run(sorted(first.values()), extracted, [str(g) for g in golds])
+            if len(self._cache) > self.CACHE_SIZE:
+                self._cache.clear()
             for i, (ok, timed_out, reason) in results.items():
+                if not timed_out:
+                    self._cache[(extracted[i], str(golds[i]))] = (ok, reason)  # type: ignore[index]
+            for i in todo:
+                j = first[(extracted[i], str(golds[i]))]  # type: ignore[index]
+                ok, timed_out, reason = results[j]
                 verdicts[i] = Verdict(ok, extracted[i], timed_out, reason)
+                self.cache_hits += i != j
         return verdicts  # type: ignore[return-value]
 
     def grade_one(self, response: str, gold: str, *, fallbacks: Sequence[str] = ()) -> Verdict:

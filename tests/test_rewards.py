@@ -195,3 +195,32 @@ def test_batch_of_40_is_fast(grader):
     elapsed = time.monotonic() - t
     assert all(v.correct for v in verdicts)
     assert elapsed < 1.0
+
+
+def test_repeated_answers_are_graded_once(grader):
+    before = grader.cache_hits
+    verdicts = grader.grade(["\\boxed{0.125}"] * 5 + ["\\boxed{0.126}"], ["\\frac{1}{8}"] * 6)
+    assert [v.correct for v in verdicts] == [True] * 5 + [False]
+    assert grader.cache_hits - before == 4
+    [again] = grader.grade(["so \\boxed{0.125}"], ["\\frac{1}{8}"])
+    assert again.correct and again.reason == "correct" and grader.cache_hits - before == 5
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "expected"),
+    [
+        ("42", "42", True),
+        ("42", "43", False),
+        ("1,000", "1000", True),
+        ("142", "142.0", True),
+        ("023", "23", True),
+        ("-3", "3", False),
+        ("0.3333333", "0.333333", None),  # unequal decimals: math-verify's rounding decides
+        ("\\frac{1}{2}", "0.5", None),
+        ("1" * 70, "1", None),  # over the numeral size guard
+    ],
+)
+def test_plain_numerals_are_decided_without_a_worker(answer, gold, expected):
+    from icpo_core.rewards import fast_numeric
+
+    assert fast_numeric(answer, gold) is expected
