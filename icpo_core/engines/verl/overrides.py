@@ -196,19 +196,43 @@ def build_command(params: Params, run: str, root: str | Path = ".") -> list[str]
 
 
 def tracking_env(params: Params, root: str | Path = ".") -> dict[str, str]:
-    """``MLFLOW_TRACKING_URI`` per docs/architecture.md; ``MLFLOW_RUN_ID`` passes through when set.
+    """``MLFLOW_TRACKING_URI`` (:func:`icpo_core.tracking.tracking_uri`); ``MLFLOW_RUN_ID`` passes through when set.
 
-    verl's MLflow logger reads the URI and attaches to ``MLFLOW_RUN_ID`` when it is set, so the train stage can
-    open the run (tags, parent) and verl logs into it.
+    verl's MLflow logger reads the URI and attaches to ``MLFLOW_RUN_ID`` when it is set.
     """
-    env = {}
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.tracking_uri
-    if not uri:
-        uri = f"sqlite:///{_abs(paths.MLFLOW_DIR / 'mlflow.db', Path(root).resolve())}"
-    env["MLFLOW_TRACKING_URI"] = uri
+    from icpo_core.tracking import tracking_uri
+
+    env = {"MLFLOW_TRACKING_URI": tracking_uri(params, Path(root).resolve())}
     if os.environ.get("MLFLOW_RUN_ID"):
         env["MLFLOW_RUN_ID"] = os.environ["MLFLOW_RUN_ID"]
     return env
+
+
+def open_mlflow_run(params: Params, run: str, root: str | Path = ".") -> tuple[Any, str | None]:
+    """Create (or, after a restart, re-attach to) the run's MLflow run with the project's tags and params.
+
+    verl then logs into it through ``MLFLOW_RUN_ID``, so verl runs carry the same tags as local ones and
+    ``tracking.find_run`` finds them. Returns ``(tracker, run_id)``; ``run_id`` is None when MLflow is down
+    (verl then opens its own run) or when the caller already set ``MLFLOW_RUN_ID``.
+    """
+    from icpo_core import tracking
+
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return None, None
+    root = Path(root)
+    uri = tracking.tracking_uri(params, root.resolve())
+    tracker = tracking.Tracker(uri, params.tracking.experiment, root=root)
+    id_file = root / tracking.run_id_path(run)
+    run_id = tracker.start(
+        run,
+        tags=tracking.run_tags(params, run, root=root),
+        params=tracking.flatten(tracking.run_config(params, run)),
+        resume_run_id=tracking.read_run_id(id_file, uri),
+    )
+    if run_id:
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        tracking.write_run_id(id_file, run_id, uri)
+    return tracker, run_id
 
 
 def launch_env(params: Params, run: str, root: str | Path = ".") -> dict[str, str]:
@@ -230,14 +254,17 @@ def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
 def launch(params: Params, run: str, root: str | Path = ".") -> int:
     """Run the verl command of ``run``, streaming its output; returns its exit code.
 
-    Afterwards (also after a failure, for the steps that ran) verl's step log is exported to
-    ``metrics/steps_<run>.jsonl`` with the project's metric names (:func:`.metrics.export_steps`).
+    Opens the run's MLflow run first (:func:`open_mlflow_run`; verl attaches to it) and afterwards, also after
+    a failure, exports verl's step log to ``metrics/steps_<run>.jsonl`` (:func:`.metrics.export_steps`).
     """
     from icpo_core.engines.verl.metrics import export_steps, metrics_dir
 
     cmd = build_command(params, run, root)
-    env = {**os.environ, **launch_env(params, run, root)}
     (Path(root) / metrics_dir(run)).mkdir(parents=True, exist_ok=True)
+    tracker, run_id = open_mlflow_run(params, run, root)
+    env = {**os.environ, **launch_env(params, run, root)}
+    if run_id:
+        env["MLFLOW_RUN_ID"] = run_id
     print(shlex.join(cmd), flush=True)
     proc = subprocess.Popen(cmd, env=env, cwd=root)
     try:
@@ -246,4 +273,6 @@ def launch(params: Params, run: str, root: str | Path = ".") -> int:
         proc.terminate()
         code = proc.wait()
     export_steps(run, root)
+    if tracker is not None and run_id:
+        tracker.finish("FINISHED" if code == 0 else "FAILED")
     return code

@@ -184,6 +184,7 @@ def test_unsupported_eps_is_refused():
         ov.build_command(parse_params(raw), "icpo")
 
 
+@pytest.mark.slow
 def test_hydra_string_quoting_round_trips(tmp_path):
     """Through the real launcher (`--cfg job`, one subprocess): odd strings survive hydra's override parser."""
     nasty = ' Let\'s think \\boxed{} "q" ${oc.env:HOME} a\\'
@@ -244,3 +245,27 @@ def test_launch_streams_passes_env_and_exports_steps(tmp_path, monkeypatch, capf
         ov, "build_command", lambda p, run, root=".": [sys.executable, "-c", "raise SystemExit(3)"]
     )
     assert ov.launch(params, "icpo", tmp_path) == 3
+
+
+@pytest.mark.slow
+def test_launch_opens_tagged_mlflow_run_that_verl_attaches_to(tmp_path, monkeypatch, capfd):
+    from mlflow.tracking import MlflowClient
+
+    from icpo_core import tracking
+
+    params = _params("embedded")
+    script = "import os; print('attach', os.environ['MLFLOW_RUN_ID'])"
+    monkeypatch.setattr(ov, "build_command", lambda p, run, root=".": [sys.executable, "-c", script])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    assert ov.launch(params, "icpo_rs", tmp_path) == 0
+    uri = tracking.tracking_uri(params, tmp_path)
+    run_id = tracking.read_run_id(tmp_path / tracking.run_id_path("icpo_rs"), uri)
+    assert f"attach {run_id}" in capfd.readouterr().out
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.info.run_name == "icpo_rs" and run.info.status == "FINISHED"
+    assert run.data.tags["icpo.run"] == "icpo_rs" and run.data.tags["icpo.method"] == "icpo"
+    assert run.data.params["algorithm.reward_shaping"] == "True"
+    # a relaunch (resume) attaches to the same run
+    assert ov.launch(params, "icpo_rs", tmp_path) == 0
+    assert f"attach {run_id}" in capfd.readouterr().out

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 CHECK = """
 import importlib, verl
 from verl.trainer.ppo import core_algos as ca
@@ -20,6 +22,7 @@ print("OK")
 """
 
 
+@pytest.mark.slow
 def test_entry_point_registers_in_fresh_interpreter():
     r = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
