@@ -38,6 +38,7 @@ from tasks.mlflow_runs import (
     stage_env_vars,
     tracking_settings,
 )
+from tasks.planning import stage_graph
 
 # The paper's ablation table (-IEF = GRPO, ICPO, ICPO-dagger = +RS, -ERRS) plus the released code's behaviour.
 DEFAULT_RUNS = ["grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
@@ -110,6 +111,8 @@ def ablations(
     grid = list(variants) if variants else default_grid(runs, seeds)
     if not variants:
         _check_runs(project, grid)
+    # a broken dvc.yaml or an unknown target fails here, once, not once per variant
+    stage_graph(project, sorted({t for v in grid for t in v.targets}), with_upstream=False)
     run_id = flow_run.get_id() or "local"
     suffix = run_id[:8]
     settings = tracking_settings(project)
