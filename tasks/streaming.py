@@ -9,6 +9,7 @@ exception in the caller) stops the whole tree: `dvc` -> `icpo` -> workers.
 from __future__ import annotations
 
 import collections
+import io
 import os
 import signal
 import subprocess
@@ -50,14 +51,13 @@ def stream_command(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        text=True,
-        errors="replace",
-        bufsize=1,
         start_new_session=True,
     )
     try:
         assert proc.stdout is not None
-        for raw in proc.stdout:
+        # split on "\n" only (text mode would also split on "\r" and log every progress-bar redraw)
+        reader = io.TextIOWrapper(proc.stdout, encoding="utf-8", errors="replace", newline="\n")
+        for raw in reader:
             # tqdm-style progress redraws arrive as \r-separated updates: keep only the newest one
             line = raw.rstrip("\n").rsplit("\r", 1)[-1].rstrip()
             if not line:
@@ -71,7 +71,7 @@ def stream_command(
     return CommandResult(returncode=returncode, tail=list(tail), seconds=time.monotonic() - start)
 
 
-def _kill_group(proc: subprocess.Popen[str]) -> None:
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
