@@ -26,8 +26,16 @@ def _get_grader():
             workers = int(os.environ.get("ICPO_REWARD_WORKERS", "2"))
             timeout_s = float(os.environ.get("ICPO_REWARD_TIMEOUT_S", "5"))
             _grader = Grader(workers=workers, timeout_s=timeout_s)
-            atexit.register(_grader.close)
+            atexit.register(_shutdown)
         return _grader
+
+
+def _shutdown() -> None:
+    """Stop the grader's workers and drop it while the interpreter is still whole (not at module teardown)."""
+    global _grader
+    if _grader is not None:
+        _grader.close()
+        _grader = None
 
 
 def compute_score(
