@@ -82,6 +82,7 @@ def icpo_policy_loss(
     batch_num_tokens: int | float | torch.Tensor | None = None,
     global_batch_size: int | float | torch.Tensor | None = None,
     dp_size: int = 1,
+    loss_scale_factor: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The ICPO policy objective (paper section 3.4, the mixed-policy loss), one aggregation over all tokens.
 
@@ -123,6 +124,7 @@ def icpo_policy_loss(
         batch_num_tokens=batch_num_tokens,
         global_batch_size=global_batch_size,
         dp_size=dp_size,
+        loss_scale_factor=loss_scale_factor,
     )
     with torch.no_grad():
         n_tok = mask.sum().clamp(min=1)

@@ -70,6 +70,10 @@ def test_aggregate_equals_verl_with_global_tokens():
         aggregate_loss(logp, mask, "token-mean", batch_num_tokens=100, dp_size=2),
         agg_loss(logp, mask, "token-mean", dp_size=2, batch_num_tokens=100),
     )
+    torch.testing.assert_close(
+        aggregate_loss(logp, mask, "seq-mean-token-sum-norm", global_batch_size=9, loss_scale_factor=7.0),
+        agg_loss(logp, mask, "seq-mean-token-sum-norm", global_batch_size=9, loss_scale_factor=7.0),
+    )
     # micro-batches with a global token count sum to the full-batch token mean
     full = aggregate_loss(logp, mask)
     n = int(mask.sum())

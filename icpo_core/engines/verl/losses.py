@@ -84,6 +84,7 @@ def icpo_policy_loss_fn(
         batch_num_tokens=info.get("batch_num_tokens"),
         global_batch_size=info.get("global_batch_size"),
         dp_size=info.get("dp_size", 1) or 1,
+        loss_scale_factor=info.get("loss_scale_factor"),
     )
 
 
