@@ -87,6 +87,40 @@ class DtypePreservingFSDPMerger(FSDPModelMerger):
             cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+def merge_checkpoint(local_dir: str | Path, target_dir: str | Path, dtype: str = "keep") -> None:
+    """Merge ``<ckpt>/global_step_N/actor`` into a Hugging Face folder, in this process.
+
+    ``dtype="bfloat16"`` runs verl's stock ``FSDPModelMerger`` unchanged (it casts to bfloat16 anyway); ``keep``
+    (the stored dtype) or another dtype runs :class:`DtypePreservingFSDPMerger`.
+    """
+    import argparse
+
+    from verl.model_merger.base_model_merger import generate_config_from_args
+
+    if dtype != "keep" and dtype not in DTYPES:
+        raise ValueError(f"dtype must be 'keep' or one of {sorted(DTYPES)}, got {dtype!r}")
+    # The same namespace verl's command line builds for `merge --backend fsdp --local_dir X --target_dir Y`.
+    args = argparse.Namespace(
+        operation="merge",
+        backend="fsdp",
+        local_dir=str(local_dir),
+        target_dir=str(target_dir),
+        tie_word_embedding=False,
+        trust_remote_code=False,
+        is_value_model=False,
+        use_cpu_initialization=False,
+        hf_upload_path=None,
+        private=False,
+    )
+    config = generate_config_from_args(args)
+    if dtype == "bfloat16":
+        merger = FSDPModelMerger(config)
+    else:
+        merger = DtypePreservingFSDPMerger(config, target_dtype=None if dtype == "keep" else DTYPES[dtype])
+    merger.merge_and_save()
+    merger.cleanup()
+
+
 def main(argv: list[str] | None = None) -> int:
     """verl's merger CLI (``merge``/``test``, ``--backend fsdp``) plus ``--dtype``."""
     from verl.model_merger.base_model_merger import generate_config_from_args, parse_args

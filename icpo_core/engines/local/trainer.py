@@ -491,7 +491,8 @@ class LocalTrainer:
         if self.reward_fn is None:
             from icpo_core.rewards import Grader
 
-            grader = Grader(workers=2, timeout_s=self.params.bench.grade_timeout_s).start(wait=False)
+            # wait=True: the workers import math-verify now, not in the middle of the first step.
+            grader = Grader(workers=2, timeout_s=self.params.bench.grade_timeout_s).start(wait=True)
         self._grader = grader
         bar = tqdm(
             total=total, initial=start, desc=f"train {self.run}", unit="step", disable=not self.progress

@@ -1,0 +1,139 @@
+"""`icpo train` / `icpo merge` as DVC runs them: real subprocesses on a tiny project.
+
+- a training killed with SIGKILL mid-run resumes from its last checkpoint and ends with every step exactly once,
+  in the JSONL and in MLflow;
+- an unreachable MLflow server does not stop training;
+- the merge (verl's merger, dtype kept) reproduces the trained weights exactly and transformers loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from icpo_core.engines.local.tiny import make_tiny_project
+
+pytestmark = pytest.mark.slow
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ICPO_"))}
+    env.update(TOKENIZERS_PARALLELISM="false", **extra)
+    return env
+
+
+def _icpo(root: Path, *args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "icpo_core.cli", *args],
+        cwd=root,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
+
+
+def _steps(root: Path, run: str) -> list[int]:
+    path = root / "metrics" / f"steps_{run}.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_sigkill_then_resume_has_every_step_once(tmp_path):
+    root = make_tiny_project(tmp_path / "p", train={"steps": 12, "save_freq": 3, "max_ckpt_to_keep": 2})
+    log = open(tmp_path / "killed.log", "w")  # a file, not a pipe: a full pipe would stall the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "icpo_core.cli", "train", "--run", "icpo", "--no-progress"],
+        cwd=root,
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 240
+    # Kill between two checkpoints, once a few checkpoints and later steps exist.
+    while time.monotonic() < deadline:
+        s = _steps(root, "icpo")
+        if len(s) >= 4 and len(s) % 3 != 0:
+            break
+        if proc.poll() is not None:
+            pytest.fail(
+                f"training ended before it could be killed: {(tmp_path / 'killed.log').read_text()[-2000:]}"
+            )
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+    killed_at = _steps(root, "icpo")
+    assert 4 <= len(killed_at) < 12
+    last_ckpt = int((root / "runs/icpo/checkpoints/latest_checkpointed_iteration.txt").read_text())
+    assert last_ckpt < killed_at[-1]  # steps after the checkpoint will be redone
+
+    done = _icpo(root, "train", "--run", "icpo", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming from checkpoint step {last_ckpt}" in done.stderr
+    assert _steps(root, "icpo") == list(range(1, 13))
+    summary = json.loads((root / "metrics/train_icpo.json").read_text())
+    assert summary["steps"] == 12 and summary["resumed_from_step"] == last_ckpt
+    assert sorted(p.name for p in (root / "runs/icpo/checkpoints").glob("global_step_*")) == [
+        "global_step_12",
+        "global_step_9",
+    ]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["icpo.run"] == "icpo" and run.data.tags["icpo.method"] == "icpo"
+    history = client.get_metric_history(run.info.run_id, "reward/on_policy")
+    assert sorted(m.step for m in history) == list(range(1, 13))  # no step twice, none missing
+    exp = client.get_experiment_by_name("icpo-test")
+    assert len(client.search_runs([exp.experiment_id])) == 1  # the resume reused the run
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "curves")}
+    assert {"curves/steps_icpo.jsonl", "curves/curves_icpo.png"} <= arts
+
+    # merge: verl's merger keeps fp32, so the merged folder holds exactly the trained weights
+    merged = _icpo(root, "merge", "--run", "icpo")
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(root / "runs/icpo/merged")
+    AutoTokenizer.from_pretrained(root / "runs/icpo/merged")
+    trained = torch.load(root / "runs/icpo/checkpoints/global_step_12/actor/model_world_size_1_rank_0.pt")
+    state = model.state_dict()
+    assert model.dtype == torch.float32
+    assert all(torch.equal(trained[k], state[k]) for k in trained)
+    base = AutoModelForCausalLM.from_pretrained(root / "models/base").state_dict()
+    assert any(not torch.equal(base[k], state[k]) for k in base)  # training did change the weights
+
+
+def test_unreachable_mlflow_does_not_stop_training(tmp_path, monkeypatch, caplog):
+    from icpo_core.config import load_params
+    from icpo_core.engines.local import train_local
+
+    root = make_tiny_project(tmp_path / "p", train={"steps": 2})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with caplog.at_level("WARNING"):
+        summary = train_local(load_params(root / "params.yaml"), "grpo", root=root, progress=False)
+    assert caplog.text.count("training continues without MLflow") == 1
+    assert summary["steps"] == 2 and summary["mlflow_run_id"] is None
+    assert _steps(root, "grpo") == [1, 2]
+    assert (root / "runs/grpo/checkpoints/global_step_2/actor/model_world_size_1_rank_0.pt").is_file()
+
+
+def test_bad_run_and_missing_checkpoint_exit_2(tmp_path):
+    root = make_tiny_project(tmp_path / "p")
+    bad = _icpo(root, "train", "--run", "nope")
+    assert bad.returncode == 2 and "unknown run 'nope'" in bad.stderr
+    nockpt = _icpo(root, "merge", "--run", "grpo")
+    assert nockpt.returncode == 2 and "no checkpoint to merge" in nockpt.stderr

@@ -1,0 +1,109 @@
+"""MLflow conventions: URI precedence, tags, nesting, resume of the same run, find_run, and an unreachable server."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from icpo_core import tracking
+from icpo_core.config import parse_params
+
+
+@pytest.fixture
+def params():
+    return parse_params(
+        {
+            "runs": {"grpo": {"n_off": 0}, "icpo_rs": {"n_off": 1, "reward_shaping": True}},
+            "report": {"runs": ["base"]},
+            "tracking": {"experiment": "exp-test"},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def sqlite_uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlf') / 'mlflow.db'}"
+
+
+def test_uri_precedence(params, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert (
+        tracking.tracking_uri(params, tmp_path)
+        == f"sqlite:///{(tmp_path / 'mlflow' / 'mlflow.db').resolve()}"
+    )
+    assert tracking.artifact_location(tracking.tracking_uri(params, tmp_path)) == (
+        (tmp_path / "mlflow" / "artifacts").resolve().as_uri()
+    )
+    p2 = params.model_copy(
+        update={"tracking": params.tracking.model_copy(update={"tracking_uri": "http://x:1"})}
+    )
+    assert tracking.tracking_uri(p2, tmp_path) == "http://x:1"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:2")
+    assert tracking.tracking_uri(p2, tmp_path) == "http://env:2"
+
+
+def test_tags_and_flatten(params, monkeypatch):
+    monkeypatch.setenv("ICPO_TAG_PREFECT_FLOW_RUN_ID", "abc")
+    monkeypatch.setenv("ICPO_MLFLOW_PARENT_RUN_ID", "parent123")
+    tags = tracking.run_tags(params, "icpo_rs")
+    assert tags["icpo.run"] == "icpo_rs" and tags["icpo.variant"] == "icpo_rs"
+    assert tags["icpo.method"] == "icpo" and tags["icpo.engine"] == "local"
+    assert tags["icpo.profile"] == "embedded" and tags["icpo.dvc_stage"] == "train@icpo_rs"
+    assert tags["prefect_flow_run_id"] == "abc" and tags["mlflow.parentRunId"] == "parent123"
+    assert tags["git_commit"]
+    assert tracking.run_tags(params, "grpo")["icpo.method"] == "grpo"
+    flat = tracking.flatten(tracking.run_config(params, "icpo_rs"))
+    assert flat["algorithm.reward_shaping"] == "True" and flat["train.engine"] == "local"
+    assert flat["data.synthetic.levels"] == "[0, 1, 3]"
+
+
+def test_run_resume_nesting_and_find_run(params, sqlite_uri, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(sqlite_uri)
+    t = tracking.Tracker(sqlite_uri, "exp-test", root=tmp_path)
+    parent = client.create_run(_exp(client, "exp-test")).info.run_id
+    monkeypatch.setenv("ICPO_MLFLOW_PARENT_RUN_ID", parent)
+    run_id = t.start("grpo", tags=tracking.run_tags(params, "grpo"), params={"a.b": "1"})
+    assert run_id
+    t.log_metrics([(1, {"reward/overall": 0.5, "skip": float("nan")}), (2, {"reward/overall": 0.7})])
+    tracking.write_run_id(tmp_path / tracking.run_id_path("grpo"), run_id, sqlite_uri)
+    t2 = tracking.Tracker(sqlite_uri, "exp-test", root=tmp_path)
+    assert t2.start("grpo", tags={}, resume_run_id=run_id) == run_id  # same run, not a new one
+    t2.log_metrics([(3, {"reward/overall": 0.9})])
+    t2.finish()
+    run = client.get_run(run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.params == {"a.b": "1"}
+    assert [m.step for m in client.get_metric_history(run_id, "reward/overall")] == [1, 2, 3]
+    assert "skip" not in run.data.metrics
+    assert tracking.find_run(params, "grpo", root=tmp_path) == run_id
+    (tmp_path / tracking.run_id_path("grpo")).unlink()
+    assert tracking.find_run(params, "grpo", root=tmp_path) == run_id  # by tag
+    assert tracking.find_run(params, "icpo_rs", root=tmp_path) is None
+
+
+def _exp(client, name):
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
+def test_unreachable_server_warns_once_and_is_a_no_op(params, caplog, monkeypatch):
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    t0 = time.monotonic()
+    t = tracking.Tracker("http://127.0.0.1:9", "exp-test")
+    with caplog.at_level(logging.WARNING):
+        assert t.start("grpo", tags={}) is None
+        t.log_metrics([(1, {"x": 1.0})])
+        t.log_dict({"a": 1}, "a.json")
+        t.finish()
+    assert not t.active
+    assert caplog.text.count("training continues without MLflow") == 1
+    assert time.monotonic() - t0 < 60
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert tracking.find_run(params, "grpo") is None
