@@ -76,3 +76,20 @@ def test_equals_verl_on_random_groups(sizes, seed, binary, norm):
     ours = group_advantages(rewards, index, eps=1e-6, norm_by_std=norm)
     theirs = _verl_adv(rewards.clone(), index, norm=norm)
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    sizes=st.lists(st.integers(2, 9), min_size=1, max_size=5),
+    values=st.lists(st.sampled_from([0.0, 1.0, 1.5, 2.0]), min_size=5, max_size=5),
+)
+def test_all_equal_rewards_give_no_signal(sizes, values):
+    """A group whose rewards are all equal (all right or all wrong) contributes zero advantage, as in GRPO.
+
+    Exact for rewards a float32 mean reproduces exactly (binary rewards, binary + a dyadic bonus). For other
+    values the float32 mean can be an ulp off, and (R - mean) / (std + 1e-6) turns that into noise of order
+    0.1: verl's estimator does the same (test_equals_verl_on_random_groups covers such values).
+    """
+    rewards = torch.tensor([values[g] for g, n in enumerate(sizes) for _ in range(n)], dtype=torch.float32)
+    index = [g for g, n in enumerate(sizes) for _ in range(n)]
+    assert group_advantages(rewards, index).abs().max() == 0

@@ -95,7 +95,11 @@ def test_registered_loss_refuses_without_mask():
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="IEF mask"):
         fn(x, x, x, torch.ones(2, 3), config=_actor_cfg())
-    loss, m = fn(x, x.clone().requires_grad_(True), torch.ones(2, 3), torch.ones(2, 3), config=_actor_cfg(),
-                 ief_mask=torch.tensor([True, False]))  # fmt: skip
+    logp = x.clone().requires_grad_(True)
+    loss, m = fn(
+        x, logp, torch.ones(2, 3), torch.ones(2, 3), config=_actor_cfg(), ief_mask=torch.tensor([True, False])
+    )
     assert loss.item() == pytest.approx(-(3 * (1 / 1.1) + 3 * 1.0) / 6)
+    loss.backward()  # the registered loss runs backward too; on-policy row: d/dlogp = -A r / #tokens
+    assert logp.grad[1].tolist() == pytest.approx([-1 / 6] * 3)
     assert m["actor/ief_token_frac"] == 0.5
