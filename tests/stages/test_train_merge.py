@@ -51,28 +51,28 @@ def _steps(root: Path, run: str) -> list[int]:
 
 def test_sigkill_then_resume_has_every_step_once(tmp_path):
     root = make_tiny_project(tmp_path / "p", train={"steps": 12, "save_freq": 3, "max_ckpt_to_keep": 2})
-    log = open(tmp_path / "killed.log", "w")  # a file, not a pipe: a full pipe would stall the child
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "icpo_core.cli", "train", "--run", "icpo", "--no-progress"],
-        cwd=root,
-        env=_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 240
-    # Kill between two checkpoints, once a few checkpoints and later steps exist.
-    while time.monotonic() < deadline:
-        s = _steps(root, "icpo")
-        if len(s) >= 4 and len(s) % 3 != 0:
-            break
-        if proc.poll() is not None:
-            pytest.fail(
-                f"training ended before it could be killed: {(tmp_path / 'killed.log').read_text()[-2000:]}"
-            )
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    log.close()
+    # The child's output goes to a file, not a pipe: a full pipe nobody reads would stall it.
+    with open(tmp_path / "killed.log", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "icpo_core.cli", "train", "--run", "icpo", "--no-progress"],
+            cwd=root,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 240
+        # Kill between two checkpoints, once a checkpoint and later steps exist.
+        while time.monotonic() < deadline:
+            s = _steps(root, "icpo")
+            if len(s) >= 4 and len(s) % 3 != 0:
+                break
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"training ended before it could be killed: {(tmp_path / 'killed.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     killed_at = _steps(root, "icpo")
     assert 4 <= len(killed_at) < 12
     last_ckpt = int((root / "runs/icpo/checkpoints/latest_checkpointed_iteration.txt").read_text())
