@@ -27,8 +27,9 @@ from icpo_core.algorithm import (
 )
 
 if TYPE_CHECKING:
-    from icpo_core.config import AlgorithmParams
     from verl import DataProto
+
+    from icpo_core.config import AlgorithmParams
 
 IEF_KEY = "icpo_ief"  # per-row float flag, 1.0 = IEF trajectory; travels with the batch into the actor's loss
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hydra
 import ray
-
 from verl.trainer.main_ppo import run_ppo
 from verl.trainer.main_ppo_v0 import BaseTaskRunner
 
@@ -21,8 +20,6 @@ class ICPOTaskRunner(BaseTaskRunner):
     def build_trainer(self, config):
         """Everything up to (not including) ``init_workers``: workers, pools, datasets, the trainer."""
         from omegaconf import OmegaConf
-
-        from icpo_core.engines.verl.trainer import RayICPOTrainer
         from verl.trainer.ppo.utils import (
             create_rl_dataset,
             create_rl_sampler,
@@ -31,6 +28,8 @@ class ICPOTaskRunner(BaseTaskRunner):
         )
         from verl.utils.config import omega_conf_to_dataclass, validate_config
         from verl.utils.dataset.rl_dataset import collate_fn
+
+        from icpo_core.engines.verl.trainer import RayICPOTrainer
 
         OmegaConf.resolve(config)
         actor_rollout_cls, ray_worker_group_cls = self.add_actor_rollout_worker(config)

@@ -13,14 +13,14 @@ import logging
 from typing import Any
 
 import numpy as np
-
-from icpo_core.algorithm import DemoPool
-from icpo_core.config import AlgorithmParams
-from icpo_core.engines.verl.batch_ops import IEF_KEY, expand_with_ief, group_metrics, mix_generated
 from verl import DataProto
 from verl.experimental.agent_loop import AgentLoopManager
 from verl.protocol import pad_dataproto_to_divisor, unpad_dataproto
 from verl.utils.ray_utils import auto_await
+
+from icpo_core.algorithm import DemoPool
+from icpo_core.config import AlgorithmParams
+from icpo_core.engines.verl.batch_ops import IEF_KEY, expand_with_ief, group_metrics, mix_generated
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class ICPOAgentLoopManager(AgentLoopManager):
 
     @auto_await
     async def generate_sequences(self, prompts: DataProto) -> DataProto:
+        """B * N_on rows in, B * N_on rows out (IEF rows mixed in and flagged ``icpo_ief``); see module doc."""
         if prompts.meta_info.get("validate", False):
             return await AgentLoopManager.generate_sequences(self, prompts)
         step = int(prompts.meta_info.get("global_steps", 1))
@@ -69,11 +70,18 @@ class ICPOAgentLoopManager(AgentLoopManager):
         uids = np.asarray(prompts.non_tensor_batch["uid"])
         if self.algo.n_off == 0:
             out = await self._generate(prompts)
-            scores = out.batch["rm_scores"].sum(-1).float()
-            self.last_metrics = group_metrics(uids, scores, scores, scores[:0], 0, 0.0)
+            if "rm_scores" in out.batch.keys():  # noqa: SIM118
+                scores = out.batch["rm_scores"].sum(-1).float()
+                self.last_metrics = group_metrics(uids, scores, scores, scores[:0], 0, 0.0)
             return out
         extended, src = expand_with_ief(prompts, self.algo, self.pool, self.prompt_suffix, rng)
         out = await self._generate(extended)
+        if "rm_scores" not in out.batch.keys():  # noqa: SIM118
+            raise RuntimeError(
+                "ICPO needs rewards streamed with generation (rm_scores) for ERRS; a reward model colocated with "
+                "the actor scores only after generation: use a rule-based reward or give the reward model its "
+                "own resource pool"
+            )
         final, metrics = mix_generated(uids, out, src, self.algo, step, self.total_steps, rng)
         self.last_metrics = metrics
         log.info("ICPO step %d: %d/%d IEF rows accepted", step, metrics["icpo/ief_accepted"], len(src))

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from icpo_core.engines.verl.losses import icpo_ppo_loss
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl.utils.config import omega_conf_to_dataclass
+
+from icpo_core.engines.verl.losses import icpo_ppo_loss
 
 
 def make_actor_loss(config):
