@@ -38,7 +38,7 @@ from tasks.mlflow_runs import (
     stage_env_vars,
     tracking_settings,
 )
-from tasks.planning import stage_graph
+from tasks.planning import read_pipeline
 
 # The paper's ablation table (-IEF = GRPO, ICPO, ICPO-dagger = +RS, -ERRS) plus the released code's behaviour.
 DEFAULT_RUNS = ["grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
@@ -112,7 +112,7 @@ def ablations(
     if not variants:
         _check_runs(project, grid)
     # a broken dvc.yaml or an unknown target fails here, once, not once per variant
-    stage_graph(project, sorted({t for v in grid for t in v.targets}), with_upstream=False)
+    read_pipeline(project, sorted({t for v in grid for t in v.targets}), with_upstream=False, status=False)
     run_id = flow_run.get_id() or "local"
     suffix = run_id[:8]
     settings = tracking_settings(project)

@@ -43,14 +43,14 @@ from tasks.mlflow_runs import (
     stage_env_vars,
     tracking_settings,
 )
-from tasks.planning import Plan, dvc_status, make_plan, plan_markdown, stage_graph
+from tasks.planning import Plan, make_plan, plan_markdown, read_pipeline
 
 
 @task(name="dvc-plan", cache_policy=NO_CACHE)
 def plan_stages(project_dir: str, targets: list[str], force: bool, with_upstream: bool) -> Plan:
-    """DVC's graph for the targets plus `dvc status`, published as the `dvc-plan` markdown artifact."""
-    order, upstream = stage_graph(project_dir, targets, with_upstream=with_upstream)
-    plan = make_plan(order, upstream, dvc_status(project_dir), force=force, targets=targets)
+    """DVC's graph for the targets plus their `dvc status`, published as the `dvc-plan` markdown artifact."""
+    pipeline = read_pipeline(project_dir, targets, with_upstream=with_upstream, status=not force)
+    plan = make_plan(pipeline.order, pipeline.upstream, pipeline.stale, force=force, targets=targets)
     create_markdown_artifact(key=PLAN_KEY, markdown=plan_markdown(plan), description="stages DVC will run")
     get_run_logger().info(
         "plan: %d stage(s) to hand to DVC: %s", len(plan.to_run), ", ".join(plan.to_run) or "none"

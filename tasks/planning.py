@@ -7,8 +7,6 @@ parses dvc.yaml itself.
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,14 +38,24 @@ class Plan:
         return [s for s in self.order if s not in self.to_run]
 
 
-def stage_graph(
-    project_dir: str | Path, targets: Sequence[str] = (), with_upstream: bool = True
-) -> tuple[list[str], dict[str, list[str]]]:
-    """Planned stage names in DAG order, and each one's planned upstream stages.
+@dataclass(frozen=True)
+class Pipeline:
+    """The planned part of DVC's pipeline: stage names in DAG order, their planned upstream, and staleness."""
+
+    order: list[str]
+    upstream: dict[str, list[str]]  # stage -> the planned stages it depends on (transitively)
+    stale: dict[str, list[str]]  # stale planned stage -> `dvc status` reasons (empty unless status=True)
+
+
+def read_pipeline(
+    project_dir: str | Path, targets: Sequence[str] = (), with_upstream: bool = True, status: bool = True
+) -> Pipeline:
+    """DVC's stage graph for ``targets`` and, with ``status``, what `dvc status` reports stale among them.
 
     ``targets`` are anything `dvc repro` accepts as a stage target (``report``, ``train@icpo``, or a foreach
     group such as ``train``); none means every stage. With ``with_upstream`` the targets' upstream stages are
-    planned too, like `dvc repro <target>`; without, only the targets themselves.
+    planned too, like `dvc repro <target>`; without, only the targets themselves. Status is DVC's own
+    per-stage check (what `dvc status --json` prints), run in this process to spare a second DVC start-up.
     """
     import networkx as nx
     from dvc.exceptions import DvcException
@@ -75,9 +83,15 @@ def stage_graph(
             upstream = {
                 name(s): sorted(name(d) for d in nx.descendants(graph, s) if d in selected) for s in order
             }
-            return [name(s) for s in order], upstream
+            stale: dict[str, list[str]] = {}
+            if status:
+                with repo.lock:  # what `dvc status` holds while it checks
+                    for stage in order:
+                        for changes in stage.status().values():  # {} when up to date
+                            stale[name(stage)] = _reasons(changes)
+            return Pipeline(order=[name(s) for s in order], upstream=upstream, stale=stale)
     except DvcException as e:
-        raise UserError(f"DVC could not load the pipeline in {project_dir}: {e}") from None
+        raise UserError(f"DVC could not read the pipeline in {project_dir}: {e}") from None
 
 
 def _rooted(target: str, root: Path) -> str:
@@ -99,17 +113,6 @@ def _address(stage, root: Path) -> str:
     if dvcfile.parent == root and dvcfile.name == "dvc.yaml":
         return stage.name
     return f"{dvcfile.relative_to(root)}:{stage.name}"
-
-
-def dvc_status(project_dir: str | Path, dvc: str = "dvc") -> dict[str, list[str]]:
-    """`dvc status --json`: stale stage -> short reasons (an up-to-date pipeline gives ``{}``)."""
-    proc = subprocess.run(
-        [dvc, "status", "--json"], cwd=project_dir, capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise UserError(f"`dvc status` failed in {project_dir}: {proc.stderr.strip() or proc.stdout.strip()}")
-    raw = json.loads(proc.stdout or "{}")
-    return {name: _reasons(changes) for name, changes in raw.items()}
 
 
 def _reasons(changes: Iterable[object]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from icpo_core.errors import UserError
-from tasks.planning import dvc_status, is_gpu_stage, make_plan, plan_markdown, stage_graph
+from tasks.planning import is_gpu_stage, make_plan, plan_markdown, read_pipeline
 
 ORDER = ["base_model", "prepare_demos", "prepare_train", "train@icpo", "report"]
 UPSTREAM = {
@@ -81,20 +82,31 @@ def toy_project(tmp_path_factory) -> Path:
     return project
 
 
-def test_stage_graph_from_another_directory(toy_project, monkeypatch, tmp_path):
+def test_pipeline_order_and_targets_from_another_directory(toy_project, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # DVC resolves names against the cwd; the plan must not depend on it
-    order, upstream = stage_graph(toy_project)
-    assert order == ["prep", "train@a", "train@b", "sum"]
-    assert upstream["sum"] == ["prep", "train@a", "train@b"]
-    order, _ = stage_graph(toy_project, ["train"], with_upstream=False)  # a foreach group
-    assert order == ["train@a", "train@b"]
-    order, _ = stage_graph(toy_project, ["train@b"])
-    assert order == ["prep", "train@b"]
+    pipe = read_pipeline(toy_project, status=False)
+    assert pipe.order == ["prep", "train@a", "train@b", "sum"]
+    assert pipe.upstream["sum"] == ["prep", "train@a", "train@b"]
+    assert pipe.stale == {}
+    assert read_pipeline(toy_project, ["train"], with_upstream=False).order == [
+        "train@a",
+        "train@b",
+    ]  # a group
+    assert read_pipeline(toy_project, ["train@b"]).order == ["prep", "train@b"]
     with pytest.raises(UserError, match="nope"):
-        stage_graph(toy_project, ["nope"])
+        read_pipeline(toy_project, ["nope"])
 
 
-def test_dvc_status_reasons(toy_project):
-    stale = dvc_status(toy_project, dvc=str(Path(sys.executable).with_name("dvc")))
-    assert set(stale) == {"prep", "train@a", "train@b", "sum"}
+def test_status_matches_the_dvc_cli(toy_project, monkeypatch, tmp_path):
+    cli = subprocess.run(
+        [str(Path(sys.executable).with_name("dvc")), "status", "--json"],
+        cwd=toy_project,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    monkeypatch.chdir(tmp_path)
+    stale = read_pipeline(toy_project).stale
+    assert set(stale) == set(json.loads(cli.stdout)) == {"prep", "train@a", "train@b", "sum"}
     assert "changed outs: x.txt (deleted)" in stale["prep"]
+    assert "changed deps: params.yaml (new)" in stale["prep"]
