@@ -195,6 +195,13 @@ class VerlParams(_Section):
     log_prob_micro_batch_size_per_gpu: int = Field(default=2, ge=1)
     test_freq: int = Field(default=10, ge=-1)
     val_files: list[str] = []
+    # prepare_val writes these (registry names, suites or local files) to data/val/<name>.parquet
+    val_benchmarks: list[str] = []
+    # the released val_kwargs (DESIGN.md section 5): sampled validation, n samples per problem
+    val_n: int = Field(default=2, ge=1)
+    val_temperature: float = Field(default=0.6, gt=0)
+    val_top_p: float = Field(default=0.7, gt=0, le=1)
+    val_top_k: int = Field(default=50, ge=-1)  # -1 = off
     extra_overrides: list[str] = []
 
 

@@ -8,6 +8,7 @@ BASE_MODEL_DIR = Path("models/base")
 TRAIN_PARQUET = Path("data/train.parquet")
 DEMOS_PARQUET = Path("data/demos.parquet")
 EVAL_DIR = Path("data/eval")  # synthetic held-out levels, LIMO-style jsonl: <benchmark>.jsonl
+VAL_DIR = Path("data/val")  # in-training validation benchmarks, verl parquet: <benchmark>.parquet
 METRICS_DIR = Path("metrics")  # per-stage stats (DVC metrics)
 RUNS_DIR = Path("runs")
 BENCH_DIR = Path("bench")
@@ -17,6 +18,11 @@ MLFLOW_DIR = Path("mlflow")
 
 def run_dir(run: str) -> Path:
     return RUNS_DIR / run
+
+
+def val_parquet(benchmark: str, val_dir: str | Path = VAL_DIR) -> Path:
+    """One validation benchmark in the training parquet's schema (``prepare_val`` writes it, verl reads it)."""
+    return Path(val_dir) / f"{benchmark}.parquet"
 
 
 def checkpoints_dir(run: str) -> Path:

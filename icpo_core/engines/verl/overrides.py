@@ -22,6 +22,7 @@ from typing import Any
 from icpo_core import paths
 from icpo_core.algorithm.losses import effective_entropy_coeff
 from icpo_core.config import AlgorithmParams, Params, ParamsError
+from icpo_core.stages.prepare_val import val_parquet_paths
 
 _PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")  # hydra-safe unquoted values (identifiers, dotted names)
 VERL_ADV_EPS = 1e-6  # the epsilon verl's advantage estimators always run with
@@ -33,11 +34,7 @@ REWARD_PATH = "pkg://icpo_core.engines.verl.reward"
 RELEASED_FIXED = {
     "actor_rollout_ref.rollout.top_k": -1,
     "actor_rollout_ref.rollout.enforce_eager": True,
-    "actor_rollout_ref.rollout.val_kwargs.n": 2,
     "actor_rollout_ref.rollout.val_kwargs.do_sample": True,
-    "actor_rollout_ref.rollout.val_kwargs.temperature": 0.6,
-    "actor_rollout_ref.rollout.val_kwargs.top_p": 0.7,
-    "actor_rollout_ref.rollout.val_kwargs.top_k": 50,
     "actor_rollout_ref.model.use_remove_padding": True,
     "actor_rollout_ref.model.enable_gradient_checkpointing": True,
     "actor_rollout_ref.actor.fsdp_config.param_offload": False,
@@ -109,12 +106,14 @@ def verl_overrides(params: Params, run: str, root: str | Path = ".") -> dict[str
     t, v = params.train, params.train.verl
     icpo = algo.n_off > 0
     prompt_len = ief_prompt_length(params, algo)
-    val_files = [_abs(f, root) for f in v.val_files]
+    # the prepare_val stage's benchmarks (data/val/<name>.parquet), then any extra parquet files
+    val_files = [_abs(f, root) for f in [*val_parquet_paths(params), *v.val_files]]
     ov: dict[str, Any] = {
         "algorithm.adv_estimator": "icpo" if icpo else "grpo",
         "algorithm.norm_adv_by_std_in_grpo": algo.norm_adv_by_std,
         "data.train_files": [_abs(paths.TRAIN_PARQUET, root)],
-        # verl always builds a validation set; without benchmarks it reads the train file and never validates
+        # verl always builds a validation set; with no val_benchmarks / val_files it reads a tiny stand-in (the
+        # train file) and never validates
         "data.val_files": val_files or [_abs(paths.TRAIN_PARQUET, root)],
         "data.val_max_samples": -1 if val_files else 8,  # the stand-in val set is never used: keep it tiny
         "data.train_batch_size": t.prompts_per_step,
@@ -145,6 +144,10 @@ def verl_overrides(params: Params, run: str, root: str | Path = ".") -> dict[str
         "actor_rollout_ref.rollout.gpu_memory_utilization": v.gpu_memory_utilization,
         "actor_rollout_ref.rollout.temperature": t.temperature,
         "actor_rollout_ref.rollout.top_p": t.top_p,
+        "actor_rollout_ref.rollout.val_kwargs.n": v.val_n,
+        "actor_rollout_ref.rollout.val_kwargs.temperature": v.val_temperature,
+        "actor_rollout_ref.rollout.val_kwargs.top_p": v.val_top_p,
+        "actor_rollout_ref.rollout.val_kwargs.top_k": v.val_top_k,
         # IEF rows' rollout log-probs are demo-conditioned: only debug metrics use them; off for both arms
         "actor_rollout_ref.rollout.calculate_log_probs": False,
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": v.log_prob_micro_batch_size_per_gpu,

@@ -65,7 +65,11 @@ RELEASED = {
     "trainer.total_training_steps": 400,
     "trainer.save_freq": 50,
     "trainer.critic_warmup": 0,
+    "trainer.test_freq": 10,
+    "trainer.val_before_train": True,
+    "data.val_max_samples": -1,
 }
+RELEASED_VAL = ["math500", "amc23", "aime24"]  # validated on every test_freq steps (prepare_val writes them)
 PER_MODEL = {
     "paper_qwen3_1_7b": {
         "actor_rollout_ref.actor.ppo_mini_batch_size": 64,
@@ -118,11 +122,12 @@ def composed(tmp_path_factory):
 
 @pytest.mark.parametrize("profile", ["paper_qwen3_1_7b", "paper_qwen3_8b"])
 def test_paper_profiles_equal_released_scripts(composed, profile):
-    cfgs, _ = composed
+    cfgs, root = composed
     for run in RUNS:
         cfg = cfgs[profile, run]
         for key, want in {**RELEASED, **PER_MODEL[profile]}.items():
             assert _get(cfg, key) == want, (profile, run, key)
+        assert cfg.data.val_files == [str(root / "data" / "val" / f"{b}.parquet") for b in RELEASED_VAL]
     # the only deliberate differences: IEF prompt room, entropy bonus only on the released run
     grpo, icpo = cfgs[profile, "grpo"], cfgs[profile, "icpo"]
     assert grpo.actor_rollout_ref.rollout.prompt_length == 4096
@@ -145,7 +150,9 @@ def test_every_run_composes_with_its_method(composed):
         assert cfg.trainer.default_local_dir == str(root / "runs" / run / "checkpoints")
         assert cfg.trainer.max_actor_ckpt_to_keep == params.train.max_ckpt_to_keep
         assert cfg.data.train_files == [str(root / "data" / "train.parquet")]
-        assert cfg.data.val_max_samples == 8 and cfg.trainer.test_freq == -1  # no val_files: never validates
+        val = [str(root / "data" / "val" / f"{b}.parquet") for b in params.train.verl.val_benchmarks]
+        assert val and cfg.data.val_files == val  # every profile validates (embedded: a synthetic level)
+        assert cfg.trainer.test_freq == params.train.verl.test_freq and cfg.trainer.val_before_train is True
         assert cfg.actor_rollout_ref.model.path == str(root / "models" / "base")
         assert cfg.actor_rollout_ref.rollout.n == algo.n_on
         for key, value in algo.model_dump().items():
@@ -161,7 +168,7 @@ def test_validation_multinode_and_extra_overrides(tmp_path):
     params = _params(
         "paper_qwen3_1_7b",
         nnodes=4,
-        val_files=["data/val/math500.parquet"],
+        val_files=["data/val/extra.parquet"],
         extra_overrides=["trainer.save_freq=25"],
     )
     overrides = [o for o in ov.override_list(params, "icpo", tmp_path) if not o.startswith("hydra.")]
@@ -170,9 +177,18 @@ def test_validation_multinode_and_extra_overrides(tmp_path):
         cfg = compose("icpo_trainer", overrides=overrides)
     assert cfg.trainer.nnodes == 4 and cfg.ray_kwargs.ray_init.address == "auto"
     assert cfg.trainer.test_freq == 10 and cfg.trainer.val_before_train is True
-    assert cfg.data.val_files == [str(tmp_path / "data/val/math500.parquet")]
+    # the prepare_val benchmarks first, then the extra files
+    assert cfg.data.val_files == [str(tmp_path / f"data/val/{b}.parquet") for b in [*RELEASED_VAL, "extra"]]
     assert cfg.data.val_max_samples == -1
     assert cfg.trainer.save_freq == 25
+
+
+def test_no_val_benchmarks_keeps_the_never_used_stand_in_and_val_sampling_is_a_knob(tmp_path):
+    o = ov.verl_overrides(_params("embedded", val_benchmarks=[], val_n=4, val_top_k=-1), "icpo", tmp_path)
+    assert o["data.val_files"] == [str(tmp_path / "data/train.parquet")] and o["data.val_max_samples"] == 8
+    assert (o["trainer.test_freq"], o["trainer.val_before_train"]) == (-1, False)
+    assert o["actor_rollout_ref.rollout.val_kwargs.n"] == 4
+    assert o["actor_rollout_ref.rollout.val_kwargs.top_k"] == -1
 
 
 def test_unsupported_eps_is_refused():
