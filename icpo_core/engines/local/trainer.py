@@ -166,7 +166,6 @@ class LocalTrainer:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.device)
-        self.model.config.use_cache = False
         self.ref_model = None
         if self.algo.use_kl_loss:
             self.ref_model = copy.deepcopy(self.model).eval()
