@@ -15,7 +15,6 @@ mlflow is imported inside the functions: an up-to-date reproduce run never pays 
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +59,10 @@ def tracking_settings(project_dir: str | Path) -> TrackingSettings:
 
 
 def git_commit(project_dir: str | Path) -> str:
-    """HEAD's commit of the checkout ("unknown" outside git)."""
-    proc = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=project_dir, capture_output=True, text=True, check=False
-    )
-    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+    """HEAD of the checkout (``-dirty`` with uncommitted changes to tracked files), as the stages tag it."""
+    from icpo_core.tracking import git_commit as head
+
+    return head(project_dir)
 
 
 def stage_env_vars(

@@ -1,8 +1,8 @@
 """Shared test setup. Keep it small: fixtures used by one area live in that area's conftest.py.
 
 Prefect is isolated here, before any test module imports it: its home, database, memo store and result storage
-go to a throw-away folder (never ~/.prefect), telemetry is off (Prefect's and DVC's; the machines are offline), and the ephemeral API
-server gets time to start on a busy 2-core machine.
+go to a throw-away folder (never ~/.prefect), telemetry is off (Prefect's and DVC's: the machines are offline),
+and the ephemeral API server gets time to start on a busy 2-core machine.
 """
 
 from __future__ import annotations

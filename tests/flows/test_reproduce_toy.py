@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,7 @@ def test_failure_stops_dependants_and_rerun_continues(
     tags = json.loads((project / "b.txt").read_text())
     assert tags["ICPO_TAG_PREFECT_FLOW_RUN_ID"] == str(state.state_details.flow_run_id)
     assert tags["ICPO_TAG_DVC_EXP"] == "workspace"
-    assert len(tags["ICPO_TAG_GIT_COMMIT"]) == 40
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", tags["ICPO_TAG_GIT_COMMIT"])
     assert tags["MLFLOW_TRACKING_URI"] == f"sqlite:///{project / 'mlflow' / 'mlflow.db'}"
 
     # nothing stale: the third run hands nothing to DVC
@@ -133,8 +134,13 @@ def test_targets_force_and_overrides(prefect_api, make_project):
     assert "seed7" in exps.stdout.split()
 
 
-def test_unknown_target_is_a_clear_error(prefect_api, make_project):
+def test_unknown_target_is_a_clear_error_and_the_gpu_slot_exists(prefect_api, make_project):
+    from prefect.client.orchestration import get_client
+
     project = make_project(TOY_DVC, files={"step.py": TAGGING_STEP})
     state = _run(project, targets=["no_such_stage"])
     assert state.is_failed()
     assert "no_such_stage" in state.message
+    # GPU stages (tag `gpu`) share one slot, created by the flow when the server has none
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name("tag:gpu").limit == 1
