@@ -37,6 +37,8 @@ def main() -> int:
 
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    if tok.pad_token_id is None:  # as the trainer does: pad with EOS
+        tok.pad_token = tok.eos_token
     rows = load_prompts(args.data, tok, max_prompt_length=4096, default_suffix="")
     prompts = [rows[i % len(rows)].prompt_ids for i in range(args.prompts)]
     eos = eos_token_ids(model, tok)
