@@ -123,7 +123,10 @@ def _reasons(changes: Iterable[object]) -> list[str]:
         elif isinstance(change, dict):
             for kind, items in change.items():
                 if isinstance(items, dict):
-                    out.extend(f"{kind}: {path} ({what})" for path, what in items.items())
+                    for path, what in items.items():
+                        if isinstance(what, dict):  # params: {"params.yaml": {"train.lr": "modified"}}
+                            what = ", ".join(f"{key} {change}" for key, change in what.items())
+                        out.append(f"{kind}: {path} ({what})")
                 else:
                     out.append(f"{kind}: {items}")
     return out

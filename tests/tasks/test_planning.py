@@ -110,3 +110,17 @@ def test_status_matches_the_dvc_cli(toy_project, monkeypatch, tmp_path):
     assert set(stale) == set(json.loads(cli.stdout)) == {"prep", "train@a", "train@b", "sum"}
     assert "changed outs: x.txt (deleted)" in stale["prep"]
     assert "changed deps: params.yaml (new)" in stale["prep"]
+    # a changed param is named (record prep as done, then change its param)
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    params = toy_project / "params.yaml"
+    original = params.read_text()
+    try:
+        (toy_project / "x.txt").write_text("x\n")
+        subprocess.run([dvc, "commit", "-f", "-q", "prep"], cwd=toy_project, check=True)
+        assert "prep" not in read_pipeline(toy_project, ["prep"]).stale
+        params.write_text(original.replace("seed: 0", "seed: 1"))
+        assert read_pipeline(toy_project, ["prep"]).stale["prep"] == [
+            "changed deps: params.yaml (seed modified)"
+        ]
+    finally:
+        params.write_text(original)
