@@ -271,6 +271,11 @@ def _worker_main(mem_mb: int) -> int:
             return False, "wrong (gold unparsable: compared as text)"
         return False, "wrong"
 
+    # Warm up the parser (grammar, sympy caches) before reporting ready: the first real sample's clock starts
+    # only after this, so a cold start cannot eat its time limit.
+    with contextlib.suppress(Exception):
+        check("\\frac{1}{2}", "0.5")
+        check("(1, 2]", "\\{1, 2\\}")
     print(json.dumps({"ready": os.getpid()}), file=proto)
     for line in sys.stdin:
         task = json.loads(line)
@@ -375,6 +380,7 @@ class Grader:
         # an answer. Timeouts are not cached (a loaded machine can time out an answer that is fine).
         self._cache: dict[tuple[str, str], tuple[bool, str]] = {}
         self.cache_hits = 0
+        self.worker_calls = 0  # samples that needed math-verify (the rest were decided in this process)
 
     # lifecycle -----------------------------------------------------------------------------------------
     def start(self, wait: bool = False) -> Grader:
@@ -434,6 +440,7 @@ class Grader:
                 first.setdefault((extracted[i], str(golds[i])), i)  # type: ignore[arg-type]
             with self._lock:
                 results = self._run(sorted(first.values()), extracted, [str(g) for g in golds])
+                self.worker_calls += len(first)
             if len(self._cache) > self.CACHE_SIZE:
                 self._cache.clear()
             for i, (ok, timed_out, reason) in results.items():

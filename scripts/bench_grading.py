@@ -136,8 +136,10 @@ def main() -> None:
     mean_chars = sum(map(len, responses)) / len(responses)
     print(f"{args.n} responses, mean {mean_chars:.0f} chars; mix: {dict(kinds)}; timeout {args.timeout}s")
     print(f"machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}")
-    print("| workers | samples | wall s | samples/s | correct | no answer | timeouts | worker restarts |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| workers | samples | wall s | samples/s | to math-verify | correct | no answer | timeouts | restarts |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for w in (int(x) for x in args.workers.split(",")):
         with Grader(workers=w, timeout_s=args.timeout) as g:  # warm-up (worker start) is not timed
             t = time.perf_counter()
@@ -146,12 +148,13 @@ def main() -> None:
             for s in range(0, len(responses), size):
                 verdicts += g.grade(responses[s : s + size], golds[s : s + size])
             wall = time.perf_counter() - t
-            restarts = g.restarts
+            restarts, worker_calls = g.restarts, g.worker_calls
         correct = sum(v.correct for v in verdicts)
         no_answer = sum(v.reason == "no_answer" for v in verdicts)
         timeouts = sum(v.timed_out for v in verdicts)
         print(
-            f"| {w} | {len(verdicts)} | {wall:.1f} | {len(verdicts) / wall:.0f} | {correct} | {no_answer} | "
+            f"| {w} | {len(verdicts)} | {wall:.1f} | {len(verdicts) / wall:.0f} | {worker_calls} | {correct} | "
+            f"{no_answer} | "
             f"{timeouts} | {restarts} |"
         )
 
