@@ -6,6 +6,8 @@ params, same data, so background load hits both alike) and reports the step-time
 tokens each step processed in generation (generated + prefilled), plus the per-phase times.
 
     python scripts/bench_step_cost.py --steps 3 --runs grpo icpo --json bench_step_cost.json
+    # or from the step logs of two finished trainings (same data order and seeds), warm-up step excluded:
+    python scripts/bench_step_cost.py --from-jsonl metrics/steps_grpo.jsonl metrics/steps_icpo.jsonl
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ def main() -> int:
         "--steps", type=int, default=3, help="measured steps per run (after one warm-up step each)"
     )
     ap.add_argument("--json", default=None)
+    ap.add_argument("--from-jsonl", nargs=2, default=None, metavar=("BASELINE_JSONL", "METHOD_JSONL"))
+    ap.add_argument("--skip", type=int, default=1, help="--from-jsonl: leading warm-up steps to leave out")
     args = ap.parse_args()
+    if args.from_jsonl:
+        rows = {}
+        for name, path in zip(args.runs, args.from_jsonl, strict=True):
+            lines = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+            rows[name] = [r for r in lines if r["step"] > args.skip]
+        return report(args, rows, {r: None for r in args.runs}, args.from_jsonl)
 
     from icpo_core.config import load_params
     from icpo_core.engines.local.trainer import LocalTrainer
@@ -50,14 +60,18 @@ def main() -> int:
                     rows[r].append(m)
                 print(r, step, {k: round(v, 2) for k, v in m.items() if k.startswith(("perf/", "timing/"))})
 
+    return report(args, rows, {r: params.run_algorithm(r).n_off for r in args.runs}, args.params)
+
+
+def report(args: argparse.Namespace, rows: dict[str, list[dict]], n_off: dict, source: object) -> int:
     def total(r: str, key: str) -> float:
         return sum(m[key] for m in rows[r])
 
     base, meth = args.runs
-    out: dict = {"params": args.params, "steps": args.steps, "n_on": n_on[base]}
+    out: dict = {"source": source, "steps": {r: [m["step"] for m in rows[r]] for r in args.runs}}
     for r in args.runs:
         out[r] = {
-            "n_off": params.run_algorithm(r).n_off,
+            "n_off": n_off[r],
             "step_time_s_mean": statistics.mean(m["perf/step_time_s"] for m in rows[r]),
             "gen_tokens": total(r, "perf/gen_tokens"),
             "prefill_tokens": total(r, "perf/prefill_tokens"),
