@@ -73,6 +73,8 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict]], n_off: dict, s
         out[r] = {
             "n_off": n_off[r],
             "step_time_s_mean": statistics.mean(m["perf/step_time_s"] for m in rows[r]),
+            "step_time_s_median": statistics.median(m["perf/step_time_s"] for m in rows[r]),
+            "gen_s_median": statistics.median(m["timing/gen_s"] for m in rows[r]),
             "gen_tokens": total(r, "perf/gen_tokens"),
             "prefill_tokens": total(r, "perf/prefill_tokens"),
             "train_tokens": total(r, "perf/train_tokens"),
@@ -83,6 +85,9 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict]], n_off: dict, s
     out["gen_time_ratio"] = total(meth, "timing/gen_s") / total(base, "timing/gen_s")
     out["token_ratio_gen_plus_prefill"] = tok[meth] / tok[base]
     out["gen_token_ratio"] = out[meth]["gen_tokens"] / out[base]["gen_tokens"]
+    # Medians resist the occasional slow step of a shared machine.
+    out["median_time_ratio"] = out[meth]["step_time_s_median"] / out[base]["step_time_s_median"]
+    out["median_gen_time_ratio"] = out[meth]["gen_s_median"] / out[base]["gen_s_median"]
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
