@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icpo_core.config import parse_params
+from icpo_core.config import load_params, parse_params
 from icpo_core.engines.verl import overrides as ov
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -228,7 +228,8 @@ def test_cli_prints_shell_quoted_command(tmp_path):
     assert words[0] == "MLFLOW_TRACKING_URI=http://mlflow.example:5000"
     assert words[1].startswith("VERL_FILE_LOGGER_PATH=") and "/runs/icpo/verl_metrics/" in words[1]
     assert words[2:5] == ["python", "-m", ov.LAUNCHER_MODULE]
-    assert "icpo.n_off=1" in words and "actor_rollout_ref.rollout.n=8" in words
+    algo = load_params(ROOT / "params.yaml").run_algorithm("icpo")
+    assert f"icpo.n_off={algo.n_off}" in words and f"actor_rollout_ref.rollout.n={algo.n_on}" in words
     r = subprocess.run(
         [sys.executable, "-m", "icpo_core.cli", "--params", str(ROOT / "params.yaml"), "verl-cmd", "--run", "nope"],
         capture_output=True, text=True, cwd=ROOT, timeout=60,

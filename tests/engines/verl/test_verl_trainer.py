@@ -35,7 +35,8 @@ def trainer(tmp_path_factory):
         num_key_value_heads=4, architectures=["LlamaForCausalLM"],
     ).save_pretrained(root / "models" / "base")  # fmt: skip
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["train"]["verl"].update(n_gpus_per_node=1)
+    # No val_benchmarks: this fixture writes no data/val, so verl gets its stand-in validation set.
+    raw["train"]["verl"].update(n_gpus_per_node=1, val_benchmarks=[])
     params = parse_params(raw)
     overrides = [o for o in ov.override_list(params, "icpo_rs", root) if not o.startswith("hydra.")]
     with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
