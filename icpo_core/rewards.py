@@ -480,11 +480,6 @@ class Grader:
                     except (BrokenPipeError, OSError):
                         queue.append(i)
                         self._replace(w)
-                elif not w.ready and now - w.started > self.startup_timeout_s:
-                    raise RuntimeError(
-                        f"grading worker did not start within {self.startup_timeout_s:.0f}s "
-                        "(is math-verify installed in this environment?)"
-                    )
             busy = [w for w in self._workers if w.task is not None]
             waits = [w.deadline - now for w in busy] + [1.0]
             readable, _, _ = select.select([w.fd for w in self._workers], [], [], max(0.0, min(waits)))
@@ -517,6 +512,14 @@ class Grader:
                         self.timeout_s,
                     )
                     self._replace(w)
+            # Checked only after reading: a worker spawned long ago (e.g. warm before a slow first training
+            # step) has its "ready" line waiting in the pipe and must not be mistaken for a failed start.
+            for w in self._workers:
+                if not w.ready and time.monotonic() - w.started > self.startup_timeout_s:
+                    raise RuntimeError(
+                        f"grading worker did not start within {self.startup_timeout_s:.0f}s "
+                        "(is math-verify installed in this environment?)"
+                    )
         return results
 
 

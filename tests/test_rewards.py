@@ -224,3 +224,19 @@ def test_plain_numerals_are_decided_without_a_worker(answer, gold, expected):
     from icpo_core.rewards import fast_numeric
 
     assert fast_numeric(answer, gold) is expected
+
+
+def test_worker_ready_long_before_first_grade_is_not_a_failed_start():
+    # Regression: workers spawned without waiting, then left alone for longer than the startup limit (as a
+    # trainer does during its first slow step), have their "ready" line waiting unread in the pipe.
+    import time
+
+    from icpo_core.rewards import Grader
+
+    g = Grader(workers=1, timeout_s=10.0, startup_timeout_s=4.0).start(wait=False)
+    try:
+        time.sleep(7.0)
+        (v,) = g.grade([r"so \boxed{\frac{1}{2}}"], ["0.5"])
+        assert v.correct and not v.timed_out
+    finally:
+        g.close()
