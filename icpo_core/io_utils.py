@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from icpo_core.errors import DataError
+
 
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
@@ -58,3 +60,22 @@ def atomic_write_text(target: str | Path, text: str) -> Path:
 
 def atomic_write_json(target: str | Path, obj: Any) -> Path:
     return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_jsonl(path: str | Path, label: str = "") -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file (blank lines skipped); a bad line raises :class:`DataError` naming file:line."""
+    path = Path(path)
+    prefix = f"{label}: " if label else ""
+    rows = []
+    with path.open() as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{prefix}{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{prefix}{path}:{lineno}: expected a JSON object")
+            rows.append(row)
+    return rows

@@ -11,7 +11,6 @@ Layouts, detected per row (no code change for a new file):
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from icpo_core.bench.registry import BenchmarkSpec
 from icpo_core.errors import DataError
+from icpo_core.io_utils import read_jsonl
 
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 
@@ -73,19 +73,7 @@ def load_rows(spec: BenchmarkSpec) -> list[dict[str, Any]]:
 
 
 def _read_jsonl(path: Path, name: str) -> list[dict[str, Any]]:
-    rows = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"benchmark '{name}': {path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"benchmark '{name}': {path}:{lineno}: expected a JSON object")
-            rows.append(row)
-    return rows
+    return read_jsonl(path, f"benchmark '{name}'")
 
 
 def _first(row: dict[str, Any], keys: list[str]) -> Any:

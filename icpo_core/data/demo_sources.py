@@ -96,14 +96,7 @@ def _clean(candidates: Iterable[Candidate], stats: DemoStats) -> list[dict[str, 
 
 
 def _synthetic(params: Params) -> Iterator[Candidate]:
-    syn = params.data.synthetic
-    splits = synthetic.generate_splits(
-        syn.levels,
-        train=syn.train_per_level,
-        demo=syn.demos_per_level,
-        eval=syn.eval_per_level,
-        seed=params.seed,
-    )
+    splits = synthetic.splits_for(params)
     for p in splits["demo"]:
         yield Candidate(p.id, p.problem, p.solution, p.answer, synthetic.eval_name(p.level))
 

@@ -17,6 +17,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from icpo_core.config import Params
 
 LEVELS = (0, 1, 2, 3)
 SPLITS = ("eval", "demo", "train")
@@ -190,6 +194,18 @@ def generate_splits(
         for split in SPLITS:
             out[split].extend(per_level[split])
     return out
+
+
+def splits_for(params: Params) -> dict[str, list[Problem]]:
+    """The splits that ``params.data.synthetic`` and ``params.seed`` describe (train, demo and eval stages agree)."""
+    syn = params.data.synthetic
+    return generate_splits(
+        syn.levels,
+        train=syn.train_per_level,
+        demo=syn.demos_per_level,
+        eval=syn.eval_per_level,
+        seed=params.seed,
+    )
 
 
 def eval_name(level: int) -> str:

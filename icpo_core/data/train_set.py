@@ -54,14 +54,7 @@ class TrainStats:
 
 
 def _synthetic_rows(params: Params) -> list[dict[str, Any]]:
-    syn = params.data.synthetic
-    splits = synthetic.generate_splits(
-        syn.levels,
-        train=syn.train_per_level,
-        demo=syn.demos_per_level,
-        eval=syn.eval_per_level,
-        seed=params.seed,
-    )
+    splits = synthetic.splits_for(params)
     return [
         {"problem": p.problem, "answer": p.answer, "target": p.solution, "level": p.level, "drop": ""}
         for p in splits["train"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from icpo_core.errors import DataError, UserError
+from icpo_core.io_utils import read_jsonl
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,18 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def read_predictions(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"--predictions: {path} not found")
-    rows = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or "response" not in row or "answer" not in row:
-                raise DataError(f"{path}:{lineno}: each row needs 'response' and 'answer' (the gold answer)")
-            rows.append(row)
+    rows = read_jsonl(path, "--predictions")
+    for lineno, row in enumerate(rows, 1):
+        if "response" not in row or "answer" not in row:
+            raise DataError(f"{path}: row {lineno}: each row needs 'response' and 'answer' (the gold answer)")
     if not rows:
         raise DataError(f"{path}: no prediction rows")
     return rows

@@ -211,7 +211,9 @@ def test_max_rows_is_a_seeded_subset(make_params, tmp_path):
     params = make_params({"data": {"train": {"max_rows": 7}}})
     stats = build_train_set(params, tmp_path / "a.parquet", None)
     again = build_train_set(params, tmp_path / "b.parquet", None)
-    assert stats.rows_kept == 7 and stats.dropped == {"over_max_rows": 593}
+    syn = params.data.synthetic
+    n_rows = len(syn.levels) * syn.train_per_level
+    assert stats.rows_kept == 7 and stats.dropped == {"over_max_rows": n_rows - 7}
     assert read_rows(tmp_path / "a.parquet") == read_rows(tmp_path / "b.parquet") and again.rows_kept == 7
 
 

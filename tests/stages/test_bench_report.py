@@ -28,7 +28,12 @@ def project(tmp_path_factory):
     make_tiny_model_dir(root / "models/base")
     shutil.copytree(root / "models/base", root / "runs/icpo/merged")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["bench"].update(max_tokens=6, grade_workers=1, batch_size=8)
+    raw["bench"].update(
+        benchmarks=["synthetic_l0", "synthetic_l1", "synthetic_l3"],
+        max_tokens=6,
+        grade_workers=1,
+        batch_size=8,
+    )
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     for level in (0, 1, 3):
         path = root / f"data/eval/synthetic_l{level}.jsonl"

@@ -51,7 +51,16 @@ def _leftovers(folder: Path) -> list[str]:
 
 def test_offline_default_stages(project, tiny_gguf, capsys):
     root = project(
-        {"data": {"synthetic": {"train_per_level": 40, "demos_per_level": 20, "eval_per_level": 10}}}
+        {
+            "data": {
+                "synthetic": {
+                    "levels": [0, 1, 3],
+                    "train_per_level": 40,
+                    "demos_per_level": 20,
+                    "eval_per_level": 10,
+                }
+            }
+        }
     )
 
     rc, out, err = _icpo(capsys, "base-model", "--gguf", str(tiny_gguf))
