@@ -40,7 +40,8 @@ def test_synthetic_reads_training_suffix_from_params():
     [spec] = resolve_benchmarks(["synthetic_l1"], p)
     assert spec.prompt_suffix == " BOX IT."
     assert spec.source == {"path": "data/eval/synthetic_l1.jsonl"}
-    assert spec.sampling.temperature == 0.0 and spec.sampling.max_tokens == 96
+    # greedy, short: the registry's synthetic defaults (no bench.* override in params)
+    assert spec.sampling.temperature == 0.0 and spec.sampling.max_tokens == 64
 
 
 def test_params_override_registry_sampling_and_change_fingerprint():
