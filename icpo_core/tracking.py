@@ -55,6 +55,21 @@ def artifact_location(uri: str, root: str | Path = ".") -> str | None:
     return None  # a server decides
 
 
+def ensure_experiment(client: Any, name: str, uri: str, root: str | Path = ".") -> str:
+    """The id of experiment ``name``, created (with an explicit artifact location) if missing; race-safe."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri, root))
+    except Exception:
+        # Another process created it between the two calls.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 def flatten(obj: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, str]:
     """Nested mapping -> ``{"a.b.c": "value"}`` with string values (MLflow params)."""
     out: dict[str, str] = {}
@@ -162,19 +177,7 @@ class Tracker:
         self._failed = True
 
     def _experiment_id(self) -> str:
-        exp = self._client.get_experiment_by_name(self.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return self._client.create_experiment(
-                self.experiment, artifact_location=artifact_location(self.uri, self.root)
-            )
-        except Exception:
-            # Another process created it between the two calls.
-            exp = self._client.get_experiment_by_name(self.experiment)
-            if exp is None:
-                raise
-            return exp.experiment_id
+        return ensure_experiment(self._client, self.experiment, self.uri, self.root)
 
     def start(
         self,

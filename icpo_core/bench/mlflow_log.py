@@ -54,20 +54,13 @@ def log_bench(params: Params, run: str, metrics: dict[str, Any]) -> str | None:
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
-        from icpo_core.tracking import artifact_location, find_run, tracking_uri
+        from icpo_core.tracking import ensure_experiment, find_run, tracking_uri
 
         uri = tracking_uri(params)
         client = MlflowClient(tracking_uri=uri)
         run_id = find_run(params, run)
         if run_id is None:
-            exp = client.get_experiment_by_name(params.tracking.experiment)
-            exp_id = (
-                exp.experiment_id
-                if exp is not None
-                else client.create_experiment(
-                    params.tracking.experiment, artifact_location=artifact_location(uri)
-                )
-            )
+            exp_id = ensure_experiment(client, params.tracking.experiment, uri)
             if run == "base":
                 tags = _base_tags(params)
             else:

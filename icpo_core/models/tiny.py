@@ -47,11 +47,12 @@ def build_tokenizer(vocab_size: int = 384) -> Any:
     return tok
 
 
-def _hf_tokenizer(tok: Any) -> Any:
+def hf_tokenizer(tok: Any | None = None) -> Any:
+    """The tiny tokenizer as a transformers tokenizer: ChatML template, eos = pad = ``<|im_end|>``."""
     from transformers import PreTrainedTokenizerFast
 
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+        tokenizer_object=tok if tok is not None else build_tokenizer(),
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",
         pad_token="<|im_end|>",
@@ -67,7 +68,7 @@ def write_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir)
-    hf_tok = _hf_tokenizer(build_tokenizer())
+    hf_tok = hf_tokenizer()
     d = TINY_DIMS
     config = LlamaConfig(
         vocab_size=len(hf_tok),

@@ -86,18 +86,11 @@ def log_report(params: Any, table: Any, files: list[str]) -> str | None:
         from mlflow.tracking import MlflowClient
 
         from icpo_core.bench.mlflow_log import _base_tags
-        from icpo_core.tracking import artifact_location, tracking_uri
+        from icpo_core.tracking import ensure_experiment, tracking_uri
 
         uri = tracking_uri(params)
         client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(params.tracking.experiment)
-        exp_id = (
-            exp.experiment_id
-            if exp is not None
-            else client.create_experiment(
-                params.tracking.experiment, artifact_location=artifact_location(uri)
-            )
-        )
+        exp_id = ensure_experiment(client, params.tracking.experiment, uri)
         tags = {
             **_base_tags(params),
             "icpo.run": "report",

@@ -9,27 +9,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from icpo_core.cli import main
-from icpo_core.config import deep_merge
 from icpo_core.data.schema import DEMO_SCHEMA, EVAL_FIELDS, TRAIN_SCHEMA, check_schema
-
-REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    """A fresh project folder (cwd) with the repo's params.yaml; ``write(override)`` rewrites it."""
-    monkeypatch.chdir(tmp_path)
-    raw = yaml.safe_load(REPO_PARAMS.read_text())
-
-    def write(override: dict[str, Any] | None = None) -> Path:
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(deep_merge(raw, override or {})))
-        return tmp_path
-
-    write()
-    return write
 
 
 @pytest.fixture(scope="module")

@@ -8,31 +8,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import yaml
 
 from icpo_core.cli import main
-from icpo_core.config import deep_merge, load_params
+from icpo_core.config import load_params
 from icpo_core.data.schema import TRAIN_SCHEMA, check_schema
 from icpo_core.engines.verl import overrides as ov
 from icpo_core.stages.prepare_val import val_parquet_paths
 
-REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 TRAIN_SUFFIX = " Let's think step by step and output the final answer within \\boxed{}."
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    """A fresh project folder (cwd) with the repo's params.yaml; ``write(override)`` rewrites it."""
-    monkeypatch.chdir(tmp_path)
-    raw = yaml.safe_load(REPO_PARAMS.read_text())
-
-    def write(override: dict[str, Any] | None = None) -> Path:
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(deep_merge(raw, override or {})))
-        return tmp_path
-
-    write()
-    return write
 
 
 def _icpo(capsys, *argv: str) -> tuple[int, str, str]:

@@ -1,4 +1,4 @@
-"""A tiny random causal LM with a real byte-level BPE tokenizer and a ChatML template, built offline in ~1 s.
+"""A tiny random causal LM (the tokenizer of ``icpo_core.models.tiny``) and a tiny project, built offline in ~1 s.
 
 Used by the tests and by smoke runs of the local engine: it exercises the same code paths as the real model
 (chat template, left padding, EOS stop, tied embeddings, verl merge) at a size where a training step takes
@@ -9,55 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# ChatML, the template family of SmolLM2 (no default system prompt, to keep prompts short).
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-_CORPUS = [
-    "Tom has 7 marbles. Tom gets 6 more marbles. How many marbles does Tom have now?",
-    "Put your final answer within \\boxed{}. The answer is \\boxed{13}.",
-    "Leo starts with 19 apples and gives away 2, so 19 - 2 = 17. The answer is \\boxed{17}.",
-    "0 1 2 3 4 5 6 7 8 9 10 11 12 + - * = ( ) { } \\ user assistant system",
-]
-
-
-def make_tiny_tokenizer(vocab_size: int = 320):
-    """A byte-level BPE tokenizer (any text round-trips) with ChatML special tokens; eos = pad = <|im_end|>."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-    )
-    fast.chat_template = CHATML_TEMPLATE
-    return fast
-
 
 def make_tiny_model_dir(path: str | Path, *, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
     """Write a Hugging Face folder (fp32 safetensors + tokenizer + chat template) of a random Llama."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    from icpo_core.models.tiny import hf_tokenizer
+
     path = Path(path)
-    tok = make_tiny_tokenizer()
+    tok = hf_tokenizer()  # the project's one tiny tokenizer (byte-level BPE, ChatML, eos = pad = <|im_end|>)
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=hidden,
