@@ -146,7 +146,7 @@ class AlgorithmParams(_Section):
     n_on: int = Field(default=8, ge=2)
     n_off: int = Field(default=1, ge=0)
     k_demos: int = Field(default=1, ge=1)
-    demo_format: Literal["chat_turns", "inline"] = "chat_turns"
+    demo_format: Literal["chat_turns", "inline", "released"] = "chat_turns"
     errs: bool = True
     delta: float = 1.0
     reward_shaping: bool = False
@@ -167,6 +167,7 @@ class AlgorithmParams(_Section):
     released_demos_skip_generation: bool = False
     released_constant_bonus: bool = False
     released_entropy_bonus: float = Field(default=0.0, ge=0)
+    released_loss_agg: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> AlgorithmParams:
@@ -304,9 +305,20 @@ class Params(_Section):
             if name == "base":
                 raise ValueError("'base' is reserved for the untrained base model; rename runs.base")
             try:
-                AlgorithmParams(**{**self.algorithm.model_dump(), **(overrides or {})})
+                algo = AlgorithmParams(**{**self.algorithm.model_dump(), **(overrides or {})})
             except ValidationError as e:
                 raise ValueError(_format_validation(e, prefix=f"runs.{name}")) from None
+            if (
+                self.train.engine == "verl"
+                and algo.demo_format == "released"
+                and algo.n_off > 0
+                and not algo.released_demos_skip_generation
+            ):
+                raise ValueError(
+                    f"runs.{name}.demo_format: 'released' is a raw prompt string without chat template, which "
+                    "verl's agent loop cannot send (it chat-templates raw_prompt); use chat_turns or inline with "
+                    "train.engine: verl, or the local engine"
+                )
         for name in self.report.runs:
             if name != "base" and name not in self.runs:
                 raise ValueError(

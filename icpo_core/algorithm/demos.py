@@ -14,7 +14,13 @@ from typing import Literal
 
 import numpy as np
 
-DemoFormat = Literal["chat_turns", "inline"]
+DemoFormat = Literal["chat_turns", "inline", "released"]
+
+# The released code's instruction (ICLPromptBuilder). In a demo block it passes through str.format, which turns
+# the doubled braces into "\boxed{}"; the target question gets the raw string, doubled braces and all.
+RELEASED_INSTRUCTION = " Let's think step by step and output the final answer within \\boxed{{}}"
+# What the released data preparation appends to every MATH demo question (math_dataset.py).
+RELEASED_DEMO_SUFFIX = " Let's think step by step and output the final answer within \\boxed{}."
 
 
 @dataclass(frozen=True)
@@ -101,13 +107,16 @@ def build_ief_messages(
     - ``chat_turns`` (default): each demo is a prior user turn (demo problem + ``suffix``) followed by an
       assistant turn (its worked solution); then the real question, unchanged. On the offline model this format
       beats inline text (DESIGN.md section 7).
-    - ``inline``: the released code's format (``ICLPromptBuilder``): one user message
+    - ``inline``: the released code's text layout put into ONE chat-templated user turn:
       ``Question: <demo problem><suffix>\\nAnswer: <solution>`` blocks joined by three newlines, then
-      ``Question: <question>\\nAnswer:``. The released code fed this as a raw string without a chat template;
-      here it is one user turn, so both formats go through the same chat template.
+      ``Question: <question>\\nAnswer:``. Not the released prompt byte for byte (that one has no chat template,
+      a second instruction and literal doubled braces): use ``released`` (:func:`released_icl_prompt`) for that.
 
+    ``released`` is a raw completion string, not chat messages: build it with :func:`build_ief_prompt`.
     GRPO never calls this (N_off = 0). With no demos the plain prompt is returned (a copy).
     """
+    if fmt == "released":
+        raise ValueError("demo_format 'released' is a raw string without chat template: use build_ief_prompt")
     msgs = [dict(m) for m in messages]
     if not demos:
         return msgs
@@ -129,3 +138,45 @@ def build_ief_messages(
         content = "\n\n\n".join(blocks) + f"\n\n\nQuestion: {question}\nAnswer:"
         return head + rest + [{"role": "user", "content": content}] + msgs[q_idx + 1 :]
     raise ValueError(f"unknown demo format {fmt!r}: use 'chat_turns' or 'inline'")
+
+
+def released_icl_prompt(question: str, demos: Sequence[Demo], demo_suffix: str = RELEASED_DEMO_SUFFIX) -> str:
+    """The released code's IEF prompt, byte for byte (``ICLPromptBuilder(w_inst=True, w_prefix=True)``,
+    empty system prompt): a raw completion string, fed to the model WITHOUT a chat template.
+
+    Each demo block is ``Question: <demo question> Let's think ... \\boxed{}\\nAnswer: <solution>``, where the
+    demo question is the cached MATH question, which already ends in ``demo_suffix`` (so the instruction appears
+    twice); blocks are joined by three newlines; then ``Question: <question> Let's think ... \\boxed{{}}``
+    (the literal doubled braces of the never-formatted instruction) and ``\\nAnswer:`` (the trailing space
+    cut). With no demos it is ``Question: <question>\\nAnswer: `` (no instruction, trailing space kept).
+    ``question`` is the bare problem: the released code splits the instruction off the user turn and strips it.
+    """
+    question = question.strip()
+    if not demos:
+        return f"Question: {question}\nAnswer: "
+    blocks = [
+        f"Question: {d.problem}{demo_suffix}{RELEASED_INSTRUCTION.replace('{{}}', '{}')}\nAnswer: {d.solution}"
+        for d in demos
+    ]
+    prompt = "\n\n\n".join(blocks) + "\n\n\n" + f"Question: {question}{RELEASED_INSTRUCTION}\nAnswer: "
+    return prompt[:-1]
+
+
+def build_ief_prompt(
+    messages: Sequence[Mapping[str, str]],
+    demos: Sequence[Demo],
+    fmt: DemoFormat = "chat_turns",
+    suffix: str = "",
+    question: str | None = None,
+) -> list[dict[str, str]] | str:
+    """The IEF prompt [D; q] in ``fmt``: chat messages (``chat_turns``, ``inline``) or, for ``released``, the
+    raw string of :func:`released_icl_prompt` (``question`` is the bare problem; by default the last user turn
+    without ``suffix``). Demo questions carry ``suffix``, as the released demo cache's carry the paper's."""
+    if fmt != "released":
+        return build_ief_messages(messages, demos, fmt, suffix)
+    if question is None:
+        users = [m["content"] for m in messages if m.get("role") == "user"]
+        if not users:
+            raise ValueError("the prompt has no user turn to put demos in front of")
+        question = users[-1].removesuffix(suffix) if suffix else users[-1]
+    return released_icl_prompt(question, demos, demo_suffix=suffix or RELEASED_DEMO_SUFFIX)

@@ -67,6 +67,41 @@ def aggregate_loss(
     raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}")
 
 
+def micro_batch_normalisation(
+    loss_agg_mode: str,
+    *,
+    released_loss_agg: bool,
+    micro_rows: int,
+    mini_rows: int,
+    mini_tokens: int,
+) -> tuple[int | None, float]:
+    """How one micro-batch's loss is normalised inside its mini-batch: ``(batch_num_tokens, scale)``.
+
+    The micro-batch loss is ``aggregate_loss(..., batch_num_tokens=batch_num_tokens) * scale`` and the
+    gradients of a mini-batch's micro-batches are summed before the optimizer step.
+
+    - Default (verl 0.9.1, both engines): ``token-mean`` is ONE mean over every response token of the
+      mini-batch: ``batch_num_tokens = mini_tokens``, ``scale = 1``, so every token weighs ``1 / mini_tokens``
+      whatever micro-batch it lands in (summed over data-parallel ranks in verl).
+    - ``released_loss_agg`` (verl 0.5, the released code): a masked mean over the micro-batch's own tokens,
+      divided by the number of micro-batches (``scale = micro_rows / mini_rows``, which is ``1 / n_micro`` for
+      equal micro-batches and verl 0.5's dynamic-batch formula otherwise). A token of a short-response
+      micro-batch then weighs more: two 100-token and two 10-token rows in micro-batches of 2 give per-token
+      weights 1/200/2 = 0.0025 and 1/20/2 = 0.025, against 1/220 = 0.004545 by default.
+    - ``seq-mean-*`` modes: a mean over the micro-batch's rows weighted by its row share (the same in both
+      conventions here).
+
+    The paper (section 3.4) only says "token-mean"; the switch exists so the released code can be reproduced.
+    Unchanged from GRPO: both methods use the same normalisation.
+    """
+    if mini_rows <= 0 or micro_rows <= 0:
+        raise ValueError(f"empty batch: micro_rows={micro_rows}, mini_rows={mini_rows}")
+    share = micro_rows / mini_rows
+    if loss_agg_mode == "token-mean" and not released_loss_agg:
+        return mini_tokens, 1.0
+    return None, share
+
+
 def icpo_policy_loss(
     log_prob: torch.Tensor,
     old_log_prob: torch.Tensor,
@@ -91,7 +126,11 @@ def icpo_policy_loss(
       no IEF rows (N_off = 0) this *is* GRPO's loss.
     - IEF tokens (``ief_mask``; the demos already removed from their context): ``-A * f(p)`` with LUFFY's policy
       shaping ``f(p) = p / (p + gamma)``, ``p = exp(logp)`` the current token probability, no old ratio (the
-      behaviour policy saw the demos, so pi_old(.|q) is not its sampler) and no clip. Its gradient with respect
+      behaviour policy saw the demos, so pi_old(.|q) is not its sampler) and no clip. The paper writes this term
+      ``CLIP(f(r_hat), A, eps)``; like the released code and LUFFY we apply no clip. A literal clip,
+      ``min(f A, clip(f, 1-eps, 1+eps) A)``, could never bind from above because f(p) < 1 <= 1+eps; it would
+      only change rows with A < 0 (where f < 1-eps is raised to 1-eps, removing their gradient), and with ERRS
+      on, accepted IEF rows are correct and have A >= 0, so it matters only with ERRS off. Its gradient with respect
       to logp is ``-A * f'(p) * p = -A * gamma * p / (p + gamma)^2``: low-probability expert tokens are boosted.
 
     ``advantages`` and ``ief_mask`` may be per trajectory ``[B]`` or per token ``[B, T]``.

@@ -1,7 +1,8 @@
 """The mixed group of ICPO (paper section 3.2-3.3): ERRS, replacement, annealed expert bonus.
 
 Per prompt, N_on on-policy and N_off IEF trajectories are sampled. Expert Region Reject Sampling (ERRS) keeps
-an IEF trajectory only if its reward reaches the threshold delta; each accepted one replaces a randomly chosen
+an IEF trajectory only if its reward reaches the threshold delta (we use ``R >= delta``; the paper writes
+``R > delta``, see :func:`mix_group`); each accepted one replaces a randomly chosen
 on-policy trajectory of its group, a rejected one is dropped. The trained group therefore always has N_on
 members, exactly as in GRPO (GRPO is the case with no IEF rows, where nothing is replaced).
 """
@@ -46,8 +47,9 @@ def mix_group(
 ) -> GroupMix:
     """ERRS + replacement for one prompt (paper section 3.2, "Expert Region Reject Sampling").
 
-    An IEF trajectory is accepted iff ``R >= delta`` (with ``errs=False``, the released code's behaviour and the
-    "-ERRS" ablation, every one is accepted). Accepted rows replace on-policy rows chosen uniformly at random
+    The paper writes the expert region as ``R(tau) > delta`` with delta = 1.0; with binary rewards that literal
+    reading accepts nothing, so we accept ``R >= delta`` (with delta = 1: exactly the correct answers). With
+    ``errs=False`` (the released code, which has no ERRS at all, and the "-ERRS" ablation) every one is accepted. Accepted rows replace on-policy rows chosen uniformly at random
     without replacement (seeded by ``rng``); rejected rows are dropped and contribute nothing to the loss.
     Differs from GRPO only when ``ief_rewards`` is non-empty; with no IEF rows the group is the on-policy group.
     """
@@ -76,6 +78,24 @@ def annealed_bonus(alpha: float, step: int, total_steps: int, constant: bool = F
     if total_steps <= 0:
         raise ValueError(f"total_steps must be > 0, got {total_steps}")
     return float(alpha) * max(0.0, 1.0 - step / total_steps)
+
+
+def step_bonus(
+    alpha: float, global_step: int, total_steps: int, *, reward_shaping: bool, constant: bool = False
+) -> float:
+    """The expert bonus of training step ``global_step`` (1-based, verl's ``global_steps``), for both engines.
+
+    The paper's ``alpha * (1 - t/T)`` with ``t = global_step - 1``: step 1 gets the full alpha, step T gets
+    alpha / T. This is verl's counter convention, and what the released code would have computed had its step
+    counter been set (it never is: ``constant``). 0 when ``reward_shaping`` is off (ICPO without RS, GRPO).
+    The local engine and the verl manager both call this, so a run's bonus schedule does not depend on the
+    engine, and a resumed run (which restarts at ``global_step = last saved + 1``) continues the same schedule.
+    """
+    if not reward_shaping:
+        return 0.0
+    if global_step < 1:
+        raise ValueError(f"global_step is 1-based, got {global_step}")
+    return annealed_bonus(alpha, global_step - 1, total_steps, constant=constant)
 
 
 def shaped_ief_rewards(

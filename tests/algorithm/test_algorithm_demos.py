@@ -101,3 +101,31 @@ def test_no_demos_and_bad_input():
         build_ief_messages([{"role": "system", "content": "s"}], [Demo("a", "b", "c")], "chat_turns")
     with pytest.raises(ValueError, match="unknown demo format"):
         build_ief_messages(msgs, [Demo("a", "b", "c")], "xml")  # type: ignore[arg-type]
+
+
+PAPER_SUFFIX = " Let's think step by step and output the final answer within \\boxed{}."
+
+
+def test_released_format_is_the_released_string_byte_for_byte():
+    """Fixture written from the released ICLPromptBuilder template (w_inst, w_prefix, empty system prompt)."""
+    from pathlib import Path
+
+    from icpo_core.algorithm import build_ief_prompt, released_icl_prompt
+
+    fixture = (Path(__file__).parent / "fixtures" / "released_icl_prompt_2shot.txt").read_text()
+    demos = [
+        Demo("Leo has 2 apples and gets 1 more. How many apples does Leo have?", "2 + 1 = 3. The answer is \\boxed{3}.", "3"),
+        Demo("What is 7 - 4?", "7 - 4 = 3, so \\boxed{3}.", "3"),
+    ]  # fmt: skip
+    question = "Tom has 3 marbles and gets 4 more. How many marbles does Tom have?"
+    msgs = [{"role": "user", "content": question + PAPER_SUFFIX}]
+    out = build_ief_prompt(msgs, demos, "released", PAPER_SUFFIX)
+    assert out == fixture
+    # the instruction twice in each demo, the literal doubled braces on the target, no trailing space
+    assert out.count("within \\boxed{}. Let's think") == 2 and out.endswith("\\boxed{{}}\nAnswer:")
+    # the question may be given directly (the trainer passes extra_info.question)
+    assert build_ief_prompt(msgs, demos, "released", PAPER_SUFFIX, question=question) == fixture
+    # the released builder with an empty demo cache: no instruction, the trailing space kept
+    assert released_icl_prompt(question, []) == f"Question: {question}\nAnswer: "
+    with pytest.raises(ValueError, match="raw string"):
+        build_ief_messages(msgs, demos, "released", PAPER_SUFFIX)

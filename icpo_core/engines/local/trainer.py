@@ -7,13 +7,14 @@ One step (t = 1 .. T, verl's 1-based ``global_steps``):
    with k demos in front (:func:`build_ief_messages`; the plain prompt with ``released_demos_skip_generation``),
    all in one batched ``generate`` call;
 3. grade every response (binary reward, :class:`icpo_core.rewards.Grader`);
-4. per prompt :func:`mix_group` (ERRS + replacement), the expert bonus (:func:`annealed_bonus`) on accepted IEF
+4. per prompt :func:`mix_group` (ERRS + replacement), the expert bonus (:func:`step_bonus`) on accepted IEF
    rows when ``reward_shaping``, :func:`group_advantages` over the mixed groups;
 5. reference log-probs (frozen base model, if ``use_kl_loss``) and old log-probs (policy before the update; only
    when a step has several mini-batches, else the detached current ones are identical, as in verl), all on the
    PLAIN prompt: IEF rows are trained as answers to q alone;
 6. for each mini-batch of ``ppo_mini_batch_prompts`` prompts: micro-batches of ``micro_batch_size`` rows,
-   :func:`compute_actor_loss` normalised over the mini-batch's tokens, gradients accumulated, clipped, AdamW.
+   :func:`compute_actor_loss` normalised by :func:`micro_batch_normalisation` (one token-mean over the
+   mini-batch; per micro-batch with ``released_loss_agg``), gradients accumulated, clipped, AdamW.
 
 The method's maths is entirely in :mod:`icpo_core.algorithm`; this module only moves tensors. GRPO is n_off 0.
 """
@@ -36,14 +37,15 @@ import torch
 from icpo_core import paths, tracking
 from icpo_core.algorithm import (
     DemoPool,
-    annealed_bonus,
-    build_ief_messages,
+    build_ief_prompt,
     compute_actor_loss,
     effective_entropy_coeff,
     entropy_from_logits,
     group_advantages,
+    micro_batch_normalisation,
     mix_group,
     shaped_ief_rewards,
+    step_bonus,
 )
 from icpo_core.config import AlgorithmParams, Params
 from icpo_core.engines.local import checkpoint as ckpt
@@ -193,20 +195,35 @@ class LocalTrainer:
         return [v.reward for v in self._grader.grade(list(texts), list(golds))]
 
     # -------------------------------------------------------------------------------------- one step
+    def generation_prompts(self, rows: list[PromptRow], rng: np.random.Generator) -> list[Sequence[int]]:
+        """Token ids to generate from, prompt-major: ``n_on`` plain prompts, then ``n_off`` IEF prompts [D; q].
+
+        ``demo_format: released`` is the released code's raw string (:func:`build_ief_prompt`), tokenized
+        without a chat template and without special tokens, as the released code did.
+        """
+        a = self.algo
+        out: list[Sequence[int]] = []
+        for row in rows:
+            out.extend([row.prompt_ids] * a.n_on)
+            for _ in range(a.n_off):
+                if self.demos is None:  # released_demos_skip_generation: the demos never reach generation
+                    out.append(row.prompt_ids)
+                    continue
+                demos = self.demos.sample(a.k_demos, rng, exclude_problem=row.question)
+                prompt = build_ief_prompt(
+                    row.messages, demos, a.demo_format, row.suffix, question=row.question
+                )
+                if isinstance(prompt, str):
+                    out.append(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+                else:
+                    out.append(chat_ids(self.tokenizer, prompt))
+        return out
+
     def rollout_step(self, step: int, rows: list[PromptRow]) -> tuple[StepBatch, dict[str, float]]:
         """Steps 2-5 of the module docstring: generate, grade, mix, advantages, old/ref log-probs."""
         a, tc = self.algo, self.train_cfg
         rng = np.random.default_rng(step_seed(self.params.seed, step, 1))
-        gen_prompts: list[Sequence[int]] = []
-        for row in rows:
-            gen_prompts.extend([row.prompt_ids] * a.n_on)
-            for _ in range(a.n_off):
-                if self.demos is None:  # released_demos_skip_generation: the demos never reach generation
-                    gen_prompts.append(row.prompt_ids)
-                else:
-                    demos = self.demos.sample(a.k_demos, rng, exclude_problem=row.question)
-                    msgs = build_ief_messages(row.messages, demos, a.demo_format, row.suffix)
-                    gen_prompts.append(chat_ids(self.tokenizer, msgs))
+        gen_prompts = self.generation_prompts(rows, rng)
         t0 = time.perf_counter()
         roll = generate(
             self.model,
@@ -224,9 +241,13 @@ class LocalTrainer:
         rewards = self._rewards(roll.texts, [r.gold for r in rows for _ in range(per)])
         t_reward = time.perf_counter() - t0
 
-        bonus = 0.0
-        if a.reward_shaping and a.n_off > 0:
-            bonus = annealed_bonus(a.alpha, step, tc.steps, constant=a.released_constant_bonus)
+        bonus = step_bonus(
+            a.alpha,
+            step,
+            tc.steps,
+            reward_shaping=a.reward_shaping and a.n_off > 0,
+            constant=a.released_constant_bonus,
+        )
         trained_rows: list[int] = []  # indices into the rollout batch
         trained_rewards: list[float] = []
         is_ief: list[bool] = []
@@ -333,7 +354,6 @@ class LocalTrainer:
                 continue
             lo, hi = rows[0], rows[-1] + 1  # prompt-major rows: a mini-batch is a contiguous slice
             mini_tokens = int(batch.seqs.response_mask[lo:hi].sum())
-            token_mean = a.loss_agg_mode == "token-mean"
             mini_sums: dict[str, float] = {}
             mini_w: dict[str, float] = {}
             self.optimizer.zero_grad(set_to_none=True)
@@ -357,6 +377,13 @@ class LocalTrainer:
                     return None if x is None else x[s:e, :width].to(self.device)
 
                 old = cut(batch.old_log_prob)
+                num_tokens, scale = micro_batch_normalisation(
+                    a.loss_agg_mode,
+                    released_loss_agg=a.released_loss_agg,
+                    micro_rows=e - s,
+                    mini_rows=hi - lo,
+                    mini_tokens=mini_tokens,
+                )
                 loss, m = compute_actor_loss(
                     log_prob,
                     log_prob.detach() if old is None else old,
@@ -366,10 +393,8 @@ class LocalTrainer:
                     mb.response_mask,
                     batch.ief_mask[s:e].to(self.device),
                     a,
-                    batch_num_tokens=mini_tokens if token_mean else None,
+                    batch_num_tokens=num_tokens,
                 )
-                # seq-mean modes normalise per micro-batch: weight by the micro-batch's share of the rows.
-                scale = 1.0 if token_mean else (e - s) / (hi - lo)
                 (loss * scale).backward()
                 n_tok = float(mb.response_mask.sum())
                 for k, v in m.items():

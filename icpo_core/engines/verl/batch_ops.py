@@ -20,10 +20,10 @@ import torch
 
 from icpo_core.algorithm import (
     DemoPool,
-    annealed_bonus,
     build_ief_messages,
     mix_group,
     shaped_ief_rewards,
+    step_bonus,
 )
 
 if TYPE_CHECKING:
@@ -118,8 +118,8 @@ def mix_generated(
     """ERRS + replacement + prompt restore + bonus over generated rows; returns ``(B * N_on rows, metrics)``.
 
     ``out`` holds the ``n = len(uids)`` on-policy rows followed by ``len(src)`` IEF rows (rewards in
-    ``rm_scores``). ``step`` is verl's 1-based ``global_steps``; the bonus uses t = step - 1, so the first step
-    gets alpha and step T gets alpha / T.
+    ``rm_scores``). ``step`` is verl's 1-based ``global_steps``; the bonus is :func:`step_bonus` (t = step - 1: the
+    first step gets alpha and step T gets alpha / T, as in the local engine).
     """
     n = len(uids)
     scores = out.batch["rm_scores"].sum(-1).float()
@@ -130,10 +130,12 @@ def mix_generated(
     for j, s in enumerate(src):
         ief_of.setdefault(uids[s], []).append(n + j)
 
-    bonus = (
-        annealed_bonus(algo.alpha, step - 1, total_steps, constant=algo.released_constant_bonus)
-        if algo.reward_shaping
-        else 0.0
+    bonus = step_bonus(
+        algo.alpha,
+        step,
+        total_steps,
+        reward_shaping=algo.reward_shaping,
+        constant=algo.released_constant_bonus,
     )
     final_idx = list(range(n))
     swaps: list[tuple[int, float]] = []  # (slot, shaped reward) for each accepted IEF row
