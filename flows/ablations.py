@@ -3,6 +3,9 @@
     python -m flows.ablations                               # grpo, icpo, icpo_rs, icpo_no_errs, icpo_released
     python -m flows.ablations --runs grpo icpo --seeds 0 1  # 4 variants: <run>-s<seed>
 
+The default `dvc repro` already runs the study (study.runs x seeds, ablations x ablation_seeds); this flow
+runs variants as separate DVC experiments, e.g. every ablation at more seeds than the default study.
+
 Each variant is `dvc exp run --temp -n <variant>-<flow run id prefix> -S ... <targets>`: ``--temp`` runs it in a
 scratch copy of the workspace, so variants never stack on each other's params (plain `dvc exp run` applies
 its result to the workspace) and the workspace stays as committed. DVC records each variant's params and
@@ -53,20 +56,26 @@ class Variant(BaseModel):
 
 
 def default_grid(
-    runs: list[str] | None = None, seeds: list[int] | None = None, target: str = "bench@{run}"
+    runs: list[str] | None = None,
+    seeds: list[int] | None = None,
+    study_runs: tuple[str, ...] = ("grpo", "icpo"),
 ) -> list[Variant]:
-    """A variant per params.yaml run (and seed): ``target`` of that run, ``-S seed=<seed>`` when seeds are given.
+    """A variant per params.yaml run (and seed): that run's bench stage at that seed (seed 0 when none given).
 
-    ``bench@{run}`` takes each run through train, merge and benchmark (DVC pulls in the upstream stages).
+    The stage is ``bench@<run>-<seed>`` for the runs of ``study.runs`` (``study_runs``) and
+    ``bench_ablation@<run>-<seed>`` for the others; ``-S seeds=[s] -S study.ablation_seeds=[s]`` makes DVC
+    expand exactly that seed, so the variant takes one run x seed through train, merge and benchmark.
     """
     out: list[Variant] = []
     for run in runs or DEFAULT_RUNS:
-        if not seeds:
-            out.append(Variant(name=run, targets=[target.format(run=run)]))
-            continue
-        for seed in seeds:
+        family = "bench" if run in study_runs else "bench_ablation"
+        for seed in seeds or [0]:
             out.append(
-                Variant(name=f"{run}-s{seed}", targets=[target.format(run=run)], overrides=[f"seed={seed}"])
+                Variant(
+                    name=f"{run}-s{seed}" if seeds else run,
+                    targets=[f"{family}@{run}-{seed}"],
+                    overrides=[f"seeds=[{seed}]", f"study.ablation_seeds=[{seed}]"],
+                )
             )
     return out
 
@@ -77,7 +86,11 @@ def _check_runs(project: str, variants: list[Variant]) -> None:
     known = set((raw.get("runs") or {}) if isinstance(raw, dict) else {})
     for v in variants:
         for t in v.targets:
-            if "@" in t and t.split("@", 1)[1] not in known:
+            if (
+                "@" in t
+                and t.split("@", 1)[1] not in known
+                and t.split("@", 1)[1].rsplit("-", 1)[0] not in known
+            ):
                 raise ValueError(
                     f"variant {v.name}: target {t} names a run not in params.yaml runs {sorted(known)}"
                 )
@@ -98,7 +111,7 @@ def ablations(
     Args:
         variants: explicit variants; default: ``default_grid(runs, seeds)``.
         runs: params.yaml runs for the default grid (default: grpo, icpo, icpo_rs, icpo_no_errs, icpo_released).
-        seeds: optional seeds; each run x seed is one variant (``-S seed=<seed>``).
+        seeds: optional seeds; each run x seed is one variant (its ``bench@<run>-<seed>`` stage).
         overrides: ``key=value`` overrides applied to every variant (before the variant's own).
         force: re-run every stage of each variant (`dvc exp run --force`).
         project_dir: the DVC project (a git checkout).
@@ -108,7 +121,11 @@ def ablations(
     """
     logger = get_run_logger()
     project = str(Path(project_dir).resolve())
-    grid = list(variants) if variants else default_grid(runs, seeds)
+    study_runs = tuple(
+        ((yaml.safe_load((Path(project) / "params.yaml").read_text()) or {}).get("study") or {}).get("runs")
+        or ("grpo", "icpo")
+    )
+    grid = list(variants) if variants else default_grid(runs, seeds, study_runs)
     if not variants:
         _check_runs(project, grid)
     # a broken dvc.yaml or an unknown target fails here, once, not once per variant

@@ -278,6 +278,38 @@ class ReportParams(_Section):
     runs: list[str] = ["base", "grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
 
 
+class StudyParams(_Section):
+    """What ``dvc repro`` trains, merges and benches: ``runs`` at every seed of ``seeds``, ``ablations`` at
+    ``ablation_seeds`` (one DVC stage per run x seed either way)."""
+
+    runs: list[str] = []  # empty: every run of `runs` (params.yaml names them: dvc.yaml expands this list)
+    ablations: list[str] = []
+    ablation_seeds: list[int] = [0]
+
+    @field_validator("runs", "ablations", "ablation_seeds")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError(f"entries must be unique (got {v!r})")
+        return v
+
+    @field_validator("ablation_seeds")
+    @classmethod
+    def _seeds_ok(cls, v: list[int]) -> list[int]:
+        return _check_seeds(v)
+
+
+def _check_seeds(v: list[int]) -> list[int]:
+    if not v:
+        raise ValueError("needs at least one seed")
+    bad = [s for s in v if not 0 <= s < 2**32]
+    if bad:
+        raise ValueError(f"seeds must be integers in [0, 2**32) (got {bad})")
+    if len(set(v)) != len(v):
+        raise ValueError(f"seeds must be unique (got {v})")
+    return v
+
+
 class TrackingParams(_Section):
     experiment: str = "icpo-repro"
     tracking_uri: str | None = None
@@ -288,7 +320,9 @@ class TrackingParams(_Section):
 
 class Params(_Section):
     profile: str = "embedded"
-    seed: int = 0
+    seed: int = 0  # data: synthetic problems and splits, fixed across the study
+    seeds: list[int] = [0]  # training seeds of the study: data order, demo draws, sampling, new weights
+    study: StudyParams = StudyParams()
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
     algorithm: AlgorithmParams = AlgorithmParams()
@@ -319,12 +353,34 @@ class Params(_Section):
                     "verl's agent loop cannot send (it chat-templates raw_prompt); use chat_turns or inline with "
                     "train.engine: verl, or the local engine"
                 )
+        for key, names in (("study.runs", self.study.runs), ("study.ablations", self.study.ablations)):
+            for name in names:
+                if name not in self.runs:
+                    raise ValueError(f"{key} names '{name}', which is not in runs: {sorted(self.runs)}")
+        if overlap := set(self.study.runs) & set(self.study.ablations):
+            raise ValueError(f"study.ablations repeats study.runs {sorted(overlap)}: list each run once")
         for name in self.report.runs:
             if name != "base" and name not in self.runs:
                 raise ValueError(
                     f"report.runs names '{name}', which is not in runs: {sorted(self.runs)} or 'base'"
                 )
         return self
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_ok(cls, v: list[int]) -> list[int]:
+        return _check_seeds(v)
+
+    def seeds_of(self, run: str) -> list[int]:
+        """The training seeds of ``run`` in the study (``seeds`` for study runs, else ``ablation_seeds``)."""
+        study = self.study.runs or [r for r in self.runs if r not in self.study.ablations]
+        return list(self.seeds) if run in study else list(self.study.ablation_seeds)
+
+    def with_seed(self, seed: int) -> Params:
+        """These params with the training seed ``seed`` (one instance of the study)."""
+        if not 0 <= seed < 2**32:
+            raise ParamsError(f"--seed: must be an integer in [0, 2**32) (got {seed})")
+        return self.model_copy(update={"seed": seed})
 
     def run_algorithm(self, run: str) -> AlgorithmParams:
         """The algorithm params of one run: ``algorithm`` with ``runs.<run>`` applied."""

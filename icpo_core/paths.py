@@ -16,6 +16,13 @@ REPORTS_DIR = Path("reports")
 MLFLOW_DIR = Path("mlflow")
 
 
+def instance(run: str, seed: int | None) -> str:
+    """One training run at one training seed, ``<run>_s<seed>`` (``grpo_s0``): the unit DVC trains, merges and
+    benches. Every path helper below takes an instance name. ``base`` (the untrained model) and ``seed=None``
+    (a single-seed run outside the study) keep the plain run name."""
+    return run if seed is None or run == "base" else f"{run}_s{seed}"
+
+
 def run_dir(run: str) -> Path:
     return RUNS_DIR / run
 

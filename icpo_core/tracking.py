@@ -109,20 +109,95 @@ def env_tags() -> dict[str, str]:
     }
 
 
-def run_tags(params: Params, run: str, *, stage: str | None = None, root: str | Path = ".") -> dict[str, str]:
-    """The tags of a training run's MLflow run."""
+def study_id(params: Params) -> str:
+    """What identifies a study: the runs, seeds and every knob they train with (not tracking or report)."""
+    cfg = {
+        "profile": params.profile,
+        "seeds": list(params.seeds),
+        "study": params.study.model_dump(),
+        "runs": params.runs,
+        "model": params.model.model_dump(),
+        "data": params.data.model_dump(),
+        "algorithm": params.algorithm.model_dump(),
+        "train": params.train.model_dump(),
+        "bench": params.bench.model_dump(),
+    }
+    import hashlib
+
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def study_parent_run(params: Params, root: str | Path = ".") -> str | None:
+    """The MLflow parent run of this study (found by tag ``icpo.study``, else created), so MLflow's runs view
+    groups the run x seed children under one row per study. ``ICPO_MLFLOW_PARENT_RUN_ID`` (set by the Prefect
+    flows) takes precedence. None when MLflow is unreachable (training never waits for it)."""
+    if os.environ.get(PARENT_ENV):
+        return os.environ[PARENT_ENV]
+    uri = tracking_uri(params, root)
+    sid = study_id(params)
+    try:
+        _prepare_http_env(uri)
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = ensure_experiment(client, params.tracking.experiment, uri, root)
+        found = client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`icpo.study` = '{sid}' and tags.`icpo.kind` = 'study'",
+            max_results=1,
+        )
+        if found:
+            return found[0].info.run_id
+        runs = ", ".join(params.study.runs)
+        tags = {
+            "icpo.kind": "study",
+            "icpo.study": sid,
+            "icpo.profile": params.profile,
+            "mlflow.note.content": f"Study {sid}: {runs} x seeds {list(params.seeds)}; ablations "
+            f"{params.study.ablations or 'none'} x seeds {list(params.study.ablation_seeds)}.",
+            "git_commit": git_commit(root),
+        }
+        run = client.create_run(exp_id, run_name=f"study-{params.profile}-{sid}", tags=tags)
+        client.log_batch(
+            run.info.run_id,
+            params=[
+                __import__("mlflow.entities", fromlist=["Param"]).Param(k, v[:6000])
+                for k, v in flatten({"seeds": list(params.seeds), "study": params.study.model_dump()}).items()
+            ],
+        )
+        client.set_terminated(run.info.run_id)
+        return run.info.run_id
+    except Exception as e:
+        log.warning("MLflow (%s): no study parent run (%s: %s)", uri, type(e).__name__, str(e)[:200])
+        return None
+
+
+def run_tags(
+    params: Params,
+    run: str,
+    *,
+    stage: str | None = None,
+    root: str | Path = ".",
+    instance: str | None = None,
+) -> dict[str, str]:
+    """The tags of a training run's MLflow run; ``instance`` (``<run>_s<seed>``) marks one seed of the study
+    and nests the run under the study's parent run."""
     algo = params.run_algorithm(run)
+    name = instance or run
     tags = {
         "icpo.run": run,
+        "icpo.instance": name,
+        "icpo.seed": str(params.seed),
+        "icpo.study": study_id(params),
         "icpo.method": algo.method,
         "icpo.variant": run,
         "icpo.engine": params.train.engine,
         "icpo.profile": params.profile,
-        "icpo.dvc_stage": stage or f"train@{run}",
+        "icpo.dvc_stage": stage or (f"train@{run}-{params.seed}" if instance else f"train@{run}"),
         "git_commit": git_commit(root),
     }
     tags.update(env_tags())
-    parent = os.environ.get(PARENT_ENV)
+    parent = os.environ.get(PARENT_ENV) or (study_parent_run(params, root) if instance else None)
     if parent:
         tags["mlflow.parentRunId"] = parent
     return tags
@@ -295,8 +370,8 @@ def write_run_id(path: str | Path, run_id: str, uri: str, **extra: Any) -> None:
 
 
 def find_run(params: Params, run: str, root: str | Path = ".") -> str | None:
-    """The MLflow run id of training run ``run`` (the one its checkpoints recorded, else the newest tagged
-    ``icpo.run=<run>`` of this profile), or None when there is none or the store is unreachable."""
+    """The MLflow run id of training run (instance) ``run`` (the one its checkpoints recorded, else the newest
+    tagged ``icpo.instance=<run>`` of this profile), or None when there is none or the store is unreachable."""
     uri = tracking_uri(params, root)
     stored = read_run_id(Path(root) / run_id_path(run), uri)
     try:
@@ -315,7 +390,7 @@ def find_run(params: Params, run: str, root: str | Path = ".") -> str | None:
             return None
         runs = client.search_runs(
             [exp.experiment_id],
-            filter_string=f"tags.`icpo.run` = '{run}' and tags.`icpo.profile` = '{params.profile}'",
+            filter_string=f"tags.`icpo.instance` = '{run}' and tags.`icpo.profile` = '{params.profile}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )

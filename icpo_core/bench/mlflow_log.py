@@ -34,6 +34,7 @@ def _base_tags(params: Params) -> dict[str, str]:
 
     tags = {
         "icpo.run": "base",
+        "icpo.instance": "base",
         "icpo.method": "base",
         "icpo.variant": "base",
         "icpo.engine": "none",
@@ -48,8 +49,12 @@ def _base_tags(params: Params) -> dict[str, str]:
     return tags
 
 
-def log_bench(params: Params, run: str, metrics: dict[str, Any]) -> str | None:
-    """Log the metrics (and the metrics JSON as an artifact); returns the MLflow run id or None."""
+def log_bench(
+    params: Params, run: str, metrics: dict[str, Any], *, instance: str | None = None
+) -> str | None:
+    """Log the metrics of ``instance`` (``<run>_s<seed>``; default: ``run``) and the metrics JSON as an
+    artifact, on the instance's training run; returns the MLflow run id or None."""
+    name = instance or run
     try:
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
@@ -58,7 +63,7 @@ def log_bench(params: Params, run: str, metrics: dict[str, Any]) -> str | None:
 
         uri = tracking_uri(params)
         client = MlflowClient(tracking_uri=uri)
-        run_id = find_run(params, run)
+        run_id = find_run(params, name)
         if run_id is None:
             exp_id = ensure_experiment(client, params.tracking.experiment, uri)
             if run == "base":
@@ -67,8 +72,8 @@ def log_bench(params: Params, run: str, metrics: dict[str, Any]) -> str | None:
                 # The training run is not in this store (e.g. trained elsewhere): a bench-only run, same tags.
                 from icpo_core.tracking import run_tags
 
-                tags = run_tags(params, run, stage=f"bench@{run}")
-            created = client.create_run(exp_id, run_name=run, tags=tags)
+                tags = run_tags(params, run, stage=f"bench@{name}", instance=instance)
+            created = client.create_run(exp_id, run_name=name, tags=tags)
             run_id = created.info.run_id
             client.set_terminated(run_id)
         import time
@@ -77,9 +82,9 @@ def log_bench(params: Params, run: str, metrics: dict[str, Any]) -> str | None:
         items = [Metric(k, v, now, 0) for k, v in metric_items(metrics).items()]
         for s in range(0, len(items), 1000):
             client.log_batch(run_id, metrics=items[s : s + 1000])
-        client.log_dict(run_id, metrics, f"bench/bench_{run}.json")
-        log.info("MLflow: bench metrics of %s logged to run %s", run, run_id)
+        client.log_dict(run_id, metrics, f"bench/bench_{name}.json")
+        log.info("MLflow: bench metrics of %s logged to run %s", name, run_id)
         return run_id
     except Exception as e:
-        log.warning("MLflow logging of bench %s skipped: %s: %s", run, type(e).__name__, str(e)[:300])
+        log.warning("MLflow logging of bench %s skipped: %s: %s", name, type(e).__name__, str(e)[:300])
         return None

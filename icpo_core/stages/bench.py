@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--benchmarks", help="comma-separated names / suites / files (default: params bench.benchmarks)"
     )
+    p.add_argument("--seed", type=int, default=None, help="training seed of the study instance <run>_s<seed>")
     p.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
     p.add_argument("--model", default=None, help="benchmark this model folder instead of the run's")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
@@ -38,9 +39,16 @@ def run(args: argparse.Namespace) -> int:
     run_name = args.run
     if run_name != "base" and run_name not in params.runs:
         raise UserError(f"--run: unknown run '{run_name}'; params.yaml runs: {sorted(params.runs)} or 'base'")
-    model_dir = paths.merged_dir(run_name) if args.model is None else Path(args.model)
+    if args.seed is not None:
+        params = params.with_seed(args.seed)  # the instance's sampling seed
+    instance = paths.instance(run_name, args.seed)
+    model_dir = paths.merged_dir(instance) if args.model is None else Path(args.model)
     if not (model_dir / "config.json").is_file():
-        stage = "base_model" if run_name == "base" else f"merge@{run_name}"
+        stage = (
+            "base_model"
+            if run_name == "base"
+            else f"merge@{run_name}" + ("" if args.seed is None else f"-{args.seed}")
+        )
         raise UserError(f"{model_dir}: no Hugging Face model folder (run `dvc repro {stage}` first)")
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be >= 1")
@@ -49,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     bench = params.bench
     runner = BenchRunner(
         model_dir,
-        paths.bench_dir(run_name),
+        paths.bench_dir(instance),
         backend_factory=lambda: make_backend(bench.backend, model_dir, bench, params.seed),
         backend_name=bench.backend,
         seed=params.seed,
@@ -58,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
         chunk_prompts=bench.batch_size if bench.backend == "hf" else 1024,
         limit=args.limit,
     )
-    metrics = runner.run(specs, run_name)
-    atomic_write_json(paths.bench_metrics(run_name), metrics)
+    metrics = runner.run(specs, instance)
+    atomic_write_json(paths.bench_metrics(instance), metrics)
     for name, m in metrics["benchmarks"].items():
         ks = " ".join(f"{k}={v:.3f}" for k, v in m.items() if k.startswith("pass_at_"))
         print(f"{name:>16}: avg@{m.get('n')} {m['avg_at_n']:.3f}  {ks}  ({m['n_problems']} problems)")
@@ -67,5 +75,5 @@ def run(args: argparse.Namespace) -> int:
     t = metrics["timing"]
     print(f"{'average':>16}: {avg:.3f}   generate {t['generate_s']:.1f}s, grade {t['grade_s']:.1f}s")
     if not args.no_mlflow:
-        log_bench(params, run_name, metrics)
+        log_bench(params, run_name, metrics, instance=instance)
     return 0

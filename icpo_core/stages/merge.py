@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="a key of params.yaml `runs`")
+    p.add_argument("--seed", type=int, default=None, help="training seed of the study instance <run>_s<seed>")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
 
 
@@ -30,14 +31,16 @@ def run(args: argparse.Namespace) -> int:
     params = args.params_obj
     if args.run not in params.runs:
         raise UserError(f"unknown run '{args.run}': params.yaml runs has {sorted(params.runs)}")
-    root = paths.checkpoints_dir(args.run)
+    name = paths.instance(args.run, args.seed)
+    root = paths.checkpoints_dir(name)
     step = args.step if args.step is not None else ckpt.latest_step(root)
     if step is None:
-        raise UserError(f"{root}: no checkpoint to merge; run `icpo train --run {args.run}` first")
+        seed = "" if args.seed is None else f" --seed {args.seed}"
+        raise UserError(f"{root}: no checkpoint to merge; run `icpo train --run {args.run}{seed}` first")
     actor = ckpt.actor_dir(root, step)
     if not (actor / "fsdp_config.json").is_file():
         raise UserError(f"{actor}: not a verl FSDP actor checkpoint (no fsdp_config.json)")
-    target = paths.merged_dir(args.run)
+    target = paths.merged_dir(name)
     # bf16 models: verl's stock merger (bf16 output, as verl's own runs); otherwise the stored dtype is kept.
     dtype = "bfloat16" if params.model.save_dtype == "bfloat16" else "keep"
     from icpo_core.engines.local.merger import merge_checkpoint
@@ -45,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
     log.info("merging %s -> %s with verl's FSDP model merger (dtype: %s)", actor, target, dtype)
     with atomic_path(target) as tmp:
         merge_checkpoint(actor, tmp, dtype)
-    log.info("%s: merged step %d into %s", args.run, step, target)
+    log.info("%s: merged step %d into %s", name, step, target)
     return 0

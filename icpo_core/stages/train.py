@@ -1,7 +1,9 @@
-"""`icpo train --run <run>`: train one run of params.yaml `runs` with its engine (local in-process, or verl).
+"""`icpo train --run <run> [--seed S]`: train one run of params.yaml `runs` with its engine (local in-process, or
+verl). With ``--seed`` it is the study instance ``<run>_s<S>`` (params ``seed`` replaced by S).
 
-Outputs (dvc.yaml train@<run>): runs/<run>/checkpoints (verl FSDP layout; persisted, so a killed run resumes),
-metrics/steps_<run>.jsonl (one line per step), metrics/train_<run>.json (summary), one MLflow run.
+Outputs (dvc.yaml train@<run>-<seed>): runs/<instance>/checkpoints (verl FSDP layout; persisted, so a killed run
+resumes), metrics/steps_<instance>.jsonl (one line per step), metrics/train_<instance>.json (summary), one MLflow
+run (a child of the study's parent run).
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="a key of params.yaml `runs` (grpo, icpo, icpo_rs, ...)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="training seed (a study instance <run>_s<seed>; default: params seed)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
 
@@ -26,9 +34,14 @@ def run(args: argparse.Namespace) -> int:
     if args.run not in params.runs:
         raise UserError(f"unknown run '{args.run}': params.yaml runs has {sorted(params.runs)}")
     params.run_algorithm(args.run)  # validate the run's overrides before anything heavy
+    if args.seed is not None:
+        params = params.with_seed(args.seed)
+    name = paths.instance(args.run, args.seed)
     if params.train.engine == "verl":
         from icpo_core.engines.verl import launch
 
+        if args.seed is not None:
+            raise UserError("--seed: study seeds run on the local engine; verl runs take params `seed`")
         rc = int(launch(params, args.run) or 0)
         summary_path = paths.train_summary(args.run)
         if rc == 0 and not summary_path.exists():
@@ -37,10 +50,11 @@ def run(args: argparse.Namespace) -> int:
         return rc
     from icpo_core.engines.local import train_local
 
-    summary = train_local(params, args.run, progress=not args.no_progress)
+    instance = None if args.seed is None else name
+    summary = train_local(params, args.run, progress=not args.no_progress, instance=instance)
     log.info(
         "%s: %d/%d steps, on-policy reward mean %.3f (last 5: %.3f), %.0f s",
-        args.run,
+        name,
         summary["steps"],
         summary["total_steps"],
         summary["reward_on_policy_mean"] or 0.0,

@@ -89,6 +89,7 @@ def test_default_grid_covers_the_paper_ablations():
     assert names == ["grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
     seeded = default_grid(["grpo"], seeds=[0, 1])
     assert [(v.name, v.targets, v.overrides) for v in seeded] == [
-        ("grpo-s0", ["bench@grpo"], ["seed=0"]),
-        ("grpo-s1", ["bench@grpo"], ["seed=1"]),
+        ("grpo-s0", ["bench@grpo-0"], ["seeds=[0]", "study.ablation_seeds=[0]"]),
+        ("grpo-s1", ["bench@grpo-1"], ["seeds=[1]", "study.ablation_seeds=[1]"]),
     ]
+    assert default_grid(["icpo_rs"])[0].targets == ["bench_ablation@icpo_rs-0"]

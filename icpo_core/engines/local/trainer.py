@@ -139,9 +139,13 @@ class LocalTrainer:
         root: str | Path = ".",
         reward_fn: RewardFn | None = None,
         progress: bool = True,
+        instance: str | None = None,
     ):
         self.params = params
         self.run = run
+        # the study instance <run>_s<seed> names every output; the run name picks the algorithm
+        self.instance = instance
+        self.name = instance or run
         self.root = Path(root)
         self.algo: AlgorithmParams = params.run_algorithm(run)
         self.train_cfg = params.train
@@ -150,9 +154,9 @@ class LocalTrainer:
         self.device = pick_device(self.train_cfg.device)
         # bf16 autocast on GPU (fp32 master weights and optimizer state); plain fp32 on CPU.
         self.autocast = torch.bfloat16 if self.device.type == "cuda" else None
-        self.ckpt_root = self.root / paths.checkpoints_dir(run)
-        self.steps_path = self.root / paths.train_metrics_jsonl(run)
-        self.summary_path = self.root / paths.train_summary(run)
+        self.ckpt_root = self.root / paths.checkpoints_dir(self.name)
+        self.steps_path = self.root / paths.train_metrics_jsonl(self.name)
+        self.summary_path = self.root / paths.train_summary(self.name)
 
     # -------------------------------------------------------------------------------------- setup
     def _load(self) -> None:
@@ -448,7 +452,7 @@ class LocalTrainer:
                 latest,
                 state.get("fingerprint"),
                 fingerprint,
-                self.run,
+                self.name,
             )
             ckpt.clear(self.ckpt_root)
             return None
@@ -457,15 +461,15 @@ class LocalTrainer:
     def _start_tracking(self, fingerprint: str, resumed: bool) -> tracking.Tracker:
         uri = tracking.tracking_uri(self.params, self.root)
         tracker = tracking.Tracker(uri, self.params.tracking.experiment, root=self.root)
-        id_file = self.root / tracking.run_id_path(self.run)
+        id_file = self.root / tracking.run_id_path(self.name)
         stored = tracking.read_run_id(id_file, uri)
         if stored and tracking.read_run_meta(id_file).get("fingerprint") != fingerprint:
             stored = None
         params = tracking.flatten(tracking.run_config(self.params, self.run))
         params["fingerprint"] = fingerprint
         run_id = tracker.start(
-            self.run,
-            tags=tracking.run_tags(self.params, self.run, root=self.root),
+            self.name,
+            tags=tracking.run_tags(self.params, self.run, root=self.root, instance=self.instance),
             params=params,
             resume_run_id=stored,
         )
@@ -492,7 +496,7 @@ class LocalTrainer:
         if start is not None:
             state = ckpt.load_checkpoint(self.ckpt_root, start, model=self.model, optimizer=self.optimizer)
             self.data_pos = int(state["data_pos"])
-            log.info("%s: resuming from checkpoint step %d of %d", self.run, start, total)
+            log.info("%s: resuming from checkpoint step %d of %d", self.name, start, total)
         start = start or 0
         history = steplog.reset(self.steps_path, start if start else None)
         tracker = self._start_tracking(fingerprint, resumed=start > 0)
@@ -519,7 +523,7 @@ class LocalTrainer:
             grader = Grader(workers=2, timeout_s=self.params.bench.grade_timeout_s).start(wait=True)
         self._grader = grader
         bar = tqdm(
-            total=total, initial=start, desc=f"train {self.run}", unit="step", disable=not self.progress
+            total=total, initial=start, desc=f"train {self.name}", unit="step", disable=not self.progress
         )
         step = start
         status = "FAILED"
@@ -563,6 +567,8 @@ class LocalTrainer:
         last = history[-5:]
         return {
             "run": self.run,
+            "instance": self.name,
+            "seed": self.params.seed,
             "method": self.algo.method,
             "engine": "local",
             "device": self.device.type,
@@ -588,8 +594,8 @@ class LocalTrainer:
         tracker.log_dict(summary, "summary/train_summary.json")
         tracker.log_artifact(self.steps_path, "curves")
         with tempfile.TemporaryDirectory() as tmp:
-            png = Path(tmp) / f"curves_{self.run}.png"
-            if plot_curves(steplog.read_steps(self.steps_path), png, title=self.run):
+            png = Path(tmp) / f"curves_{self.name}.png"
+            if plot_curves(steplog.read_steps(self.steps_path), png, title=self.name):
                 tracker.log_artifact(png, "curves")
 
 
@@ -632,6 +638,9 @@ def train_local(
     reward_fn: RewardFn | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    instance: str | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) ``run`` with the local engine; returns the summary written to metrics/train_<run>.json."""
-    return LocalTrainer(params, run, root=root, reward_fn=reward_fn, progress=progress).train(stop_after)
+    """Train (or resume) ``run`` with the local engine; returns the summary written to
+    metrics/train_<instance>.json (``instance``: the study's ``<run>_s<seed>``; default: ``run``)."""
+    trainer = LocalTrainer(params, run, root=root, reward_fn=reward_fn, progress=progress, instance=instance)
+    return trainer.train(stop_after)
