@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,16 @@ def prompt_suffix(params: Params) -> str:
     return params.data.train.prompt_suffix
 
 
-def verl_overrides(params: Params, run: str, root: str | Path = ".") -> dict[str, Any]:
-    """Every hydra key -> value of one run, in order (``runs.<run>`` applied over ``algorithm``)."""
+def verl_overrides(
+    params: Params, run: str, root: str | Path = ".", env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Every hydra key -> value of one run, in order (``runs.<run>`` applied over ``algorithm``).
+
+    ``env`` is the launch environment (:func:`launch_env`). With ``train.verl.nnodes > 1`` the driver joins a
+    running cluster (``ray_init.address=auto``) and the TaskRunner gets the raylet's environment, not the
+    launcher's, so these variables also go through ``ray_init.runtime_env.env_vars`` (verl merges that into
+    every actor's runtime env). The paths in them must then be on a filesystem every node shares.
+    """
     root = Path(root).resolve()
     algo = params.run_algorithm(run)
     if algo.adv_eps != VERL_ADV_EPS:
@@ -123,7 +132,8 @@ def verl_overrides(params: Params, run: str, root: str | Path = ".") -> dict[str
         "actor_rollout_ref.model.path": _abs(paths.BASE_MODEL_DIR, root),
         "actor_rollout_ref.actor.optim.lr": t.lr,
         "actor_rollout_ref.actor.optim.weight_decay": t.weight_decay,
-        "actor_rollout_ref.actor.grad_clip": t.grad_clip,
+        # verl 0.9.1's FSDP engine clips with optim.clip_grad (actor.grad_clip is read by no 0.9.1 worker)
+        "actor_rollout_ref.actor.optim.clip_grad": t.grad_clip,
         "actor_rollout_ref.actor.ppo_mini_batch_size": t.ppo_mini_batch_prompts,
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": v.ppo_micro_batch_size_per_gpu,
         "actor_rollout_ref.actor.use_kl_loss": algo.use_kl_loss,
@@ -183,19 +193,25 @@ def verl_overrides(params: Params, run: str, root: str | Path = ".") -> dict[str
     ov["icpo.seed"] = params.seed
     if v.nnodes > 1:
         ov["+ray_kwargs.ray_init.address"] = "auto"  # join the cluster started with `ray start` on every node
+        for key in sorted(env or {}):
+            ov[f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}"] = str(env[key])  # type: ignore[index]
     return ov
 
 
-def override_list(params: Params, run: str, root: str | Path = ".") -> list[str]:
+def override_list(
+    params: Params, run: str, root: str | Path = ".", env: Mapping[str, str] | None = None
+) -> list[str]:
     """``key=value`` hydra overrides, ``train.verl.extra_overrides`` appended last (they win)."""
-    return [f"{k}={_fmt(v)}" for k, v in verl_overrides(params, run, root).items()] + list(
+    return [f"{k}={_fmt(v)}" for k, v in verl_overrides(params, run, root, env).items()] + list(
         params.train.verl.extra_overrides
     )
 
 
-def build_command(params: Params, run: str, root: str | Path = ".") -> list[str]:
+def build_command(
+    params: Params, run: str, root: str | Path = ".", env: Mapping[str, str] | None = None
+) -> list[str]:
     """The full verl launch command of one run: ``python -m icpo_core.engines.verl.launcher <overrides>``."""
-    return [sys.executable, "-m", LAUNCHER_MODULE, *override_list(params, run, root)]
+    return [sys.executable, "-m", LAUNCHER_MODULE, *override_list(params, run, root, env)]
 
 
 def tracking_env(params: Params, root: str | Path = ".") -> dict[str, str]:
@@ -249,8 +265,10 @@ def launch_env(params: Params, run: str, root: str | Path = ".") -> dict[str, st
 
 def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
     """The command as one shell line, environment included (what ``icpo verl-cmd`` prints)."""
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in launch_env(params, run, root).items())
-    cmd = ["python", *build_command(params, run, root)[1:]]  # portable: the node's active environment
+    env_vars = launch_env(params, run, root)
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in env_vars.items())
+    # portable: the node's active environment
+    cmd = ["python", *build_command(params, run, root, env_vars)[1:]]
     return f"{env} {shlex.join(cmd)}"
 
 
@@ -262,12 +280,13 @@ def launch(params: Params, run: str, root: str | Path = ".") -> int:
     """
     from icpo_core.engines.verl.metrics import export_steps, metrics_dir
 
-    cmd = build_command(params, run, root)
     (Path(root) / metrics_dir(run)).mkdir(parents=True, exist_ok=True)
     tracker, run_id = open_mlflow_run(params, run, root)
-    env = {**os.environ, **launch_env(params, run, root)}
+    run_env = launch_env(params, run, root)
     if run_id:
-        env["MLFLOW_RUN_ID"] = run_id
+        run_env["MLFLOW_RUN_ID"] = run_id
+    cmd = build_command(params, run, root, run_env)
+    env = {**os.environ, **run_env}
     print(shlex.join(cmd), flush=True)
     proc = subprocess.Popen(cmd, env=env, cwd=root)
     try:
