@@ -15,7 +15,6 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -193,9 +192,23 @@ def verl_overrides(
     ov["icpo.seed"] = params.seed
     if v.nnodes > 1:
         ov["+ray_kwargs.ray_init.address"] = "auto"  # join the cluster started with `ray start` on every node
-        for key in sorted(env or {}):
-            ov[f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}"] = str(env[key])  # type: ignore[index]
+        for key, value in ray_env_vars(env or {}).items():
+            ov[f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}"] = value
     return ov
+
+
+def ray_env_vars(env: Mapping[str, str]) -> dict[str, str]:
+    """What of the launch env goes through ``ray_init.runtime_env.env_vars`` (multi-node), all stable on resume.
+
+    verl logs its config as MLflow params and drops MLflow for the run when a resume changes one, so the
+    per-launch step-log file is not passed; its folder is (``ICPO_VERL_METRICS_DIR``, see :mod:`.metrics`).
+    """
+    from icpo_core.engines.verl.metrics import LOG_PATH_ENV, METRICS_DIR_ENV
+
+    out = {k: str(env[k]) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI") if env.get(k)}
+    if env.get(LOG_PATH_ENV):
+        out[METRICS_DIR_ENV] = str(Path(env[LOG_PATH_ENV]).parent)
+    return dict(sorted(out.items()))
 
 
 def override_list(
@@ -256,10 +269,9 @@ def open_mlflow_run(params: Params, run: str, root: str | Path = ".") -> tuple[A
 
 def launch_env(params: Params, run: str, root: str | Path = ".") -> dict[str, str]:
     """:func:`tracking_env` plus the path of this launch's verl step log (one file per launch, by start time)."""
-    from icpo_core.engines.verl.metrics import metrics_dir
+    from icpo_core.engines.verl.metrics import launch_log_name, metrics_dir
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_path = _abs(metrics_dir(run) / f"{stamp}.jsonl", Path(root).resolve())
+    log_path = _abs(metrics_dir(run) / launch_log_name(), Path(root).resolve())
     return {**tracking_env(params, root), "VERL_FILE_LOGGER_PATH": log_path}
 
 
@@ -272,15 +284,32 @@ def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
     return f"{env} {shlex.join(cmd)}"
 
 
+def run_preflight(params: Params, run: str, root: str | Path = ".") -> None:
+    """The checks of :mod:`.preflight` for one ICPO run (GRPO needs neither the plugin nor demos)."""
+    from icpo_core.engines.verl import preflight
+
+    if params.run_algorithm(run).n_off > 0:
+        preflight.check_plugin()
+        preflight.check_ief_prompt_budget(params, run, root)
+
+
 def launch(params: Params, run: str, root: str | Path = ".") -> int:
     """Run the verl command of ``run``, streaming its output; returns its exit code.
 
-    Opens the run's MLflow run first (:func:`open_mlflow_run`; verl attaches to it) and afterwards, also after
-    a failure, exports verl's step log to ``metrics/steps_<run>.jsonl`` (:func:`.metrics.export_steps`).
+    Runs :func:`run_preflight`, opens the run's MLflow run (:func:`open_mlflow_run`; verl attaches to it) and
+    afterwards, also after a failure, exports verl's step log to ``metrics/steps_<run>.jsonl``
+    (:func:`.metrics.export_steps`). A verl exit 0 that logged no new step while the checkpoint is short of
+    ``train.steps`` is reported and returned as exit code 1 (verl can end a resumed run without training).
     """
+    from icpo_core.engines.local.checkpoint import latest_step
     from icpo_core.engines.verl.metrics import export_steps, metrics_dir
+    from icpo_core.engines.verl.preflight import steps_done
 
-    (Path(root) / metrics_dir(run)).mkdir(parents=True, exist_ok=True)
+    run_preflight(params, run, root)
+    log_dir = Path(root) / metrics_dir(run)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    start = latest_step(Path(root) / paths.checkpoints_dir(run)) or 0
+    before = set(log_dir.glob("*.jsonl"))
     tracker, run_id = open_mlflow_run(params, run, root)
     run_env = launch_env(params, run, root)
     if run_id:
@@ -295,6 +324,17 @@ def launch(params: Params, run: str, root: str | Path = ".") -> int:
         proc.terminate()
         code = proc.wait()
     export_steps(run, root)
+    if code == 0 and start < params.train.steps:
+        new = [s for s in steps_done(set(log_dir.glob("*.jsonl")) - before) if s > start]
+        if not new:
+            print(
+                f"error: verl exited 0 but trained no step of runs.{run} (checkpoint at step {start} of "
+                f"train.steps {params.train.steps}); see its log above. Resume again, or remove "
+                f"{paths.checkpoints_dir(run)} to start over",
+                file=sys.stderr,
+                flush=True,
+            )
+            code = 1
     if tracker is not None and run_id:
         tracker.finish("FINISHED" if code == 0 else "FAILED")
     return code

@@ -189,24 +189,60 @@ def test_validation_multinode_and_extra_overrides(tmp_path):
 
 
 def test_multinode_passes_tracking_env_to_every_ray_actor(tmp_path):
-    """nnodes > 1: the TaskRunner gets the raylet's env, so the MLflow run and step log go via runtime_env."""
+    """nnodes > 1: the TaskRunner gets the raylet's env, so the MLflow run and step log go via runtime_env,
+    and what goes there is stable across a resume (verl logs the config as MLflow params)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
+    from verl.utils.tracking import _compute_mlflow_params_from_objects
 
-    env = {
+    def launch_env(stamp: str) -> dict[str, str]:
+        return {
+            "MLFLOW_RUN_ID": "0123abcd",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow/mlflow.db",
+            "VERL_FILE_LOGGER_PATH": str(tmp_path / f"runs/icpo/verl_metrics/{stamp}.jsonl"),
+        }
+
+    multi, one = _params("paper_qwen3_1_7b", nnodes=2), _params("paper_qwen3_1_7b")
+    with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
+        first = compose(
+            "icpo_trainer", overrides=_no_hydra(ov.override_list(multi, "icpo", tmp_path, launch_env("a")))
+        )
+        resumed = compose(
+            "icpo_trainer", overrides=_no_hydra(ov.override_list(multi, "icpo", tmp_path, launch_env("b")))
+        )
+        single = compose(
+            "icpo_trainer", overrides=_no_hydra(ov.override_list(one, "icpo", tmp_path, launch_env("a")))
+        )
+    assert OmegaConf.to_container(first.ray_kwargs.ray_init.runtime_env.env_vars) == {
+        "ICPO_VERL_METRICS_DIR": str(tmp_path / "runs/icpo/verl_metrics"),
         "MLFLOW_RUN_ID": "0123abcd",
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow/mlflow.db",
-        "VERL_FILE_LOGGER_PATH": str(tmp_path / "runs/icpo/verl_metrics/20260101-000000.jsonl"),
     }
-    with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
-        multi = _params("paper_qwen3_1_7b", nnodes=2)
-        cfg = compose("icpo_trainer", overrides=_no_hydra(ov.override_list(multi, "icpo", tmp_path, env)))
-        one = _params("paper_qwen3_1_7b")
-        single = compose("icpo_trainer", overrides=_no_hydra(ov.override_list(one, "icpo", tmp_path, env)))
-    assert OmegaConf.to_container(cfg.ray_kwargs.ray_init.runtime_env.env_vars) == env
-    assert cfg.ray_kwargs.ray_init.address == "auto"
+    assert first.ray_kwargs.ray_init.address == "auto"
+    params_of = [
+        _compute_mlflow_params_from_objects(OmegaConf.to_container(c, resolve=True)) for c in (first, resumed)
+    ]
+    assert params_of[0] == params_of[1]  # a resume re-logs the same params: MLflow keeps the run
     # one node: ray.init starts the cluster from the launcher, whose environment every actor inherits
     assert "env_vars" not in single.ray_kwargs.ray_init.runtime_env
+
+
+def test_task_runner_names_its_step_log_in_the_forwarded_folder(tmp_path):
+    from icpo_core.engines.verl.metrics import task_runner_log_path
+
+    env = {"ICPO_VERL_METRICS_DIR": str(tmp_path / "m")}
+    path = Path(task_runner_log_path(env))
+    assert (
+        path.parent == tmp_path / "m"
+        and path.suffix == ".jsonl"
+        and env["VERL_FILE_LOGGER_PATH"] == str(path)
+    )
+    kept = {
+        "ICPO_VERL_METRICS_DIR": str(tmp_path / "m"),
+        "VERL_FILE_LOGGER_PATH": str(tmp_path / "m" / "x.jsonl"),
+    }
+    assert task_runner_log_path(kept) == str(tmp_path / "m" / "x.jsonl")
+    assert task_runner_log_path({}) is None
 
 
 def test_grad_clip_reaches_the_optimizer_config(tmp_path):
@@ -295,6 +331,7 @@ def test_launch_streams_passes_env_and_exports_steps(tmp_path, monkeypatch, capf
         return [sys.executable, "-c", script]
 
     monkeypatch.setattr(ov, "build_command", fake_build)
+    monkeypatch.setattr(ov, "run_preflight", lambda *a: None)  # tested in test_verl_preflight.py
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")
     assert ov.launch(params, "icpo", tmp_path) == 0
@@ -321,10 +358,14 @@ def test_launch_opens_tagged_mlflow_run_that_verl_attaches_to(tmp_path, monkeypa
     from icpo_core import tracking
 
     params = _params("embedded")
-    script = "import os; print('attach', os.environ['MLFLOW_RUN_ID'])"
+    script = (
+        "import json, os; print('attach', os.environ['MLFLOW_RUN_ID']);"
+        "open(os.environ['VERL_FILE_LOGGER_PATH'], 'w').write(json.dumps({'step': 1, 'data': {}}) + chr(10))"
+    )
     monkeypatch.setattr(
         ov, "build_command", lambda p, run, root=".", env=None: [sys.executable, "-c", script]
     )
+    monkeypatch.setattr(ov, "run_preflight", lambda *a: None)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     assert ov.launch(params, "icpo_rs", tmp_path) == 0
