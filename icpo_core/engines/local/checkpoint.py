@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 _STEP_DIR = re.compile(r"^global_step_(\d+)$")
+_EXTRA_STATE = re.compile(r"^extra_state_world_size_(\d+)_rank_(\d+)\.pt$")
 WORLD = "world_size_1_rank_0"
 
 
@@ -40,15 +41,32 @@ def actor_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"global_step_{step}" / "actor"
 
 
+def is_complete(actor: str | Path) -> bool:
+    """True when an actor folder holds the extra state of every rank of some world size W.
+
+    verl's ``FSDPCheckpointManager`` writes ``extra_state_world_size_{W}_rank_{r}.pt`` for r = 0..W-1 (the
+    local engine is W = 1); a folder missing a rank (a killed multi-rank save) is not complete.
+    """
+    actor = Path(actor)
+    if not actor.is_dir():
+        return False
+    ranks: dict[int, set[int]] = {}
+    for f in actor.iterdir():
+        m = _EXTRA_STATE.match(f.name)
+        if m and f.is_file():
+            ranks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    return any(w > 0 and got >= set(range(w)) for w, got in ranks.items())
+
+
 def list_steps(root: str | Path) -> list[int]:
-    """Steps of the complete ``global_step_N`` folders under ``root``, ascending."""
+    """Steps of the complete ``global_step_N`` folders under ``root`` (:func:`is_complete`), ascending."""
     root = Path(root)
     if not root.is_dir():
         return []
     steps = []
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
-        if m and (p / "actor" / f"extra_state_{WORLD}.pt").is_file():
+        if m and is_complete(p / "actor"):
             steps.append(int(m.group(1)))
     return sorted(steps)
 

@@ -74,6 +74,9 @@ class ICPOTaskRunner(BaseTaskRunner):
         )
 
     def run(self, config):
+        from icpo_core.engines.verl.metrics import task_runner_log_path
+
+        task_runner_log_path()  # before fit() opens verl's file logger (multi-node: the env has only the dir)
         trainer = self.build_trainer(config)
         trainer.init_workers()
         trainer.fit()

@@ -8,7 +8,15 @@ The maths is :mod:`icpo_core.algorithm`; this module only adapts signatures:
   ``ppo_loss`` never passes that mask, so without it the function refuses to run instead of silently training
   IEF rows as on-policy ones;
 - :func:`icpo_ppo_loss`: a mirror of verl 0.9.1's ``workers.utils.losses.ppo_loss`` that also reads the
-  ``icpo_ief`` row flag; ``RayICPOTrainer`` installs it on the actor workers with ``set_loss_fn``.
+  ``icpo_ief`` row flag; ``RayICPOTrainer`` installs it on the actor workers with ``set_loss_fn``;
+- :func:`finalize_actor_metrics`: the token means of the ratio metrics from the sums the loss reports.
+
+Ratio metrics over a token subset (``actor/ief_prob`` over IEF tokens, ``actor/pg_clipfrac`` /
+``actor/pg_clipfrac_lower`` / ``actor/ppo_kl`` over on-policy tokens) cannot be averaged per micro-batch: verl
+takes the plain mean of the micro-batch values, so a micro-batch without an IEF token would pull
+``actor/ief_prob`` towards 0. The loss therefore reports numerators and token counts with SUM aggregation (each
+scaled by ``dp_size``, as verl's ``aggregate_dp`` averages over ranks before summing over micro-batches), and
+:func:`finalize_actor_metrics` divides them once the whole update is summed.
 """
 
 from __future__ import annotations
@@ -22,6 +30,16 @@ from icpo_core.algorithm import aggregate_loss, group_advantages, icpo_policy_lo
 
 IEF_KEY = "icpo_ief"
 NAME = "icpo"
+SUM_PREFIX = (
+    "actor/icpo_sum/"  # per-micro-batch sums (SUM-aggregated); finalize_actor_metrics turns them into means
+)
+# ratio metric -> (numerator sum, token-count sum)
+RATIO_METRICS = {
+    "actor/ief_prob": ("ief_prob", "ief_tokens"),
+    "actor/pg_clipfrac": ("pg_clipfrac", "on_tokens"),
+    "actor/pg_clipfrac_lower": ("pg_clipfrac_lower", "on_tokens"),
+    "actor/ppo_kl": ("ppo_kl", "on_tokens"),
+}
 
 
 def icpo_advantage(
@@ -41,6 +59,19 @@ def icpo_advantage(
     )
     adv = adv.unsqueeze(-1) * response_mask
     return adv, adv
+
+
+def _clip_ratios(config: Any) -> dict[str, float]:
+    """``clip_ratio_low`` / ``clip_ratio_high`` (falling back to ``clip_ratio``) and ``clip_ratio_c`` of an actor config."""
+    if config is None:
+        return {"clip_ratio_low": 0.2, "clip_ratio_high": 0.2, "clip_ratio_c": 3.0}
+    clip = getattr(config, "clip_ratio", 0.2)
+    low, high = getattr(config, "clip_ratio_low", None), getattr(config, "clip_ratio_high", None)
+    return {
+        "clip_ratio_low": low if low is not None else clip,
+        "clip_ratio_high": high if high is not None else clip,
+        "clip_ratio_c": config.get("clip_ratio_c", 3.0),
+    }
 
 
 def icpo_policy_loss_fn(
@@ -66,9 +97,6 @@ def icpo_policy_loss_fn(
             "rollout correction weights are not supported with ICPO: IEF rows' rollout log-probs are "
             "demo-conditioned; keep algorithm.rollout_correction off"
         )
-    clip = getattr(config, "clip_ratio", 0.2) if config is not None else 0.2
-    low = getattr(config, "clip_ratio_low", None) if config is not None else None
-    high = getattr(config, "clip_ratio_high", None) if config is not None else None
     info = dict(getattr(config, "global_batch_info", {}) or {}) if config is not None else {}
     return icpo_policy_loss(
         log_prob,
@@ -76,9 +104,7 @@ def icpo_policy_loss_fn(
         advantages,
         response_mask,
         ief_mask,
-        clip_ratio_low=low if low is not None else clip,
-        clip_ratio_high=high if high is not None else clip,
-        clip_ratio_c=config.get("clip_ratio_c", 3.0) if config is not None else 3.0,
+        **_clip_ratios(config),
         gamma=gamma,
         loss_agg_mode=loss_agg_mode,
         batch_num_tokens=info.get("batch_num_tokens"),
@@ -86,6 +112,77 @@ def icpo_policy_loss_fn(
         dp_size=info.get("dp_size", 1) or 1,
         loss_scale_factor=info.get("loss_scale_factor"),
     )
+
+
+def token_metric_sums(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    ief_mask: torch.Tensor,
+    *,
+    clip_ratio_low: float,
+    clip_ratio_high: float,
+    clip_ratio_c: float,
+) -> dict[str, float]:
+    """Sums behind :func:`icpo_core.algorithm.icpo_policy_loss`'s ratio metrics (paper section 3.4 loss).
+
+    On-policy tokens: the PPO ratio r = exp(logp - old_logp) is clipped when ``-A clip(r) > -A r``
+    (``pg_clipfrac``), the dual clip binds when A < 0 and ``max(-A r, -A clip(r)) > -A c``
+    (``pg_clipfrac_lower``), and ``ppo_kl`` sums ``old_logp - logp``. IEF tokens: ``ief_prob`` sums the
+    current token probability p = exp(logp). Token counts ``on_tokens`` / ``ief_tokens`` come along.
+    """
+    with torch.no_grad():
+        mask = response_mask.bool()
+        ief = ief_mask.bool().reshape(-1, 1).expand_as(mask) & mask
+        on = mask & ~ief
+        adv = advantages.to(log_prob.dtype)
+        adv = adv.unsqueeze(-1).expand_as(log_prob) if adv.dim() == 1 else adv
+        neg_kl = torch.clamp(log_prob - old_log_prob, -20.0, 20.0)
+        ratio = torch.exp(neg_kl)
+        loss1 = -adv * ratio
+        loss2 = -adv * torch.clamp(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)
+        clipped = torch.maximum(loss1, loss2)
+        lower = torch.gt(clipped, -adv * clip_ratio_c) & (adv < 0)
+        p = torch.exp(torch.clamp(log_prob, -20.0, 20.0))
+        return {
+            "on_tokens": float(on.sum()),
+            "ief_tokens": float(ief.sum()),
+            "pg_clipfrac": float((torch.gt(loss2, loss1) & on).sum()),
+            "pg_clipfrac_lower": float((lower & on).sum()),
+            "ppo_kl": float((-neg_kl * on).sum()),
+            "ief_prob": float((p * ief).sum()),
+        }
+
+
+def _total(value: Any) -> float:
+    """Sum of one metric as verl hands it back: a float, a list (one per mini-batch) or a ``Metric``."""
+    from verl.utils.metric import Metric
+
+    if isinstance(value, Metric):
+        return float(np.sum(value.values))
+    if isinstance(value, list | tuple):
+        return float(sum(_total(v) for v in value))
+    return float(value)
+
+
+def finalize_actor_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Replace the ``actor/icpo_sum/*`` sums of one update by token means (module docstring).
+
+    ``actor/ief_prob`` = sum of p over IEF tokens / IEF tokens (0.0 when the update had none);
+    ``actor/pg_clipfrac``, ``actor/pg_clipfrac_lower``, ``actor/ppo_kl`` over on-policy tokens;
+    ``actor/ief_token_frac`` = IEF tokens / response tokens. Exact over every micro-batch, rank, mini-batch
+    and epoch of the update. Other keys pass through.
+    """
+    sums = {k[len(SUM_PREFIX) :]: _total(v) for k, v in metrics.items() if k.startswith(SUM_PREFIX)}
+    if not sums:
+        return metrics
+    out = {k: v for k, v in metrics.items() if not k.startswith(SUM_PREFIX)}
+    for name, (num, count) in RATIO_METRICS.items():
+        out[name] = sums[num] / sums[count] if sums[count] else 0.0
+    tokens = sums["on_tokens"] + sums["ief_tokens"]
+    out["actor/ief_token_frac"] = sums["ief_tokens"] / tokens if tokens else 0.0
+    return out
 
 
 def icpo_ppo_loss(config: Any, model_output: dict, data: Any, dp_group: Any = None, gamma: float = 0.1):
@@ -115,6 +212,7 @@ def icpo_ppo_loss(config: Any, model_output: dict, data: Any, dp_group: Any = No
     )
     agg_type = AggregationType.SUM if global_norm else AggregationType.MEAN
 
+    dp = int(data["dp_size"] or 1)
     fields = ["response_mask", "old_log_probs", "advantages", IEF_KEY]
     if "ref_log_prob" in data:
         fields.append("ref_log_prob")
@@ -122,17 +220,29 @@ def icpo_ppo_loss(config: Any, model_output: dict, data: Any, dp_group: Any = No
     response_mask = data["response_mask"].to(bool)
     info = {k: v for k, v in config.global_batch_info.items() if k != "loss_scale_factor"}
 
-    pg_loss, pg_metrics = icpo_policy_loss_fn(
+    ief_mask = data[IEF_KEY].reshape(-1).bool()
+    pg_loss, _ = icpo_policy_loss_fn(
         old_log_prob=data["old_log_probs"],
         log_prob=log_prob,
         advantages=data["advantages"],
         response_mask=response_mask,
         loss_agg_mode=config.loss_agg_mode,
         config=config,
-        ief_mask=data[IEF_KEY].reshape(-1).bool(),
+        ief_mask=ief_mask,
         gamma=gamma,
     )
-    metrics: dict[str, Any] = dict(Metric.from_dict(pg_metrics, aggregation=AggregationType.MEAN))
+    sums = token_metric_sums(
+        log_prob.detach(),
+        data["old_log_probs"],
+        data["advantages"],
+        response_mask,
+        ief_mask,
+        **_clip_ratios(config),
+    )
+    # x dp_size: verl's aggregate_dp averages over ranks, then sums over micro-batches
+    metrics: dict[str, Any] = {
+        SUM_PREFIX + k: Metric(value=v * dp, aggregation=AggregationType.SUM) for k, v in sums.items()
+    }
     metrics["actor/pg_loss"] = Metric(value=pg_loss, aggregation=agg_type)
     policy_loss = pg_loss
     if entropy is not None:

@@ -3,11 +3,20 @@
 verl's ``file`` logger writes ``{"step": N, "data": {...}}`` lines to ``VERL_FILE_LOGGER_PATH`` and truncates
 that file when it opens it, so every launch gets its own file under ``runs/<run>/verl_metrics/`` and
 :func:`export_steps` merges them (a resumed run's later lines win for a repeated step).
+
+Multi-node runs cannot hand the per-launch file name to verl's TaskRunner through the hydra config (verl
+logs the config as MLflow params, and a value that changes on resume makes MLflow refuse the run): the
+launcher passes the stable folder as ``ICPO_VERL_METRICS_DIR`` and the TaskRunner names the file
+(:func:`task_runner_log_path`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
+import uuid
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +34,31 @@ RENAMES = {
 KEEP_PREFIXES = ("reward/", "icpo/", "adv/", "actor/", "response/", "perf/", "critic/score", "val-core/")
 
 
+METRICS_DIR_ENV = "ICPO_VERL_METRICS_DIR"
+LOG_PATH_ENV = "VERL_FILE_LOGGER_PATH"
+
+
 def metrics_dir(run: str) -> Path:
     return paths.run_dir(run) / "verl_metrics"
+
+
+def launch_log_name() -> str:
+    """One launch's step-log file name: its start time (files sort in launch order) and a unique tag."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl"
+
+
+def task_runner_log_path(environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """In the TaskRunner: point ``VERL_FILE_LOGGER_PATH`` into ``ICPO_VERL_METRICS_DIR`` when that is set.
+
+    Returns the path in effect (None when neither variable is set). A ``VERL_FILE_LOGGER_PATH`` already in
+    that folder (the launcher's, on one node) is kept.
+    """
+    folder = environ.get(METRICS_DIR_ENV)
+    current = environ.get(LOG_PATH_ENV)
+    if folder and (not current or Path(current).parent != Path(folder)):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        environ[LOG_PATH_ENV] = str(Path(folder) / launch_log_name())
+    return environ.get(LOG_PATH_ENV)
 
 
 def convert_record(data: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
-import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,16 @@ def prompt_suffix(params: Params) -> str:
     return params.data.train.prompt_suffix
 
 
-def verl_overrides(params: Params, run: str, root: str | Path = ".") -> dict[str, Any]:
-    """Every hydra key -> value of one run, in order (``runs.<run>`` applied over ``algorithm``)."""
+def verl_overrides(
+    params: Params, run: str, root: str | Path = ".", env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Every hydra key -> value of one run, in order (``runs.<run>`` applied over ``algorithm``).
+
+    ``env`` is the launch environment (:func:`launch_env`). With ``train.verl.nnodes > 1`` the driver joins a
+    running cluster (``ray_init.address=auto``) and the TaskRunner gets the raylet's environment, not the
+    launcher's, so these variables also go through ``ray_init.runtime_env.env_vars`` (verl merges that into
+    every actor's runtime env). The paths in them must then be on a filesystem every node shares.
+    """
     root = Path(root).resolve()
     algo = params.run_algorithm(run)
     if algo.adv_eps != VERL_ADV_EPS:
@@ -123,7 +131,8 @@ def verl_overrides(params: Params, run: str, root: str | Path = ".") -> dict[str
         "actor_rollout_ref.model.path": _abs(paths.BASE_MODEL_DIR, root),
         "actor_rollout_ref.actor.optim.lr": t.lr,
         "actor_rollout_ref.actor.optim.weight_decay": t.weight_decay,
-        "actor_rollout_ref.actor.grad_clip": t.grad_clip,
+        # verl 0.9.1's FSDP engine clips with optim.clip_grad (actor.grad_clip is read by no 0.9.1 worker)
+        "actor_rollout_ref.actor.optim.clip_grad": t.grad_clip,
         "actor_rollout_ref.actor.ppo_mini_batch_size": t.ppo_mini_batch_prompts,
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": v.ppo_micro_batch_size_per_gpu,
         "actor_rollout_ref.actor.use_kl_loss": algo.use_kl_loss,
@@ -183,19 +192,39 @@ def verl_overrides(params: Params, run: str, root: str | Path = ".") -> dict[str
     ov["icpo.seed"] = params.seed
     if v.nnodes > 1:
         ov["+ray_kwargs.ray_init.address"] = "auto"  # join the cluster started with `ray start` on every node
+        for key, value in ray_env_vars(env or {}).items():
+            ov[f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}"] = value
     return ov
 
 
-def override_list(params: Params, run: str, root: str | Path = ".") -> list[str]:
+def ray_env_vars(env: Mapping[str, str]) -> dict[str, str]:
+    """What of the launch env goes through ``ray_init.runtime_env.env_vars`` (multi-node), all stable on resume.
+
+    verl logs its config as MLflow params and drops MLflow for the run when a resume changes one, so the
+    per-launch step-log file is not passed; its folder is (``ICPO_VERL_METRICS_DIR``, see :mod:`.metrics`).
+    """
+    from icpo_core.engines.verl.metrics import LOG_PATH_ENV, METRICS_DIR_ENV
+
+    out = {k: str(env[k]) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI") if env.get(k)}
+    if env.get(LOG_PATH_ENV):
+        out[METRICS_DIR_ENV] = str(Path(env[LOG_PATH_ENV]).parent)
+    return dict(sorted(out.items()))
+
+
+def override_list(
+    params: Params, run: str, root: str | Path = ".", env: Mapping[str, str] | None = None
+) -> list[str]:
     """``key=value`` hydra overrides, ``train.verl.extra_overrides`` appended last (they win)."""
-    return [f"{k}={_fmt(v)}" for k, v in verl_overrides(params, run, root).items()] + list(
+    return [f"{k}={_fmt(v)}" for k, v in verl_overrides(params, run, root, env).items()] + list(
         params.train.verl.extra_overrides
     )
 
 
-def build_command(params: Params, run: str, root: str | Path = ".") -> list[str]:
+def build_command(
+    params: Params, run: str, root: str | Path = ".", env: Mapping[str, str] | None = None
+) -> list[str]:
     """The full verl launch command of one run: ``python -m icpo_core.engines.verl.launcher <overrides>``."""
-    return [sys.executable, "-m", LAUNCHER_MODULE, *override_list(params, run, root)]
+    return [sys.executable, "-m", LAUNCHER_MODULE, *override_list(params, run, root, env)]
 
 
 def tracking_env(params: Params, root: str | Path = ".") -> dict[str, str]:
@@ -240,34 +269,53 @@ def open_mlflow_run(params: Params, run: str, root: str | Path = ".") -> tuple[A
 
 def launch_env(params: Params, run: str, root: str | Path = ".") -> dict[str, str]:
     """:func:`tracking_env` plus the path of this launch's verl step log (one file per launch, by start time)."""
-    from icpo_core.engines.verl.metrics import metrics_dir
+    from icpo_core.engines.verl.metrics import launch_log_name, metrics_dir
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_path = _abs(metrics_dir(run) / f"{stamp}.jsonl", Path(root).resolve())
+    log_path = _abs(metrics_dir(run) / launch_log_name(), Path(root).resolve())
     return {**tracking_env(params, root), "VERL_FILE_LOGGER_PATH": log_path}
 
 
 def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
     """The command as one shell line, environment included (what ``icpo verl-cmd`` prints)."""
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in launch_env(params, run, root).items())
-    cmd = ["python", *build_command(params, run, root)[1:]]  # portable: the node's active environment
+    env_vars = launch_env(params, run, root)
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in env_vars.items())
+    # portable: the node's active environment
+    cmd = ["python", *build_command(params, run, root, env_vars)[1:]]
     return f"{env} {shlex.join(cmd)}"
+
+
+def run_preflight(params: Params, run: str, root: str | Path = ".") -> None:
+    """The checks of :mod:`.preflight` for one ICPO run (GRPO needs neither the plugin nor demos)."""
+    from icpo_core.engines.verl import preflight
+
+    if params.run_algorithm(run).n_off > 0:
+        preflight.check_plugin()
+        preflight.check_ief_prompt_budget(params, run, root)
 
 
 def launch(params: Params, run: str, root: str | Path = ".") -> int:
     """Run the verl command of ``run``, streaming its output; returns its exit code.
 
-    Opens the run's MLflow run first (:func:`open_mlflow_run`; verl attaches to it) and afterwards, also after
-    a failure, exports verl's step log to ``metrics/steps_<run>.jsonl`` (:func:`.metrics.export_steps`).
+    Runs :func:`run_preflight`, opens the run's MLflow run (:func:`open_mlflow_run`; verl attaches to it) and
+    afterwards, also after a failure, exports verl's step log to ``metrics/steps_<run>.jsonl``
+    (:func:`.metrics.export_steps`). A verl exit 0 that logged no new step while the checkpoint is short of
+    ``train.steps`` is reported and returned as exit code 1 (verl can end a resumed run without training).
     """
+    from icpo_core.engines.local.checkpoint import latest_step
     from icpo_core.engines.verl.metrics import export_steps, metrics_dir
+    from icpo_core.engines.verl.preflight import steps_done
 
-    cmd = build_command(params, run, root)
-    (Path(root) / metrics_dir(run)).mkdir(parents=True, exist_ok=True)
+    run_preflight(params, run, root)
+    log_dir = Path(root) / metrics_dir(run)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    start = latest_step(Path(root) / paths.checkpoints_dir(run)) or 0
+    before = {f: f.stat().st_mtime_ns for f in log_dir.glob("*.jsonl")}
     tracker, run_id = open_mlflow_run(params, run, root)
-    env = {**os.environ, **launch_env(params, run, root)}
+    run_env = launch_env(params, run, root)
     if run_id:
-        env["MLFLOW_RUN_ID"] = run_id
+        run_env["MLFLOW_RUN_ID"] = run_id
+    cmd = build_command(params, run, root, run_env)
+    env = {**os.environ, **run_env}
     print(shlex.join(cmd), flush=True)
     proc = subprocess.Popen(cmd, env=env, cwd=root)
     try:
@@ -276,6 +324,18 @@ def launch(params: Params, run: str, root: str | Path = ".") -> int:
         proc.terminate()
         code = proc.wait()
     export_steps(run, root)
+    if code == 0 and start < params.train.steps:
+        written = [f for f in log_dir.glob("*.jsonl") if before.get(f) != f.stat().st_mtime_ns]
+        new = [s for s in steps_done(written) if s > start]
+        if not new:
+            print(
+                f"error: verl exited 0 but trained no step of runs.{run} (checkpoint at step {start} of "
+                f"train.steps {params.train.steps}); see its log above. Resume again, or remove "
+                f"{paths.checkpoints_dir(run)} to start over",
+                file=sys.stderr,
+                flush=True,
+            )
+            code = 1
     if tracker is not None and run_id:
         tracker.finish("FINISHED" if code == 0 else "FAILED")
     return code

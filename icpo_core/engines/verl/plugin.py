@@ -2,11 +2,14 @@
 
 verl imports every ``verl.plugins`` entry point at the end of ``import verl``, in the driver and in each Ray
 worker, and swallows import errors (debug log only), so a test checks the names in a fresh interpreter.
-Idempotent: verl refuses to re-register a name to a *different* function object, which a reload of this
+With ``VERL_PLATFORM=cpu`` it also installs :mod:`.cpu_shims` (CI on machines without a GPU), so every
+process verl starts gets the CPU platform. Idempotent: verl refuses to re-register a name to a *different* function object, which a reload of this
 module would create, so an earlier registration of our own function (same module and name) is replaced.
 """
 
 from __future__ import annotations
+
+import os
 
 from icpo_core.engines.verl.losses import NAME, icpo_advantage, icpo_policy_loss_fn
 
@@ -29,3 +32,7 @@ def register() -> None:
 
 
 register()
+if os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu":
+    from icpo_core.engines.verl import cpu_shims
+
+    cpu_shims.install()

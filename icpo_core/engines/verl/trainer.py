@@ -6,7 +6,8 @@ over the mixed group are verl's own. Two hooks remain:
 
 - ``init_workers``: installs :func:`~.losses.icpo_ppo_loss` on the actor workers with ``set_loss_fn`` (verl's
   registered policy losses never see the per-row IEF mask; this loss reads ``icpo_ief``);
-- ``_update_actor``: adds the manager's per-step metrics (``reward/*``, ``icpo/*``) and advantage statistics
+- ``_update_actor``: turns the loss's token sums into token means (:func:`~.losses.finalize_actor_metrics`),
+  adds the manager's per-step metrics (``reward/*``, ``icpo/*``) and advantage statistics
   (``adv/*``, one value per trajectory) to what verl logs.
 """
 
@@ -17,7 +18,7 @@ from functools import partial
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl.utils.config import omega_conf_to_dataclass
 
-from icpo_core.engines.verl.losses import icpo_ppo_loss
+from icpo_core.engines.verl.losses import finalize_actor_metrics, icpo_ppo_loss
 
 
 def make_actor_loss(config):
@@ -36,9 +37,10 @@ class RayICPOTrainer(RayPPOTrainer):
 
     def _update_actor(self, batch):
         out = super()._update_actor(batch)
-        extra = dict(getattr(self.async_rollout_manager, "last_metrics", None) or {})
-        extra.update(advantage_metrics(batch))
-        out.meta_info.setdefault("metrics", {}).update(extra)
+        metrics = finalize_actor_metrics(dict(out.meta_info.get("metrics", {})))
+        metrics.update(getattr(self.async_rollout_manager, "last_metrics", None) or {})
+        metrics.update(advantage_metrics(batch))
+        out.meta_info["metrics"] = metrics
         return out
 
 

