@@ -1,9 +1,16 @@
-"""Training curves: on-policy reward and expert-region reward vs step, every run overlaid (GRPO vs ICPO)."""
+"""Training curves vs step, one line per run, mean over its seeds with a min-max band over the seeds.
+
+Panels: on-policy reward, expert-region reward (accepted IEF rows), IEF acceptance, KL and entropy. At each step
+the line is the mean over the seeds that logged a finite value at that step, the band spans the smallest and the
+largest seed (min-max: with 3 seeds a +-1 sd band would rest on a 3-point variance; min-max shows every seed).
+A run with one seed is a plain line.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -11,6 +18,9 @@ log = logging.getLogger(__name__)
 CURVES = (
     ("reward/on_policy", "On-policy reward"),
     ("reward/expert_region", "Expert-region reward (accepted IEF)"),
+    ("icpo/accept_rate", "IEF acceptance rate"),
+    ("actor/kl", "KL to the reference"),
+    ("actor/entropy", "Entropy"),
 )
 
 
@@ -41,55 +51,104 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return xs, ys
 
 
-def plot_curves(runs: dict[str, tuple[str, Path]], out_png: Path) -> dict[str, int]:
-    """``runs``: run -> (label, steps jsonl). Writes ``out_png``; returns the number of steps plotted per run."""
+def seed_band(per_seed_rows: list[list[dict]], key: str) -> dict[str, list]:
+    """Mean, min, max and the number of seeds per step of ``key`` over seeds (finite values only)."""
+    by_step: dict[int, list[float]] = {}
+    for rows in per_seed_rows:
+        xs, ys = series(rows, key)
+        for x, y in zip(xs, ys, strict=True):
+            if math.isfinite(y):
+                by_step.setdefault(x, []).append(y)
+    steps = sorted(by_step)
+    return {
+        "step": steps,
+        "mean": [sum(by_step[s]) / len(by_step[s]) for s in steps],
+        "min": [min(by_step[s]) for s in steps],
+        "max": [max(by_step[s]) for s in steps],
+        "n": [len(by_step[s]) for s in steps],
+    }
+
+
+def plot_curves(runs: dict[str, tuple[str, list[Path]]], out_png: Path) -> dict[str, dict[str, int]]:
+    """``runs``: run -> (label, steps jsonl of each seed). Writes ``out_png`` (one panel per ``CURVES`` key);
+    returns per plotted run ``{"seeds": seeds with steps, "steps": most steps of a seed, "bands": panels where
+    the run has a seed band}``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(6 * len(CURVES), 4), squeeze=False)
-    plotted: dict[str, int] = {}
-    # One colour per run in both panels.
+    ncols = 3
+    nrows = math.ceil(len(CURVES) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.8 * nrows), squeeze=False)
+    flat = list(axes.ravel())
+    plotted: dict[str, dict[str, int]] = {}
     colors = {run: plt.get_cmap("tab10")(i % 10) for i, run in enumerate(runs)}
-    for (key, title), ax in zip(CURVES, axes[0], strict=True):
-        for run, (label, path) in runs.items():
-            rows = read_steps(path)
-            xs, ys = series(rows, key)
-            if xs:
-                ax.plot(
-                    xs,
-                    ys,
-                    color=colors[run],
-                    marker="o" if len(xs) < 30 else None,
-                    markersize=3,
-                    label=f"{label} ({run})",
+    loaded = {run: [read_steps(p) for p in paths_] for run, (_, paths_) in runs.items()}
+    for (key, title), ax in zip(CURVES, flat, strict=False):
+        for run, (label, _) in runs.items():
+            per_seed = [r for r in loaded[run] if r]
+            band = seed_band(per_seed, key)
+            if not band["step"]:
+                continue
+            n_seeds = max(band["n"])
+            ax.plot(
+                band["step"],
+                band["mean"],
+                color=colors[run],
+                marker="o" if len(band["step"]) < 30 else None,
+                markersize=3,
+                label=f"{label} ({run}, {n_seeds} seed{'s' if n_seeds != 1 else ''})",
+            )
+            info = plotted.setdefault(
+                run, {"seeds": len(per_seed), "steps": max(len(r) for r in per_seed), "bands": 0}
+            )
+            if n_seeds > 1:
+                ax.fill_between(
+                    band["step"], band["min"], band["max"], color=colors[run], alpha=0.2, linewidth=0
                 )
-                plotted[run] = max(plotted.get(run, 0), len(rows))
+                info["bands"] += 1
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.set_ylabel("mean reward")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
+    for ax in flat[len(CURVES) :]:
+        ax.axis("off")
+    fig.suptitle("Mean over seeds; band: min-max over seeds", fontsize=10)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
+    fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return plotted
 
 
-def write_plot_data(runs: list[str], steps_path: dict[str, Path], out_dir: Path) -> list[Path]:
-    """``<out_dir>/steps_<run>.json`` per run: the curve keys per step as a JSON list, the format DVC plots read
-    (DVC 3 reads JSON / YAML / CSV / TSV, not JSON lines). A run without steps gets ``[]``, so the top-level
-    ``plots:`` of dvc.yaml always find their files."""
+def plot_data(per_seed_rows: list[list[dict]]) -> list[dict]:
+    """Rows for DVC plots: per step the mean over seeds of every ``CURVES`` key (None where no seed has a
+    finite value), plus ``<key>/min`` and ``<key>/max`` over seeds and ``n_seeds``."""
+    out: dict[int, dict] = {}
+    for key, _ in CURVES:
+        band = seed_band(per_seed_rows, key)
+        for i, s in enumerate(band["step"]):
+            row = out.setdefault(s, {"step": s})
+            row[key] = band["mean"][i]
+            row[f"{key}/min"] = band["min"][i]
+            row[f"{key}/max"] = band["max"][i]
+            row["n_seeds"] = max(row.get("n_seeds", 0), band["n"][i])
+    steps = sorted({int(r["step"]) for rows in per_seed_rows for r in rows} | set(out))
+    return [{"step": s, **{k: None for k, _ in CURVES}, **out.get(s, {})} for s in steps]
+
+
+def write_plot_data(runs: dict[str, list[Path]], out_dir: Path) -> list[Path]:
+    """``<out_dir>/steps_<run>.json`` per run (``plot_data`` of its seeds) as a JSON list, the format DVC plots
+    read (DVC 3 reads JSON / YAML / CSV / TSV, not JSON lines). A run without steps gets ``[]``, so the
+    top-level ``plots:`` of dvc.yaml always find their files."""
     from icpo_core.io_utils import atomic_write_text
 
     written = []
-    for run in runs:
-        rows = read_steps(steps_path[run]) if run in steps_path else []
-        data = [{"step": int(r["step"]), **{k: r.get(k) for k, _ in CURVES}} for r in rows]
+    for run, paths_ in runs.items():
+        data = plot_data([r for r in (read_steps(p) for p in paths_) if r])
         written.append(atomic_write_text(out_dir / f"steps_{run}.json", json.dumps(data) + "\n"))
     return written

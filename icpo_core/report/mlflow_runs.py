@@ -1,4 +1,5 @@
-"""Table entries from MLflow runs (``icpo compare``) and the report's own MLflow run (``icpo report``)."""
+"""MLflow for the report: the study's metrics and files (``icpo report``), the newest study and the per-run
+table entries (``icpo compare``)."""
 
 from __future__ import annotations
 
@@ -80,13 +81,46 @@ def search_entries(
     return entries
 
 
-def log_report(params: Any, table: Any, files: list[str]) -> str | None:
-    """One MLflow run ``report`` (tag ``icpo.run=report``): the table as an MLflow table + the files."""
+def study_metrics(study: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a ``reports/study.json`` as flat MLflow metrics: ``study/<run>/<benchmark|average>/
+    <mean|ci_low|ci_high|n_seeds|n_problems>`` and ``diff/<a>-<b>/<benchmark|average>/<diff|ci_low|ci_high|p|
+    p_seeds>``; n/a values are left out."""
+    out: dict[str, float] = {}
+
+    def put(prefix: str, d: dict[str, Any] | None, keys: tuple[str, ...]) -> None:
+        for k in keys:
+            v = (d or {}).get(k)
+            if isinstance(v, int | float) and not isinstance(v, bool) and v == v:
+                out[f"{prefix}/{k}"] = float(v)
+
+    cell_keys = ("mean", "ci_low", "ci_high", "n_seeds", "n_problems", "seed_min", "seed_max")
+    for run, r in (study.get("runs") or {}).items():
+        for bench, c in (r.get("benchmarks") or {}).items():
+            put(f"study/{run}/{bench}", c, cell_keys)
+        put(f"study/{run}/average", r.get("average"), cell_keys)
+    cmp_keys = ("diff", "ci_low", "ci_high", "p", "p_seeds")
+    for key, v in (study.get("comparisons") or {}).items():
+        for bench, c in (v.get("benchmarks") or {}).items():
+            put(f"diff/{key}/{bench}", c, cmp_keys)
+        put(f"diff/{key}/average", v.get("average"), cmp_keys)
+    return out
+
+
+def log_study(params: Any, study: dict[str, Any], files: list[str]) -> str | None:
+    """One MLflow run ``report`` (tag ``icpo.run=report``; a child of the study's parent run when
+    ``ICPO_MLFLOW_PARENT_RUN_ID`` is set): the study's metrics (``study_metrics``), the summary as an MLflow
+    table and the files under ``report/``. The parent run gets the same metrics and ``report/study.json``, so
+    the study's compare view shows them on the parent. Returns the report run's id, None when MLflow fails
+    (the files on disk are the source of truth)."""
     try:
+        import os
+        import time
+
+        from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
         from icpo_core.bench.mlflow_log import _base_tags
-        from icpo_core.tracking import ensure_experiment, tracking_uri
+        from icpo_core.tracking import PARENT_ENV, ensure_experiment, tracking_uri
 
         uri = tracking_uri(params)
         client = MlflowClient(tracking_uri=uri)
@@ -97,23 +131,70 @@ def log_report(params: Any, table: Any, files: list[str]) -> str | None:
             "icpo.method": "report",
             "icpo.variant": "report",
             "icpo.dvc_stage": "report",
+            "icpo.study_seeds": ",".join(str(s) for s in study.get("seeds") or []),
         }
         run_id = client.create_run(exp_id, run_name="report", tags=tags).info.run_id
-        data: dict[str, list[Any]] = {"run": [], "method": []}
-        for col in [*table.columns, "average"]:
-            data[col] = []
-        for row in table.rows:
-            data["run"].append(row.run)
-            data["method"].append(row.label)
-            for col in table.columns:
-                data[col].append(row.values.get(col))
-            data["average"].append(row.average)
-        client.log_table(run_id, data=data, artifact_file="report/table.json")
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in study_metrics(study).items()]
+        targets = [run_id]
+        parent = os.environ.get(PARENT_ENV)
+        if parent:
+            targets.append(parent)
+        for target in targets:
+            for i in range(0, len(metrics), 1000):
+                client.log_batch(target, metrics=metrics[i : i + 1000])
+        table: dict[str, list[Any]] = {"run": [], "method": [], "benchmark": [], "mean": [], "ci_low": []}
+        table.update(ci_high=[], n_seeds=[], n_problems=[])
+        for run, r in (study.get("runs") or {}).items():
+            for bench, c in [*(r.get("benchmarks") or {}).items(), ("average", r.get("average") or {})]:
+                table["run"].append(run)
+                table["method"].append(r.get("label", run))
+                table["benchmark"].append(bench)
+                for k in ("mean", "ci_low", "ci_high", "n_seeds", "n_problems"):
+                    table[k].append(c.get(k))
+        client.log_table(run_id, data=table, artifact_file="report/study_table.json")
         for f in files:
             client.log_artifact(run_id, f, "report")
+        if parent:
+            client.log_dict(parent, study, "report/study.json")
         client.set_terminated(run_id)
         log.info("MLflow: report logged to run %s", run_id)
         return run_id
     except Exception as e:
         log.warning("MLflow logging of the report skipped: %s: %s", type(e).__name__, str(e)[:300])
         return None
+
+
+def latest_study(uri: str, experiment: str, filters: list[str]) -> tuple[dict[str, Any], str] | None:
+    """(study.json, run id) of the newest run matching ``filters`` that holds ``report/study.json`` (the
+    report runs, or a study's parent run); None when there is none."""
+    import json
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    from icpo_core.errors import UserError
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise UserError(f"MLflow experiment '{experiment}' not found at {uri}")
+    try:
+        flt = tag_filter(filters)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"], max_results=200
+    )
+    for r in runs:
+        try:
+            names = {a.path for a in client.list_artifacts(r.info.run_id, "report")}
+        except Exception:
+            continue
+        if "report/study.json" not in names:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(r.info.run_id, "report/study.json", tmp)
+            with open(local) as f:
+                return json.load(f), r.info.run_id
+    return None

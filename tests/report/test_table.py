@@ -60,15 +60,15 @@ def test_table_from_metrics_dir_orders_columns_by_params(tmp_path):
     assert all(v is None for v in rows["grpo"].values.values())
 
 
-def test_curves_png_overlays_runs(tmp_path):
+def test_curves_png_of_a_single_seed_run(tmp_path):
     steps = tmp_path / "steps_icpo.jsonl"
     rows = [{"step": s, "reward/on_policy": 0.1 * s, "reward/expert_region": 0.5} for s in (1, 2, 3)]
     rows.append({"step": 2, "reward/on_policy": 0.9, "reward/expert_region": None})  # resumed step: last wins
     steps.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "rew')  # torn last line
     assert [r["reward/on_policy"] for r in read_steps(steps)] == [0.1, 0.9, 0.30000000000000004]
     out = tmp_path / "curves.png"
-    plotted = plot_curves({"icpo": ("ICPO", steps), "grpo": ("GRPO", tmp_path / "missing.jsonl")}, out)
-    assert plotted == {"icpo": 3}
+    plotted = plot_curves({"icpo": ("ICPO", [steps]), "grpo": ("GRPO", [tmp_path / "missing.jsonl"])}, out)
+    assert plotted == {"icpo": {"seeds": 1, "steps": 3, "bands": 0}}
     head = out.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", head[16:24])
