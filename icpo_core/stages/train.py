@@ -40,13 +40,14 @@ def run(args: argparse.Namespace) -> int:
     if params.train.engine == "verl":
         from icpo_core.engines.verl import launch
 
-        if args.seed is not None:
-            raise UserError("--seed: study seeds run on the local engine; verl runs take params `seed`")
-        rc = int(launch(params, args.run) or 0)
-        summary_path = paths.train_summary(args.run)
+        instance = None if args.seed is None else name
+        rc = int(launch(params, args.run, instance=instance) or 0)
+        summary_path = paths.train_summary(name)
         if rc == 0 and not summary_path.exists():
             # DVC declares the summary as an output; verl's own metrics are in MLflow.
-            atomic_write_json(summary_path, {"run": args.run, "engine": "verl", "returncode": rc})
+            atomic_write_json(
+                summary_path, {"run": args.run, "instance": name, "engine": "verl", "returncode": rc}
+            )
         return rc
     from icpo_core.engines.local import train_local
 

@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from icpo_core.algorithm import aggregate_loss, group_advantages, icpo_policy_loss, kl_loss
+from icpo_core.algorithm import (
+    aggregate_loss,
+    group_advantages,
+    icpo_policy_loss,
+    kl_loss,
+    micro_batch_normalisation,
+)
 
 IEF_KEY = "icpo_ief"
 NAME = "icpo"
@@ -185,12 +191,24 @@ def finalize_actor_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def icpo_ppo_loss(config: Any, model_output: dict, data: Any, dp_group: Any = None, gamma: float = 0.1):
+def icpo_ppo_loss(
+    config: Any,
+    model_output: dict,
+    data: Any,
+    dp_group: Any = None,
+    gamma: float = 0.1,
+    released_loss_agg: bool = False,
+):
     """verl 0.9.1's ``ppo_loss`` with the ICPO policy term: reads ``icpo_ief`` and passes it as ``ief_mask``.
 
     Pinned to verl 0.9.1 (``verl.workers.utils.losses.ppo_loss``): same global-batch bookkeeping, same
     entropy and KL terms (``actor.entropy_coeff``, ``actor.use_kl_loss`` / ``kl_loss_type`` / ``kl_loss_coef``),
     over every response token, IEF ones included, as the paper and the released code do.
+
+    ``released_loss_agg`` (``icpo.released_loss_agg``): the released code's verl 0.5 averaging instead, as
+    :func:`icpo_core.algorithm.micro_batch_normalisation` states it: each term a masked mean over this
+    micro-batch's own tokens, times the micro-batch's share of its rank's mini-batch rows (= 1 / number of
+    micro-batches), ranks averaged by FSDP's gradient reduction.
     """
     from verl.utils.metric import AggregationType, Metric
     from verl.workers.utils.padding import no_padding_2_padding
@@ -213,6 +231,20 @@ def icpo_ppo_loss(config: Any, model_output: dict, data: Any, dp_group: Any = No
     agg_type = AggregationType.SUM if global_norm else AggregationType.MEAN
 
     dp = int(data["dp_size"] or 1)
+    scale = 1.0
+    if released_loss_agg:
+        rows_per_rank = (data["global_batch_size"] or 0) / dp
+        if not rows_per_rank:
+            raise ValueError("released_loss_agg needs verl's global_batch_size (rows of the mini-batch)")
+        num_tokens, scale = micro_batch_normalisation(
+            config.loss_agg_mode,
+            released_loss_agg=True,
+            micro_rows=int(log_prob.shape[0]),
+            mini_rows=rows_per_rank,
+            mini_tokens=0,
+        )
+        # per micro-batch: no global token count, no data-parallel rescaling
+        config.global_batch_info.update(batch_num_tokens=num_tokens, global_batch_size=None, dp_size=1)
     fields = ["response_mask", "old_log_probs", "advantages", IEF_KEY]
     if "ref_log_prob" in data:
         fields.append("ref_log_prob")
@@ -263,4 +295,4 @@ def icpo_ppo_loss(config: Any, model_output: dict, data: Any, dp_group: Any = No
         policy_loss = policy_loss + kl * config.kl_loss_coef
         metrics["kl_loss"] = Metric(value=kl, aggregation=agg_type)
         metrics["kl_coef"] = config.kl_loss_coef
-    return policy_loss, metrics
+    return policy_loss * scale, metrics

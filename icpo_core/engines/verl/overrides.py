@@ -95,7 +95,11 @@ def prompt_suffix(params: Params) -> str:
 
 
 def verl_overrides(
-    params: Params, run: str, root: str | Path = ".", env: Mapping[str, str] | None = None
+    params: Params,
+    run: str,
+    root: str | Path = ".",
+    env: Mapping[str, str] | None = None,
+    instance: str | None = None,
 ) -> dict[str, Any]:
     """Every hydra key -> value of one run, in order (``runs.<run>`` applied over ``algorithm``).
 
@@ -105,6 +109,7 @@ def verl_overrides(
     every actor's runtime env). The paths in them must then be on a filesystem every node shares.
     """
     root = Path(root).resolve()
+    name = instance or run  # the study instance <run>_s<seed> names the outputs
     algo = params.run_algorithm(run)
     if algo.adv_eps != VERL_ADV_EPS:
         # verl's compute_advantage never passes an epsilon to the estimator; refuse rather than ignore the knob
@@ -173,7 +178,7 @@ def verl_overrides(
         "trainer.max_actor_ckpt_to_keep": t.max_ckpt_to_keep,
         "trainer.test_freq": v.test_freq if val_files else -1,
         "trainer.val_before_train": bool(val_files),
-        "trainer.default_local_dir": _abs(paths.checkpoints_dir(run), root),
+        "trainer.default_local_dir": _abs(paths.checkpoints_dir(name), root),
         "trainer.resume_mode": "auto",
         "trainer.logger": [
             "console",
@@ -183,7 +188,7 @@ def verl_overrides(
         "trainer.project_name": params.tracking.experiment,
         "trainer.experiment_name": run,
         **RELEASED_FIXED,
-        "hydra.run.dir": _abs(paths.run_dir(run) / "hydra", root),
+        "hydra.run.dir": _abs(paths.run_dir(name) / "hydra", root),
     }
     for key, value in algo.model_dump().items():
         ov[f"icpo.{key}"] = value
@@ -212,19 +217,27 @@ def ray_env_vars(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def override_list(
-    params: Params, run: str, root: str | Path = ".", env: Mapping[str, str] | None = None
+    params: Params,
+    run: str,
+    root: str | Path = ".",
+    env: Mapping[str, str] | None = None,
+    instance: str | None = None,
 ) -> list[str]:
     """``key=value`` hydra overrides, ``train.verl.extra_overrides`` appended last (they win)."""
-    return [f"{k}={_fmt(v)}" for k, v in verl_overrides(params, run, root, env).items()] + list(
+    return [f"{k}={_fmt(v)}" for k, v in verl_overrides(params, run, root, env, instance).items()] + list(
         params.train.verl.extra_overrides
     )
 
 
 def build_command(
-    params: Params, run: str, root: str | Path = ".", env: Mapping[str, str] | None = None
+    params: Params,
+    run: str,
+    root: str | Path = ".",
+    env: Mapping[str, str] | None = None,
+    instance: str | None = None,
 ) -> list[str]:
     """The full verl launch command of one run: ``python -m icpo_core.engines.verl.launcher <overrides>``."""
-    return [sys.executable, "-m", LAUNCHER_MODULE, *override_list(params, run, root, env)]
+    return [sys.executable, "-m", LAUNCHER_MODULE, *override_list(params, run, root, env, instance)]
 
 
 def tracking_env(params: Params, root: str | Path = ".") -> dict[str, str]:
@@ -240,7 +253,9 @@ def tracking_env(params: Params, root: str | Path = ".") -> dict[str, str]:
     return env
 
 
-def open_mlflow_run(params: Params, run: str, root: str | Path = ".") -> tuple[Any, str | None]:
+def open_mlflow_run(
+    params: Params, run: str, root: str | Path = ".", instance: str | None = None
+) -> tuple[Any, str | None]:
     """Create (or, after a restart, re-attach to) the run's MLflow run with the project's tags and params.
 
     verl then logs into it through ``MLFLOW_RUN_ID``, so verl runs carry the same tags as local ones and
@@ -254,10 +269,10 @@ def open_mlflow_run(params: Params, run: str, root: str | Path = ".") -> tuple[A
     root = Path(root)
     uri = tracking.tracking_uri(params, root.resolve())
     tracker = tracking.Tracker(uri, params.tracking.experiment, root=root)
-    id_file = root / tracking.run_id_path(run)
+    id_file = root / tracking.run_id_path(instance or run)
     run_id = tracker.start(
-        run,
-        tags=tracking.run_tags(params, run, root=root),
+        instance or run,
+        tags=tracking.run_tags(params, run, root=root, instance=instance),
         params=tracking.flatten(tracking.run_config(params, run)),
         resume_run_id=tracking.read_run_id(id_file, uri),
     )
@@ -267,11 +282,13 @@ def open_mlflow_run(params: Params, run: str, root: str | Path = ".") -> tuple[A
     return tracker, run_id
 
 
-def launch_env(params: Params, run: str, root: str | Path = ".") -> dict[str, str]:
+def launch_env(
+    params: Params, run: str, root: str | Path = ".", instance: str | None = None
+) -> dict[str, str]:
     """:func:`tracking_env` plus the path of this launch's verl step log (one file per launch, by start time)."""
     from icpo_core.engines.verl.metrics import launch_log_name, metrics_dir
 
-    log_path = _abs(metrics_dir(run) / launch_log_name(), Path(root).resolve())
+    log_path = _abs(metrics_dir(instance or run) / launch_log_name(), Path(root).resolve())
     return {**tracking_env(params, root), "VERL_FILE_LOGGER_PATH": log_path}
 
 
@@ -293,7 +310,7 @@ def run_preflight(params: Params, run: str, root: str | Path = ".") -> None:
         preflight.check_ief_prompt_budget(params, run, root)
 
 
-def launch(params: Params, run: str, root: str | Path = ".") -> int:
+def launch(params: Params, run: str, root: str | Path = ".", instance: str | None = None) -> int:
     """Run the verl command of ``run``, streaming its output; returns its exit code.
 
     Runs :func:`run_preflight`, opens the run's MLflow run (:func:`open_mlflow_run`; verl attaches to it) and
@@ -306,15 +323,16 @@ def launch(params: Params, run: str, root: str | Path = ".") -> int:
     from icpo_core.engines.verl.preflight import steps_done
 
     run_preflight(params, run, root)
-    log_dir = Path(root) / metrics_dir(run)
+    name = instance or run
+    log_dir = Path(root) / metrics_dir(name)
     log_dir.mkdir(parents=True, exist_ok=True)
-    start = latest_step(Path(root) / paths.checkpoints_dir(run)) or 0
+    start = latest_step(Path(root) / paths.checkpoints_dir(name)) or 0
     before = {f: f.stat().st_mtime_ns for f in log_dir.glob("*.jsonl")}
-    tracker, run_id = open_mlflow_run(params, run, root)
-    run_env = launch_env(params, run, root)
+    tracker, run_id = open_mlflow_run(params, run, root, instance)
+    run_env = launch_env(params, run, root, instance)
     if run_id:
         run_env["MLFLOW_RUN_ID"] = run_id
-    cmd = build_command(params, run, root, run_env)
+    cmd = build_command(params, run, root, run_env, instance)
     env = {**os.environ, **run_env}
     print(shlex.join(cmd), flush=True)
     proc = subprocess.Popen(cmd, env=env, cwd=root)
@@ -323,7 +341,7 @@ def launch(params: Params, run: str, root: str | Path = ".") -> int:
     except KeyboardInterrupt:
         proc.terminate()
         code = proc.wait()
-    export_steps(run, root)
+    export_steps(name, root)
     if code == 0 and start < params.train.steps:
         written = [f for f in log_dir.glob("*.jsonl") if before.get(f) != f.stat().st_mtime_ns]
         new = [s for s in steps_done(written) if s > start]
@@ -331,7 +349,7 @@ def launch(params: Params, run: str, root: str | Path = ".") -> int:
             print(
                 f"error: verl exited 0 but trained no step of runs.{run} (checkpoint at step {start} of "
                 f"train.steps {params.train.steps}); see its log above. Resume again, or remove "
-                f"{paths.checkpoints_dir(run)} to start over",
+                f"{paths.checkpoints_dir(name)} to start over",
                 file=sys.stderr,
                 flush=True,
             )

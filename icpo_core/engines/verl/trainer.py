@@ -24,7 +24,12 @@ from icpo_core.engines.verl.losses import finalize_actor_metrics, icpo_ppo_loss
 def make_actor_loss(config):
     """The loss callable the actor workers run: ``icpo_ppo_loss`` bound to the actor config and gamma."""
     actor_cfg = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
-    return partial(icpo_ppo_loss, config=actor_cfg, gamma=float(config.icpo.gamma))
+    return partial(
+        icpo_ppo_loss,
+        config=actor_cfg,
+        gamma=float(config.icpo.gamma),
+        released_loss_agg=bool(config.icpo.get("released_loss_agg", False)),
+    )
 
 
 class RayICPOTrainer(RayPPOTrainer):

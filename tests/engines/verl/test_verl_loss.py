@@ -164,3 +164,57 @@ def test_ief_prob_is_the_mean_over_ief_tokens_across_micro_batches(tokenizer, tr
     )
     assert final["actor/ief_token_frac"] == pytest.approx(float(ief.sum() / mask.sum()))
     assert not any(k.startswith("actor/icpo_sum/") for k in final)
+
+
+@pytest.mark.parametrize("released", [False, True])
+def test_loss_averaging_over_micro_batches_matches_the_stated_normalisation(
+    tokenizer, train_parquet, released
+):
+    """The summed micro-batch losses verl backpropagates: one token-mean over the mini-batch by default, the
+    mean of per-micro-batch token-means with icpo.released_loss_agg (micro_batch_normalisation)."""
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.engine.utils import prepare_micro_batches
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    from icpo_core.algorithm import compute_actor_loss
+    from icpo_core.config import AlgorithmParams
+    from icpo_core.engines.verl.losses import icpo_ppo_loss
+
+    out, td = _actor_data(tokenizer, train_parquet, ief_rows=[1, 6])
+    # unequal response lengths per micro-batch, so the two conventions differ
+    lengths = [8, 8, 2, 2, 5, 5, 1, 3]
+    for i, n in enumerate(lengths):
+        out.batch["response_mask"][i, n:] = 0
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    td = left_right_2_no_padding(out.to_tensordict())
+    model_output, _ = _fake_model_output(td, requires_grad=False)
+    logp_all = no_padding_2_padding(model_output["log_probs"], td)
+    td["log_probs_full"] = model_output["log_probs"]
+    n_tok = int(out.batch["response_mask"].sum())
+    tu.assign_non_tensor(td, dp_size=1, batch_num_tokens=None if released else n_tok, global_batch_size=8)
+    tu.assign_non_tensor(td, use_dynamic_bsz=False, micro_batch_size_per_gpu=2)
+    micro, _ = prepare_micro_batches(td)
+    total = sum(
+        float(
+            icpo_ppo_loss(_actor_cfg(), {"log_probs": mb["log_probs_full"]}, mb, released_loss_agg=released)[
+                0
+            ]
+        )
+        for mb in micro
+    )
+    b, algo = out.batch, AlgorithmParams(n_off=1)
+    want = 0.0
+    for s in range(0, 8, 2):
+        loss, _ = compute_actor_loss(
+            logp_all[s : s + 2], b["old_log_probs"][s : s + 2], b["ref_log_prob"][s : s + 2], None,
+            b["advantages"][s : s + 2, 0], b["response_mask"][s : s + 2], b["icpo_ief"][s : s + 2].bool(), algo,
+            batch_num_tokens=None if released else n_tok,
+        )  # fmt: skip
+        want += float(loss) * (2 / 8 if released else 1.0)
+    assert total == pytest.approx(want, rel=1e-5)
+    whole, _ = compute_actor_loss(
+        logp_all, b["old_log_probs"], b["ref_log_prob"], None, b["advantages"][:, 0], b["response_mask"],
+        b["icpo_ief"].bool(), algo,
+    )  # fmt: skip
+    assert (total == pytest.approx(float(whole), rel=1e-5)) is not released
