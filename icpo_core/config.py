@@ -206,8 +206,25 @@ class VerlParams(_Section):
     extra_overrides: list[str] = []
 
 
+class VllmParams(_Section):
+    """Knobs of an offline vLLM engine (CPU build or CUDA), set by ``icpo_core.engines.local.vllm_engine``."""
+
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
+    kv_cache_gib: int = Field(default=2, ge=1)  # CPU: VLLM_CPU_KVCACHE_SPACE (GiB of RAM for the KV cache)
+    # CPU: VLLM_CPU_OMP_THREADS_BIND: nobind | auto | core list such as 0-1 (the engine runs in this process)
+    threads_bind: str = Field(default="nobind", pattern=r"^(nobind|auto|[0-9][0-9,\-|]*)$")
+    enforce_eager: bool = True  # no torch.compile at start-up (compiling costs ~55 s on 2 cores)
+
+
+class TrainVllmParams(VllmParams):
+    # CUDA: share of GPU memory for the colocated engine (the trainer holds the rest)
+    gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+
+
 class TrainParams(_Section):
     engine: Literal["local", "verl"] = "local"
+    rollout_backend: Literal["vllm", "hf"] = "hf"  # local engine: who generates the rollouts
+    vllm: TrainVllmParams = TrainVllmParams()
     steps: int = Field(default=8, ge=1)
     prompts_per_step: int = Field(default=4, ge=1)
     ppo_mini_batch_prompts: int = Field(default=4, ge=1)
@@ -265,6 +282,7 @@ class BenchParams(SamplingOverrides):
     tensor_parallel: int = Field(default=1, ge=1)
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    vllm: VllmParams = VllmParams()
 
     @field_validator("benchmarks")
     @classmethod

@@ -1,4 +1,4 @@
-"""Generation backends for benchmarks: ``hf`` (transformers, CPU or GPU) and ``vllm`` (GPU, lazily imported).
+"""Generation backends for benchmarks: ``hf`` (transformers) and ``vllm`` (CUDA or CPU build, lazily imported).
 
 Both render prompts the same way (:func:`render_prompt`: the model's own chat template with the generation
 prompt) and return, per prompt, ``n`` :class:`Completion` objects. Heavy imports stay inside the functions.
@@ -158,11 +158,21 @@ class HFBackend:
 # -------------------------------------------------------------------------------------------------- vLLM
 
 
-class VLLMBackend:
-    """vLLM offline engine: all prompts of a chunk in one call, ``n`` samples per prompt, seeded, TP.
+def prompt_seed(seed: int, ids: Sequence[int]) -> int:
+    """A 63-bit seed per (run seed, prompt tokens): a prompt's samples do not depend on its chunk or on resumes."""
+    import hashlib
 
-    ``llm`` / ``sampling_params_cls`` / ``tokenizer`` can be injected (tests build the requests on CPU with a
-    stand-in engine); by default vLLM is imported here, never at module import.
+    digest = hashlib.sha256(f"{seed}|{','.join(map(str, ids))}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class VLLMBackend:
+    """vLLM offline engine (CUDA build or the CPU build): all prompts of a chunk in one call, ``n`` samples each.
+
+    The engine is started by :func:`icpo_core.engines.local.vllm_engine.start_llm` (the environment, in-process
+    mode and no chunked prefill of the CPU build). Each prompt gets its own seed (:func:`prompt_seed`; vLLM seeds
+    sample j with seed + j), and texts are decoded with the same tokenizer call as :class:`HFBackend`, so both
+    backends return the same format. ``llm`` / ``sampling_params_cls`` / ``tokenizer`` can be injected (tests).
     """
 
     name = "vllm"
@@ -175,6 +185,8 @@ class VLLMBackend:
         seed: int = 0,
         gpu_memory_utilization: float = 0.85,
         max_model_len: int | None = None,
+        vllm_cfg: Any = None,
+        device: str = "auto",
         llm: Any = None,
         sampling_params_cls: Callable[..., Any] | None = None,
         tokenizer: Any = None,
@@ -182,62 +194,95 @@ class VLLMBackend:
         self.model_dir = Path(model_dir)
         self.seed = seed
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(self.model_dir)
+        self._eos = sorted(_eos_ids_of(self.model_dir, self.tokenizer))
         if llm is None or sampling_params_cls is None:
+            from icpo_core.config import VllmParams
+            from icpo_core.engines.local import vllm_engine
+
+            if device == "auto":
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
             try:
-                import vllm
-            except ImportError as e:
+                if llm is None:
+                    llm = vllm_engine.start_llm(
+                        self.model_dir,
+                        vllm_cfg or VllmParams(),
+                        device_type=device,
+                        seed=seed,
+                        max_model_len=max_model_len,
+                        tensor_parallel=tensor_parallel,
+                        gpu_memory_utilization=gpu_memory_utilization,
+                    )
+                if sampling_params_cls is None:
+                    sampling_params_cls = vllm_engine.import_vllm().SamplingParams
+            except vllm_engine.VLLMUnavailable as e:
                 raise UserError(
-                    "bench.backend 'vllm' needs vLLM (GPU only): pip install -e '.[gpu]'; or set bench.backend: hf"
+                    f"bench.backend 'vllm': {e}. Install it with `make setup` (CPU build "
+                    f"{vllm_engine.CPU_BUILD}) or `make setup-gpu` (CUDA), or set bench.backend: hf"
                 ) from e
-            llm = llm or vllm.LLM(
-                model=str(self.model_dir),
-                tensor_parallel_size=tensor_parallel,
-                seed=seed,
-                gpu_memory_utilization=gpu_memory_utilization,
-                max_model_len=max_model_len,
-                enable_prefix_caching=True,
-            )
-            sampling_params_cls = sampling_params_cls or vllm.SamplingParams
         self.llm = llm
         self.sampling_params_cls = sampling_params_cls
 
     def render(self, messages: list[dict[str, str]]) -> RenderedPrompt:
         return render_prompt(self.tokenizer, messages)
 
-    def sampling_params(self, sampling: Sampling) -> Any:
+    def sampling_params(self, sampling: Sampling, seed: int | None = None) -> Any:
+        """One prompt's SamplingParams; greedy requests carry no seed."""
+        greedy = sampling.temperature == 0
         kwargs: dict[str, Any] = {
-            "n": sampling.n,
+            "n": 1 if greedy else sampling.n,  # vLLM refuses n > 1 when greedy: one sample, repeated
             "temperature": sampling.temperature,
-            "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
+            "top_p": 1.0 if greedy else sampling.top_p,
             "max_tokens": sampling.max_tokens,
-            "seed": self.seed,
+            "seed": None if greedy else seed,
+            "stop_token_ids": self._eos,
+            "detokenize": False,
         }
-        if sampling.top_k is not None:
+        if sampling.top_k is not None and not greedy:
             kwargs["top_k"] = sampling.top_k
         return self.sampling_params_cls(**kwargs)
 
     def generate(self, prompts: Sequence[RenderedPrompt], sampling: Sampling) -> list[list[Completion]]:
         # Token ids, not text: the chat template already placed BOS; vLLM must not add another.
         requests = [{"prompt_token_ids": p.ids} for p in prompts]
-        outputs = self.llm.generate(requests, self.sampling_params(sampling), use_tqdm=False)
-        result = []
-        for o in outputs:
-            result.append(
-                [
-                    Completion(
-                        text=c.text,
-                        tokens=len(c.token_ids),
-                        finish_reason="length" if c.finish_reason == "length" else "stop",
-                    )
-                    for c in o.outputs
-                ]
-            )
+        params = [self.sampling_params(sampling, prompt_seed(self.seed, p.ids)) for p in prompts]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        result = [[self._completion(list(c.token_ids), c.finish_reason) for c in o.outputs] for o in outputs]
+        if sampling.temperature == 0:  # greedy samples are identical (as HFBackend does)
+            result = [r * sampling.n if len(r) == 1 else r for r in result]
         if len(result) != len(prompts) or any(len(r) != sampling.n for r in result):
             raise RuntimeError("vLLM returned a different number of outputs than requested")
         return result
 
+    def _completion(self, ids: list[int], finish_reason: str | None) -> Completion:
+        end = next((j for j, t in enumerate(ids) if t in self._eos), None)
+        kept = ids if end is None else ids[:end]
+        return Completion(
+            text=self.tokenizer.decode(kept, skip_special_tokens=True),
+            tokens=len(ids),
+            finish_reason="length" if finish_reason == "length" else "stop",
+        )
+
     def close(self) -> None:
-        self.llm = None
+        from icpo_core.engines.local.vllm_engine import shutdown_llm
+
+        llm, self.llm = self.llm, None
+        shutdown_llm(llm)
+
+
+def _eos_ids_of(model_dir: Path, tokenizer: Any) -> set[int]:
+    """EOS ids of the generation config (may be a list) plus the tokenizer's, as :class:`HFBackend` uses."""
+    import json
+
+    ids: list[Any] = []
+    for name in ("generation_config.json", "config.json"):  # transformers falls back to config.json too
+        if (model_dir / name).is_file():
+            e = json.loads((model_dir / name).read_text()).get("eos_token_id")
+            ids += e if isinstance(e, list) else [e]
+            break
+    ids.append(tokenizer.eos_token_id)
+    return {int(i) for i in ids if i is not None}
 
 
 def make_backend(kind: str, model_dir: str | Path, bench: Any, seed: int) -> Backend:
@@ -250,5 +295,7 @@ def make_backend(kind: str, model_dir: str | Path, bench: Any, seed: int) -> Bac
             tensor_parallel=bench.tensor_parallel,
             seed=seed,
             gpu_memory_utilization=bench.gpu_memory_utilization,
+            vllm_cfg=getattr(bench, "vllm", None),
+            device=getattr(bench, "device", "auto"),
         )
     raise UserError(f"bench.backend: unknown backend '{kind}' (hf | vllm)")

@@ -1,4 +1,4 @@
-"""Generation backends: hf on a tiny random model; vLLM up to the GPU boundary with a stand-in engine."""
+"""Generation backends: hf on a tiny random model; vLLM's requests with a stand-in engine, and for real on CPU."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from icpo_core.bench.backends import (
     RenderedPrompt,
     VLLMBackend,
     make_backend,
+    prompt_seed,
     render_prompt,
 )
 from icpo_core.bench.registry import Sampling
@@ -76,19 +77,17 @@ class FakeLLM:
 
     def generate(self, requests, sampling_params, use_tqdm=False):
         self.calls.append((requests, sampling_params))
-        n = self.n_out or sampling_params.n
         return [
             SimpleNamespace(
                 outputs=[
                     SimpleNamespace(
-                        text=f"r{i}.{j} \\boxed{{{j}}}",
-                        token_ids=list(range(j + 1)),
+                        token_ids=list(req["prompt_token_ids"][: j + 1]),
                         finish_reason="stop" if j else "length",
                     )
-                    for j in range(n)
+                    for j in range(self.n_out or sp.n)
                 ]
             )
-            for i, _ in enumerate(requests)
+            for req, sp in zip(requests, sampling_params, strict=True)
         ]
 
 
@@ -106,19 +105,37 @@ def test_vllm_backend_builds_requests_up_to_the_gpu_boundary(tiny_model):
     )
     prompts = [backend.render(m) for m in MESSAGES]
     out = backend.generate(prompts, Sampling(n=4, temperature=0.6, top_p=0.95, top_k=50, max_tokens=64))
-    [(requests, sp)] = llm.calls
+    [(requests, sps)] = llm.calls
     # token ids of the chat-templated prompt, so vLLM adds no second BOS
     assert requests == [{"prompt_token_ids": p.ids} for p in prompts]
     assert requests[0]["prompt_token_ids"] == tok.apply_chat_template(
         MESSAGES[0], add_generation_prompt=True, tokenize=True, return_dict=False
     )
-    assert vars(sp) == {"n": 4, "temperature": 0.6, "top_p": 0.95, "top_k": 50, "max_tokens": 64, "seed": 7}
+    # one seed per prompt, from the run seed and the prompt's tokens (not from its position in a chunk)
+    seeds = [prompt_seed(7, p.ids) for p in prompts]
+    assert len(set(seeds)) == 3 and prompt_seed(8, prompts[0].ids) != seeds[0]
+    for sp, seed in zip(sps, seeds, strict=True):
+        assert vars(sp) == {
+            "n": 4,
+            "temperature": 0.6,
+            "top_p": 0.95,
+            "top_k": 50,
+            "max_tokens": 64,
+            "seed": seed,
+            "stop_token_ids": [tok.eos_token_id],
+            "detokenize": False,
+        }
     assert [len(c) for c in out] == [4, 4, 4]
-    assert out[1][2] == Completion(text="r1.2 \\boxed{2}", tokens=3, finish_reason="stop")
+    ids = prompts[1].ids[:3]  # the stand-in "generates" the prompt's first j + 1 tokens
+    text = tok.decode(ids, skip_special_tokens=True)
+    assert out[1][2] == Completion(text=text, tokens=3, finish_reason="stop")
     assert out[0][0].finish_reason == "length"
     backend.generate(prompts, Sampling(n=1, temperature=0.0, top_p=0.9, top_k=None, max_tokens=8))
-    greedy = vars(llm.calls[-1][1])
+    assert [len(c) for c in backend.generate(prompts[:1], Sampling(3, 0.0, 1.0, None, 8))] == [3]
+    assert vars(llm.calls[-1][1][0])["n"] == 1  # vLLM refuses n > 1 when greedy
+    greedy = vars(llm.calls[-1][1][0])
     assert "top_k" not in greedy and greedy["top_p"] == 1.0 and greedy["temperature"] == 0.0
+    assert greedy["seed"] is None
 
 
 def test_vllm_backend_checks_output_counts(tiny_model):
@@ -130,7 +147,48 @@ def test_vllm_backend_checks_output_counts(tiny_model):
 def test_vllm_missing_is_a_user_error(tiny_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError, also on a GPU machine
     bench = SimpleNamespace(tensor_parallel=1, gpu_memory_utilization=0.5, batch_size=4, device="cpu")
-    with pytest.raises(UserError, match="vLLM"):
+    with pytest.raises(UserError, match="bench.backend: hf"):
         make_backend("vllm", tiny_model, bench, 0)
     with pytest.raises(UserError, match="unknown backend"):
         make_backend("tgi", tiny_model, bench, 0)
+
+
+# ---------------------------------------------------------------------------------- vLLM for real (CPU build)
+
+
+@pytest.fixture(scope="module")
+def vllm_model(tmp_path_factory):
+    """The tiny model with head_dim 64 (vLLM's CPU attention has no head_dim-16 kernels)."""
+    from icpo_core.engines.local.tiny import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_vllm") / "model", hidden=256)
+
+
+@pytest.fixture(scope="module")
+def real_vllm(vllm_model):
+    from icpo_core.config import BenchParams
+
+    backend = make_backend("vllm", vllm_model, BenchParams(device="cpu", vllm={"kv_cache_gib": 1}), seed=3)
+    yield backend
+    backend.close()
+
+
+def test_vllm_and_hf_backends_agree_on_greedy_decoding(vllm_model, real_vllm):
+    hf = HFBackend(vllm_model, batch_size=2, device="cpu", seed=3)
+    messages = [*MESSAGES, [{"role": "user", "content": "Tom has 7 marbles and gets 6 more."}]]
+    prompts = [hf.render(m) for m in messages]
+    assert [real_vllm.render(m) for m in messages] == prompts
+    greedy = Sampling(n=2, temperature=0.0, top_p=1.0, top_k=None, max_tokens=12)
+    theirs = hf.generate(prompts, greedy)
+    ours = real_vllm.generate(prompts, greedy)
+    assert ours == theirs  # texts, token counts (EOS included) and finish reasons
+
+
+def test_vllm_backend_sampling_is_seeded_per_prompt(real_vllm):
+    prompts = [real_vllm.render(m) for m in MESSAGES]
+    s = Sampling(n=3, temperature=1.0, top_p=1.0, top_k=None, max_tokens=12)
+    a = real_vllm.generate(prompts, s)
+    assert [len(c) for c in a] == [3, 3, 3] and len({c.text for c in a[0]}) > 1
+    assert real_vllm.generate(prompts, s) == a
+    # a prompt draws the same samples in another chunk (resumed benches chunk differently)
+    assert real_vllm.generate(prompts[2:], s) == a[2:]

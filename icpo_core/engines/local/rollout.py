@@ -1,16 +1,26 @@
-"""Batched rollouts with transformers generation: left padding, KV cache, temperature / top_p, stop at EOS.
+"""Rollouts of the local engine: one interface (:class:`RolloutEngine`), two backends.
 
-The sampler is ``model.generate`` itself (no custom decode loop): the wrapper only pads, seeds and splits the
-output into response tokens and a response mask (every token up to and including the first EOS).
+- ``hf``: transformers ``model.generate`` on the live policy (left padding, KV cache, temperature / top_p, stop
+  at EOS). The sampler is ``model.generate`` itself (no custom decode loop): :func:`generate` only pads, seeds and
+  splits the output into response tokens and a response mask (every token up to and including the first EOS).
+- ``vllm``: a colocated offline vLLM engine that the trainer pushes its weights into after every optimizer step
+  (:mod:`icpo_core.engines.local.vllm_engine`).
+
+:func:`make_rollout_engine` picks one from ``train.rollout_backend``; when vLLM cannot be imported or started it
+falls back to ``hf`` with one warning naming the cause.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,6 +36,8 @@ class Rollouts:
     texts: list[str]  # decoded responses, special tokens skipped
     prefill_tokens: int  # real (non-pad) prompt tokens that were prefilled
     gen_tokens: int  # generated tokens (sum of response_mask)
+    # [N, T] float: the engine's log-prob of each sampled token (vLLM, when asked for)
+    logprobs: torch.Tensor | None = None
 
     @property
     def lengths(self) -> list[int]:
@@ -135,3 +147,110 @@ def generate(
         prefill_tokens=prefill,
         gen_tokens=int(resp_mask.sum()),
     )
+
+
+# ------------------------------------------------------------------------------------------ engines
+
+
+class RolloutEngine(Protocol):
+    """What the trainer needs from a rollout backend."""
+
+    name: str
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Rollouts: ...
+
+    def push_weights(self, model: Any) -> float: ...
+
+    def close(self) -> None: ...
+
+
+class HFRolloutEngine:
+    """``model.generate`` on the trainer's own model: nothing to push, the policy is sampled directly."""
+
+    name = "hf"
+
+    def __init__(self, model: Any, tokenizer: Any, *, autocast_dtype: torch.dtype | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.autocast_dtype = autocast_dtype
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Rollouts:
+        """:func:`generate` on the live policy (see there)."""
+        return generate(
+            self.model,
+            self.tokenizer,
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            autocast_dtype=self.autocast_dtype,
+        )
+
+    def push_weights(self, model: Any) -> float:
+        """Nothing to do: generation reads the policy's weights."""
+        return 0.0
+
+    def close(self) -> None:
+        """Nothing to release (the model belongs to the trainer)."""
+
+
+def make_rollout_engine(
+    backend: str,
+    model: Any,
+    tokenizer: Any,
+    *,
+    model_dir: str | Path,
+    vllm_cfg: Any,
+    device: torch.device,
+    seed: int,
+    max_model_len: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> RolloutEngine:
+    """The engine of ``train.rollout_backend``; ``vllm`` falls back to ``hf`` with one warning if it cannot start.
+
+    ``model_dir`` holds the weights ``model`` was loaded from (the vLLM engine starts from the same files, so
+    the two agree before the first push).
+    """
+    if backend == "hf":
+        return HFRolloutEngine(model, tokenizer, autocast_dtype=autocast_dtype)
+    if backend != "vllm":
+        from icpo_core.errors import UserError
+
+        raise UserError(f"train.rollout_backend: unknown backend '{backend}' (vllm | hf)")
+    from icpo_core.engines.local.vllm_engine import VLLMRolloutEngine, VLLMUnavailable
+
+    try:
+        return VLLMRolloutEngine(
+            model_dir,
+            tokenizer,
+            vllm_cfg,
+            eos_ids=eos_token_ids(model, tokenizer),
+            device_type=device.type,
+            seed=seed,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=vllm_cfg.gpu_memory_utilization,
+        )
+    except VLLMUnavailable as e:
+        log.warning(
+            "train.rollout_backend is 'vllm' but %s; generating with transformers (hf) instead. Install the "
+            "vLLM build of this machine (make setup / make setup-gpu) or set train.rollout_backend: hf.",
+            e,
+        )
+        return HFRolloutEngine(model, tokenizer, autocast_dtype=autocast_dtype)

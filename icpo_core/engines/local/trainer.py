@@ -58,7 +58,7 @@ from icpo_core.engines.local.logprobs import (
     response_logits,
     token_log_probs,
 )
-from icpo_core.engines.local.rollout import generate
+from icpo_core.engines.local.rollout import RolloutEngine, make_rollout_engine
 from icpo_core.errors import DataError, UserError
 from icpo_core.io_utils import atomic_write_json
 
@@ -157,6 +157,8 @@ class LocalTrainer:
         self.ckpt_root = self.root / paths.checkpoints_dir(self.name)
         self.steps_path = self.root / paths.train_metrics_jsonl(self.name)
         self.summary_path = self.root / paths.train_summary(self.name)
+        self.rollout_engine: RolloutEngine | None = None  # train.rollout_backend, started once per run
+        self.rollout_backend_used: str | None = None  # what actually generated (vllm may fall back to hf)
 
     # -------------------------------------------------------------------------------------- setup
     def _load(self) -> None:
@@ -192,6 +194,26 @@ class LocalTrainer:
             if not demo_path.is_file():
                 raise DataError(f"{demo_path}: demo cache not found; run `icpo prepare-demos`")
             self.demos = DemoPool.from_parquet(demo_path)
+
+    def start_rollout_engine(self) -> RolloutEngine:
+        """The run's rollout engine (``train.rollout_backend``), started once after :meth:`_load`.
+
+        A vLLM engine starts from models/base, so the current weights are pushed right away when they differ
+        (a resumed run); ``vllm`` that cannot start falls back to ``hf`` with one warning.
+        """
+        if self.rollout_engine is None:
+            self.rollout_engine = make_rollout_engine(
+                self.train_cfg.rollout_backend,
+                self.model,
+                self.tokenizer,
+                model_dir=self.root / paths.BASE_MODEL_DIR,
+                vllm_cfg=self.train_cfg.vllm,
+                device=self.device,
+                seed=self.params.seed,
+                autocast_dtype=self.autocast,
+            )
+            self.rollout_backend_used = self.rollout_engine.name
+        return self.rollout_engine
 
     def _rewards(self, texts: Sequence[str], golds: Sequence[str]) -> list[float]:
         if self.reward_fn is not None:
@@ -229,15 +251,12 @@ class LocalTrainer:
         rng = np.random.default_rng(step_seed(self.params.seed, step, 1))
         gen_prompts = self.generation_prompts(rows, rng)
         t0 = time.perf_counter()
-        roll = generate(
-            self.model,
-            self.tokenizer,
+        roll = self.start_rollout_engine().generate(
             gen_prompts,
             max_new_tokens=tc.max_response_length,
             temperature=tc.temperature,
             top_p=tc.top_p,
             seed=step_seed(self.params.seed, step, 2),
-            autocast_dtype=self.autocast,
         )
         t_gen = time.perf_counter() - t0
         per = a.n_on + a.n_off
@@ -432,6 +451,8 @@ class LocalTrainer:
         t0 = time.perf_counter()
         metrics.update(self.update(batch))
         metrics["timing/update_s"] = time.perf_counter() - t0
+        # the new weights go into the rollout engine before the next step's rollouts (hf: nothing to do)
+        metrics["timing/push_s"] = self.start_rollout_engine().push_weights(self.model)
         self.data_pos += len(rows)
         elapsed = time.perf_counter() - t_start
         metrics["perf/step_time_s"] = elapsed
@@ -497,6 +518,9 @@ class LocalTrainer:
             state = ckpt.load_checkpoint(self.ckpt_root, start, model=self.model, optimizer=self.optimizer)
             self.data_pos = int(state["data_pos"])
             log.info("%s: resuming from checkpoint step %d of %d", self.name, start, total)
+        engine = self.start_rollout_engine()
+        if start is not None:
+            engine.push_weights(self.model)  # the engine started from models/base
         start = start or 0
         history = steplog.reset(self.steps_path, start if start else None)
         tracker = self._start_tracking(fingerprint, resumed=start > 0)
@@ -548,6 +572,9 @@ class LocalTrainer:
             bar.close()
             if grader is not None:
                 grader.close()
+            if self.rollout_engine is not None:
+                self.rollout_engine.close()
+                self.rollout_engine = None
             if status == "FAILED":
                 tracker.finish("FAILED")
         summary = self._summary(history, start, step, time.time() - wall0, tracker.run_id, fingerprint)
@@ -572,6 +599,7 @@ class LocalTrainer:
             "method": self.algo.method,
             "engine": "local",
             "device": self.device.type,
+            "rollout_backend": self.rollout_backend_used,
             "steps": step,
             "total_steps": self.train_cfg.steps,
             "resumed_from_step": start,

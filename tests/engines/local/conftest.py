@@ -43,3 +43,47 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_mlflow_
         return root, load_params(root / "params.yaml")
 
     return make
+
+
+# vLLM's CPU attention has no kernels for head_dim 16 (the default tiny model): 4 heads of 64.
+VLLM_TINY_HIDDEN = 256
+
+
+@pytest.fixture(scope="session")
+def vllm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama that vLLM's CPU build can run (head_dim 64), with tied embeddings."""
+    from icpo_core.engines.local.tiny import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_vllm") / "model", hidden=VLLM_TINY_HIDDEN)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(vllm_model_dir: Path):
+    """ONE real vLLM engine (CPU build, in-process, eager) for all local-engine tests: a start costs seconds.
+
+    Every test pushes the weights it needs first, so test order does not matter.
+    """
+    from transformers import AutoTokenizer
+
+    from icpo_core.config import TrainVllmParams
+    from icpo_core.engines.local.vllm_engine import VLLMRolloutEngine
+
+    tok = AutoTokenizer.from_pretrained(vllm_model_dir)
+    engine = VLLMRolloutEngine(
+        vllm_model_dir, tok, TrainVllmParams(kv_cache_gib=1), eos_ids=[tok.eos_token_id], device_type="cpu"
+    )
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def vllm_project(tiny_project):
+    """Factory like ``tiny_project`` whose models/base is the vLLM-compatible tiny model."""
+    from icpo_core.engines.local.tiny import make_tiny_model_dir
+
+    def make(name: str = "proj", **kwargs):
+        root, params = tiny_project(name, **kwargs)
+        make_tiny_model_dir(root / "models" / "base", hidden=VLLM_TINY_HIDDEN)
+        return root, params
+
+    return make
