@@ -65,11 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         mod = importlib.import_module(f"icpo_core.stages.{args._module}")
         return int(mod.run(args) or 0)
     except ParamsError as e:
-        print(f"icpo {args.command}: invalid params: {e}", file=sys.stderr)
+        print(f"icpo {args.command}: invalid params: {_one_line(e)}", file=sys.stderr)
         return 2
     except UserError as e:
-        print(f"icpo {args.command}: error: {e}", file=sys.stderr)
+        print(f"icpo {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The message on one line (a user error is one line on stderr, whatever the message holds)."""
+    return " ".join(line.strip() for line in str(err).splitlines())
 
 
 if __name__ == "__main__":

@@ -5,20 +5,28 @@ result with pydantic (unknown keys are errors) and returns a frozen :class:`Para
 :class:`ParamsError`, whose message names the key path, the bad value and what is allowed; the CLI turns it
 into exit code 2.
 
+Types are strict where YAML could smuggle nonsense in: a bool is not an int (``steps: true``), ``"8"`` is not
+an int, ``1`` is not a bool; a float accepts ints and the string form YAML 1.1 gives ``1e-6``. Every profile is
+validated (not only the active one), so a typo in a profile fails on the first ``icpo validate``.
+
 This module imports only pydantic and yaml, so validation is instant.
 """
 
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -26,21 +34,52 @@ from pydantic import (
 )
 
 PARAMS_FILE = "params.yaml"
+SEED_MAX = 2**32 - 1  # numpy.random.seed / RandomState refuse seeds outside 0 .. 2**32 - 1
+# Names that become DVC stage keys (train@<run>), folders and MLflow tags.
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_FLOAT_STRING = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 class ParamsError(ValueError):
     """A params.yaml problem, with a message a user can act on."""
 
 
+def _yaml_float(v: Any) -> Any:
+    """YAML 1.1 reads ``1e-6`` (no dot) as a string: accept a plain decimal / exponent string as a number."""
+    if isinstance(v, str) and _FLOAT_STRING.match(v.strip()):
+        return float(v)
+    return v
+
+
+def _not_bool(v: Any) -> Any:
+    if isinstance(v, bool):  # True == 1 would match Literal[1]
+        raise ValueError("must be a level 0, 1, 2 or 3, not true/false")
+    return v
+
+
+# A finite number: int or float (not bool, not nan/inf), or the string YAML makes of ``1e-6``.
+Float = Annotated[float, BeforeValidator(_yaml_float)]
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+Name = Annotated[str, StringConstraints(pattern=_NAME_PATTERN)]
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+Level = Annotated[Literal[0, 1, 2, 3], BeforeValidator(_not_bool)]
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no bool -> int, "8" -> int, 1 -> bool or 1 -> "1" coercion (nested sections still take mappings)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------- model / data
 
 
-def _missing(path: str, folder: bool = False) -> str | None:
-    """An error message when ``path`` (relative to the project root) does not exist, else None."""
+def _missing(path: str, info: ValidationInfo, folder: bool = False) -> str | None:
+    """An error message when ``path`` (relative to the project root) does not exist, else None.
+
+    Skipped while validating a profile that is not the active one: its files may live only on the machines
+    that run it."""
+    if isinstance(info.context, dict) and not info.context.get("check_paths", True):
+        return None
     p = Path(path)
     if folder and not p.is_dir():
         return f"{path!r} is not a folder (paths are relative to the project root)"
@@ -51,14 +90,14 @@ def _missing(path: str, folder: bool = False) -> str | None:
 
 class ModelParams(_Section):
     source: Literal["smollm2_gguf", "hub", "local"] = "smollm2_gguf"
-    name: str = Field(default="HuggingFaceTB/SmolLM2-135M-Instruct", min_length=1)
-    revision: str | None = None
+    name: NonEmptyStr = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    revision: NonEmptyStr | None = None
     save_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
     @field_validator("name")
     @classmethod
     def _local_folder_exists(cls, v: str, info: ValidationInfo) -> str:
-        if info.data.get("source") == "local" and (err := _missing(v, folder=True)):
+        if info.data.get("source") == "local" and (err := _missing(v, info, folder=True)):
             raise ValueError(f"source 'local' needs a Hugging Face model folder here; {err}")
         return v
 
@@ -66,7 +105,7 @@ class ModelParams(_Section):
 class TrainDataParams(_Section):
     source: Literal["synthetic", "openr1_46k", "openr1_220k", "local"] = "synthetic"
     # A local parquet/jsonl file (or a folder: a local copy of the hub dataset) read instead of the hub.
-    path: str | None = Field(default=None, validate_default=True)
+    path: NonEmptyStr | None = Field(default=None, validate_default=True)
     max_rows: int | None = Field(default=None, gt=0)
     max_tokens: int = Field(default=8192, gt=0)
     num_proc: int = Field(default=2, ge=1)
@@ -80,14 +119,14 @@ class TrainDataParams(_Section):
             raise ValueError("source 'local' needs a .parquet / .jsonl file (or a folder of them)")
         if v and source == "synthetic":
             raise ValueError("set, but source 'synthetic' generates its data; remove path or change source")
-        if v and (err := _missing(v)):
+        if v and (err := _missing(v, info)):
             raise ValueError(err)
         return v
 
 
 class DemoDataParams(_Section):
     source: Literal["synthetic", "math_hub", "local", "pkl"] = "synthetic"
-    path: str | None = Field(default=None, validate_default=True)
+    path: NonEmptyStr | None = Field(default=None, validate_default=True)
     allow_pickle: bool = Field(default=False, validate_default=True)
     max_rows: int | None = Field(default=None, gt=0)
 
@@ -99,7 +138,7 @@ class DemoDataParams(_Section):
             raise ValueError(f"source '{source}' needs a file here")
         if v and source == "synthetic":
             raise ValueError("set, but source 'synthetic' generates its data; remove path or change source")
-        if v and (err := _missing(v)):
+        if v and (err := _missing(v, info)):
             raise ValueError(err)
         return v
 
@@ -115,7 +154,7 @@ class DemoDataParams(_Section):
 
 
 class SyntheticParams(_Section):
-    levels: list[Literal[0, 1, 2, 3]] = [0, 1, 3]
+    levels: list[Level] = [0, 1, 3]
     train_per_level: int = Field(default=200, gt=0)
     demos_per_level: int = Field(default=100, gt=0)
     eval_per_level: int = Field(default=32, gt=0)
@@ -148,25 +187,25 @@ class AlgorithmParams(_Section):
     k_demos: int = Field(default=1, ge=1)
     demo_format: Literal["chat_turns", "inline", "released"] = "chat_turns"
     errs: bool = True
-    delta: float = 1.0
+    delta: Float = 1.0
     reward_shaping: bool = False
-    alpha: float = Field(default=1.0, ge=0)
-    gamma: float = Field(default=0.1, gt=0)
-    clip_ratio_low: float = Field(default=0.2, gt=0, lt=1)
-    clip_ratio_high: float = Field(default=0.2, gt=0)
-    clip_ratio_c: float = Field(default=3.0, gt=1)
+    alpha: Float = Field(default=1.0, ge=0)
+    gamma: Float = Field(default=0.1, gt=0)
+    clip_ratio_low: Float = Field(default=0.2, gt=0, lt=1)
+    clip_ratio_high: Float = Field(default=0.2, gt=0)
+    clip_ratio_c: Float = Field(default=3.0, gt=1)
     use_kl_loss: bool = True
-    kl_coef: float = Field(default=0.001, ge=0)
+    kl_coef: Float = Field(default=0.001, ge=0)
     kl_type: Literal["low_var_kl", "kl", "abs", "mse"] = "low_var_kl"
-    entropy_coeff: float = Field(default=0.0, ge=0)
+    entropy_coeff: Float = Field(default=0.0, ge=0)
     loss_agg_mode: Literal[
         "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
     ] = "token-mean"
     norm_adv_by_std: bool = True
-    adv_eps: float = Field(default=1e-6, gt=0)
+    adv_eps: Float = Field(default=1e-6, gt=0)
     released_demos_skip_generation: bool = False
     released_constant_bonus: bool = False
-    released_entropy_bonus: float = Field(default=0.0, ge=0)
+    released_entropy_bonus: Float = Field(default=0.0, ge=0)
     released_loss_agg: bool = False
 
     @model_validator(mode="after")
@@ -191,19 +230,19 @@ class VerlParams(_Section):
     nnodes: int = Field(default=1, ge=1)
     n_gpus_per_node: int = Field(default=8, ge=1)
     tensor_parallel: int = Field(default=1, ge=1)
-    gpu_memory_utilization: float = Field(default=0.8, gt=0, le=1)
+    gpu_memory_utilization: Float = Field(default=0.8, gt=0, le=1)
     ppo_micro_batch_size_per_gpu: int = Field(default=2, ge=1)
     log_prob_micro_batch_size_per_gpu: int = Field(default=2, ge=1)
     test_freq: int = Field(default=10, ge=-1)
-    val_files: list[str] = []
+    val_files: list[NonEmptyStr] = []
     # prepare_val writes these (registry names, suites or local files) to data/val/<name>.parquet
-    val_benchmarks: list[str] = []
+    val_benchmarks: list[NonEmptyStr] = []
     # the released val_kwargs (DESIGN.md section 5): sampled validation, n samples per problem
     val_n: int = Field(default=2, ge=1)
-    val_temperature: float = Field(default=0.6, gt=0)
-    val_top_p: float = Field(default=0.7, gt=0, le=1)
+    val_temperature: Float = Field(default=0.6, gt=0)
+    val_top_p: Float = Field(default=0.7, gt=0, le=1)
     val_top_k: int = Field(default=50, ge=-1)  # -1 = off
-    extra_overrides: list[str] = []
+    extra_overrides: list[NonEmptyStr] = []
 
 
 class VllmParams(_Section):
@@ -229,13 +268,13 @@ class TrainParams(_Section):
     prompts_per_step: int = Field(default=4, ge=1)
     ppo_mini_batch_prompts: int = Field(default=4, ge=1)
     micro_batch_size: int = Field(default=8, ge=1)
-    lr: float = Field(default=1e-6, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    grad_clip: float = Field(default=1.0, gt=0)
+    lr: Float = Field(default=1e-6, gt=0)
+    weight_decay: Float = Field(default=0.01, ge=0)
+    grad_clip: Float = Field(default=1.0, gt=0)
     max_prompt_length: int = Field(default=512, gt=0)
     max_response_length: int = Field(default=64, gt=0)
-    temperature: float = Field(default=1.0, gt=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    temperature: Float = Field(default=1.0, gt=0)
+    top_p: Float = Field(default=1.0, gt=0, le=1)
     save_freq: int = Field(default=4, ge=1)
     max_ckpt_to_keep: int = Field(default=2, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -263,8 +302,8 @@ class SamplingOverrides(_Section):
     """Sampling values that override a benchmark's registry defaults (None = keep the registry's)."""
 
     n: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    temperature: Float | None = Field(default=None, ge=0)
+    top_p: Float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, gt=0)
 
@@ -272,15 +311,16 @@ class SamplingOverrides(_Section):
 class BenchParams(SamplingOverrides):
     """``n`` / ``temperature`` / ... apply to every benchmark; ``per_benchmark`` overrides them per name."""
 
-    benchmarks: list[str] = ["synthetic_l0", "synthetic_l1", "synthetic_l3"]
+    benchmarks: list[NonEmptyStr] = ["synthetic_l0", "synthetic_l1", "synthetic_l3"]
     backend: Literal["hf", "vllm"] = "hf"
-    per_benchmark: dict[str, SamplingOverrides] = {}
-    registry: str | None = None  # extra benchmarks YAML merged over icpo_core/bench/benchmarks.yaml
+    per_benchmark: dict[NonEmptyStr, SamplingOverrides] = {}
+    # extra benchmarks YAML merged over icpo_core/bench/benchmarks.yaml
+    registry: NonEmptyStr | None = None
     batch_size: int = Field(default=32, ge=1)
     grade_workers: int = Field(default=2, ge=1)
-    grade_timeout_s: float = Field(default=5.0, gt=0)
+    grade_timeout_s: Float = Field(default=5.0, gt=0)
     tensor_parallel: int = Field(default=1, ge=1)
-    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    gpu_memory_utilization: Float = Field(default=0.85, gt=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     vllm: VllmParams = VllmParams()
 
@@ -291,18 +331,32 @@ class BenchParams(SamplingOverrides):
             raise ValueError("needs at least one benchmark")
         return v
 
+    @field_validator("registry")
+    @classmethod
+    def _registry_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v and (err := _missing(v, info)):
+            raise ValueError(err)
+        return v
+
 
 class ReportParams(_Section):
-    runs: list[str] = ["base", "grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
+    runs: list[NonEmptyStr] = ["base", "grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
+
+    @field_validator("runs")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one run ('base' or a name from runs)")
+        return v
 
 
 class StudyParams(_Section):
     """What ``dvc repro`` trains, merges and benches: ``runs`` at every seed of ``seeds``, ``ablations`` at
     ``ablation_seeds`` (one DVC stage per run x seed either way)."""
 
-    runs: list[str] = []  # empty: every run of `runs` (params.yaml names them: dvc.yaml expands this list)
-    ablations: list[str] = []
-    ablation_seeds: list[int] = [0]
+    runs: list[Name] = []  # empty: every run of `runs` (params.yaml names them: dvc.yaml expands this list)
+    ablations: list[Name] = []
+    ablation_seeds: list[Seed] = [0]
 
     @field_validator("runs", "ablations", "ablation_seeds")
     @classmethod
@@ -320,44 +374,44 @@ class StudyParams(_Section):
 def _check_seeds(v: list[int]) -> list[int]:
     if not v:
         raise ValueError("needs at least one seed")
-    bad = [s for s in v if not 0 <= s < 2**32]
-    if bad:
-        raise ValueError(f"seeds must be integers in [0, 2**32) (got {bad})")
     if len(set(v)) != len(v):
         raise ValueError(f"seeds must be unique (got {v})")
     return v
 
 
 class TrackingParams(_Section):
-    experiment: str = "icpo-repro"
-    tracking_uri: str | None = None
+    experiment: NonEmptyStr = "icpo-repro"
+    tracking_uri: NonEmptyStr | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- root
 
 
 class Params(_Section):
-    profile: str = "embedded"
-    seed: int = 0  # data: synthetic problems and splits, fixed across the study
-    seeds: list[int] = [0]  # training seeds of the study: data order, demo draws, sampling, new weights
+    profile: NonEmptyStr = "embedded"
+    seed: int = Field(
+        default=0, ge=0, le=SEED_MAX
+    )  # data: synthetic problems and splits, fixed across the study
+    seeds: list[Seed] = [0]  # training seeds of the study: data order, demo draws, sampling, new weights
     study: StudyParams = StudyParams()
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
     algorithm: AlgorithmParams = AlgorithmParams()
     train: TrainParams = TrainParams()
-    runs: dict[str, dict[str, Any]] = {}
+    runs: dict[Name, dict[str, Any]] = {}
     bench: BenchParams = BenchParams()
     report: ReportParams = ReportParams()
     tracking: TrackingParams = TrackingParams()
-    profiles: dict[str, dict[str, Any]] = {}
+    profiles: dict[Name, dict[str, Any]] = {}
 
     @model_validator(mode="after")
     def _check_runs(self) -> Params:
+        # Root-level messages name their own key paths (see _format_validation).
         for name, overrides in self.runs.items():
             if name == "base":
-                raise ValueError("'base' is reserved for the untrained base model; rename runs.base")
+                raise ValueError("runs.base: 'base' is reserved for the untrained base model; rename the run")
             try:
-                algo = AlgorithmParams(**{**self.algorithm.model_dump(), **(overrides or {})})
+                algo = AlgorithmParams.model_validate({**self.algorithm.model_dump(), **overrides})
             except ValidationError as e:
                 raise ValueError(_format_validation(e, prefix=f"runs.{name}")) from None
             if (
@@ -371,16 +425,20 @@ class Params(_Section):
                     "verl's agent loop cannot send (it chat-templates raw_prompt); use chat_turns or inline with "
                     "train.engine: verl, or the local engine"
                 )
+        if "runs" in self.study.model_fields_set and not self.study.runs:
+            raise ValueError(
+                "study.runs: at least one run of `runs` (dvc.yaml trains each at every seed) (got [])"
+            )
         for key, names in (("study.runs", self.study.runs), ("study.ablations", self.study.ablations)):
             for name in names:
                 if name not in self.runs:
                     raise ValueError(f"{key} names '{name}', which is not in runs: {sorted(self.runs)}")
         if overlap := set(self.study.runs) & set(self.study.ablations):
             raise ValueError(f"study.ablations repeats study.runs {sorted(overlap)}: list each run once")
-        for name in self.report.runs:
+        for i, name in enumerate(self.report.runs):
             if name != "base" and name not in self.runs:
                 raise ValueError(
-                    f"report.runs names '{name}', which is not in runs: {sorted(self.runs)} or 'base'"
+                    f"report.runs[{i}]: 'base' or a name from runs {sorted(self.runs)} (got {name!r})"
                 )
         return self
 
@@ -396,15 +454,15 @@ class Params(_Section):
 
     def with_seed(self, seed: int) -> Params:
         """These params with the training seed ``seed`` (one instance of the study)."""
-        if not 0 <= seed < 2**32:
-            raise ParamsError(f"--seed: must be an integer in [0, 2**32) (got {seed})")
+        if not 0 <= seed <= SEED_MAX:
+            raise ParamsError(f"--seed: must be an integer in 0 .. {SEED_MAX} (got {seed})")
         return self.model_copy(update={"seed": seed})
 
     def run_algorithm(self, run: str) -> AlgorithmParams:
         """The algorithm params of one run: ``algorithm`` with ``runs.<run>`` applied."""
         if run not in self.runs:
             raise ParamsError(f"unknown run '{run}': params.yaml runs has {sorted(self.runs)}")
-        return AlgorithmParams(**{**self.algorithm.model_dump(), **(self.runs[run] or {})})
+        return AlgorithmParams.model_validate({**self.algorithm.model_dump(), **self.runs[run]})
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -421,48 +479,147 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def _got(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _key_path(parts: tuple[Any, ...]) -> str:
+    """``("train", "verl", "val_files", 0)`` -> ``train.verl.val_files[0]``."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+# pydantic's wording -> ours: "Input should be ..." reads as "must be ..."
+_MESSAGES = {
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "string_too_short": "must be a non-empty string",
+    "bool_type": "must be true or false",
+    "finite_number": "must be a finite number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "extra_forbidden": "unknown key (check the spelling; see params.yaml for the allowed keys)",
+}
+
+
+def _loc(e: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(p for p in e["loc"] if not str(p).startswith("function-"))
+
+
+def _format_error(e: Mapping[str, Any], prefix: str = "") -> str:
+    """``key.path: what is allowed (got value)`` for one pydantic error."""
+    parts = _loc(e)
+    is_key = bool(parts) and parts[-1] == "[key]"  # a mapping key (not its value) is wrong: name the mapping
+    parts = parts[:-2] if is_key else parts
+    key = ".".join(p for p in (prefix, _key_path(parts)) if p)
+    kind = e["type"]
+    msg = _MESSAGES.get(kind, e["msg"].removeprefix("Value error, "))
+    if msg.startswith("Input should"):
+        msg = "must" + msg.removeprefix("Input should")
+    if kind == "string_pattern_mismatch":
+        msg = "must be a name of letters, digits, '_', '.' or '-' (starting with a letter or digit)"
+    if is_key:
+        msg = f"keys {msg}"
+    if not parts and kind == "value_error":
+        return f"{prefix}: {msg}" if prefix else msg  # root validators name their own key paths
+    model_check = kind == "value_error" and isinstance(e.get("input"), dict)  # its message has the values
+    if "input" in e and kind != "extra_forbidden" and not model_check:
+        msg = f"{msg} (got {_got(e['input'])})"
+    return f"{key or '<root>'}: {msg}"
+
+
 def _format_validation(err: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
-        key = ".".join(p for p in (prefix, loc) if p)
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see params.yaml for the allowed keys)"
-        elif e["type"] in ("literal_error", "enum"):
-            msg = f"{msg} (got {e.get('input')!r})"
-        elif "input" in e and not isinstance(e["input"], dict):
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"{key or '<root>'}: {msg}")
-    return "; ".join(lines)
+    """One line for all errors: ``key.path: what is allowed (got value)``, joined by ``; ``."""
+    return "; ".join(_format_error(e, prefix) for e in err.errors())
+
+
+def _profiles(raw: Mapping[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The active profile's name and every profile's overrides, with their shapes checked."""
+    profiles = raw.get("profiles", {})
+    if not isinstance(profiles, dict):
+        raise ParamsError(f"profiles: must be a mapping of profile name -> overrides (got {_got(profiles)})")
+    for name, overrides in profiles.items():
+        if not isinstance(name, str) or not re.match(_NAME_PATTERN, name):
+            raise ParamsError(
+                f"profiles: profile names must be names of letters, digits, '_', '.' or '-' (got {_got(name)})"
+            )
+        if not isinstance(overrides, dict):
+            raise ParamsError(
+                f"profiles.{name}: must be a mapping of overrides ({{}} for none) (got {_got(overrides)})"
+            )
+        if "profiles" in overrides or "profile" in overrides:
+            raise ParamsError(f"profiles.{name}: a profile cannot set 'profile' or 'profiles'")
+    allowed = sorted({*profiles, "embedded"})
+    name = raw.get("profile", "embedded")
+    if not isinstance(name, str):
+        raise ParamsError(f"profile: must be a profile name, one of {allowed} (got {_got(name)})")
+    if name not in allowed:
+        raise ParamsError(f"profile: unknown profile; must be one of {allowed} (got {name!r})")
+    return name, profiles
 
 
 def resolve(raw: dict[str, Any]) -> dict[str, Any]:
-    """Apply the active profile (``raw['profile']``) over the base sections."""
-    profiles = raw.get("profiles") or {}
-    name = raw.get("profile", "embedded")
-    if name not in profiles and name != "embedded":
-        raise ParamsError(f"profile: unknown profile '{name}'; allowed: {sorted(profiles) or ['embedded']}")
-    overrides = profiles.get(name) or {}
-    if not isinstance(overrides, dict):
-        raise ParamsError(f"profiles.{name}: must be a mapping of overrides, got {type(overrides).__name__}")
-    if "profiles" in overrides or "profile" in overrides:
-        raise ParamsError(f"profiles.{name}: a profile cannot set 'profile' or 'profiles'")
-    return deep_merge(raw, overrides)
+    """Apply the active profile (``raw['profile']``) over the base sections; raises :class:`ParamsError`."""
+    name, profiles = _profiles(raw)
+    return deep_merge(raw, profiles.get(name, {}))
+
+
+def _in_overrides(overrides: Mapping[str, Any], parts: tuple[Any, ...]) -> bool:
+    node: Any = overrides
+    for p in parts:
+        if not isinstance(node, Mapping) or p not in node:
+            return False
+        node = node[p]
+    return True
+
+
+def _validate_profile(raw: dict[str, Any], name: str, overrides: dict[str, Any], active: bool) -> Params:
+    """Validate the base sections with profile ``name`` applied.
+
+    A bad value the profile sets is reported as ``profiles.<name>.<key path>``; so is a cross-field check that
+    fails in a section an inactive profile touches (the base sections pass alone). Other errors keep their plain
+    key path, noting the profile."""
+    merged = deep_merge({**raw, "profile": name}, overrides)
+    try:
+        return Params.model_validate(merged, context={"check_paths": active})
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            parts = tuple(p for p in _loc(e) if p != "[key]")
+            if parts and (
+                _in_overrides(overrides, parts) or (not active and _in_overrides(overrides, parts[:1]))
+            ):
+                lines.append(_format_error(e, prefix=f"profiles.{name}"))
+            elif overrides:
+                lines.append(f"with profile {name!r}: {_format_error(e)}")
+            else:
+                lines.append(_format_error(e))
+        raise ParamsError("; ".join(lines)) from None
 
 
 def parse_params(raw: dict[str, Any], source: str = PARAMS_FILE) -> Params:
-    """Validate an already-loaded params mapping (profile applied here)."""
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
-    merged = resolve(raw)
+    """Validate an already-loaded params mapping: the active profile (returned) and every other profile."""
     try:
-        return Params(**merged)
-    except ValidationError as e:
-        where = (
-            f" (profile '{merged.get('profile')}')" if merged.get("profile", "embedded") != "embedded" else ""
-        )
-        raise ParamsError(f"{source}{where}: {_format_validation(e)}") from None
+        if not isinstance(raw, dict):
+            raise ParamsError(f"top level must be a mapping (got {_got(raw)})")
+        for key in raw:
+            if not isinstance(key, str):
+                raise ParamsError(f"{_got(key)}: keys must be strings (got {_got(key)})")
+        active, profiles = _profiles(raw)
+        params = _validate_profile(raw, active, profiles.get(active, {}), active=True)
+        for name in sorted({*profiles, "embedded"} - {active}):
+            _validate_profile(raw, name, profiles.get(name, {}), active=False)
+    except ParamsError as e:
+        raise ParamsError(f"{source}: {e}") from None
+    return params
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
@@ -471,7 +628,12 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     if not path.is_file():
         raise ParamsError(f"{path}: not found; run from the project root or pass --params PATH")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
-    return parse_params(raw, source=str(path))
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ParamsError(f"{path}: not valid YAML{where}: {' '.join(str(problem).split())}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParamsError(f"{path}: cannot be read: {e}") from None
+    return parse_params({} if raw is None else raw, source=str(path))

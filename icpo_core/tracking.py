@@ -55,19 +55,36 @@ def artifact_location(uri: str, root: str | Path = ".") -> str | None:
     return None  # a server decides
 
 
+# MLflow 3 opens an experiment without this tag in its GenAI view (traces); "custom_model_development" is the
+# value its UI writes for "Machine learning" experiments, which open on the runs table and its metric charts.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def ensure_experiment(client: Any, name: str, uri: str, root: str | Path = ".") -> str:
-    """The id of experiment ``name``, created (with an explicit artifact location) if missing; race-safe."""
+    """The id of experiment ``name``, created (with an explicit artifact location) if missing; race-safe.
+
+    The experiment is marked as a model-training one (``mlflow.experimentKind``) on creation, and an existing
+    experiment without a kind gets the tag too; a kind someone chose in the UI is kept."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location(uri, root))
-    except Exception:
-        # Another process created it between the two calls.
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return client.create_experiment(
+                name,
+                artifact_location=artifact_location(uri, root),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
+        except Exception:
+            # Another process created it between the two calls.
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        try:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        except Exception as e:  # only how the UI opens it; never a reason to stop (e.g. a read-only server)
+            log.info("MLflow: cannot tag experiment %r as a training experiment: %s", name, e)
+    return exp.experiment_id
 
 
 def flatten(obj: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, str]:

@@ -64,9 +64,13 @@ BAD_CASES = [
     ("bad-run-override-value", {"runs": {"icpo": {"n_off": 9}}}, ["runs.icpo", "n_off (9) > n_on (8)"]),
     ("bad-run-override-key", {"runs": {"icpo": {"n_offf": 1}}}, ["runs.icpo.n_offf", "unknown key"]),
     ("bad-run-override-type", {"runs": {"grpo": {"gamma": "big"}}}, ["runs.grpo.gamma"]),
-    ("reserved-run-name", {"runs": {"base": {"n_off": 0}}}, ["runs", "'base' is reserved"]),
-    ("report-unknown-run", {"report": {"runs": ["base", "ppo"]}}, ["report.runs", "ppo"]),
-    ("unknown-profile", {"profile": "paper_qwen3_70b"}, ["profile", "unknown profile 'paper_qwen3_70b'"]),
+    ("reserved-run-name", {"runs": {"base": {"n_off": 0}}}, ["runs.base: 'base' is reserved"]),
+    ("report-unknown-run", {"report": {"runs": ["base", "ppo"]}}, ["report.runs[1]", "(got 'ppo')"]),
+    (
+        "unknown-profile",
+        {"profile": "paper_qwen3_70b"},
+        ["profile: unknown profile", "(got 'paper_qwen3_70b')"],
+    ),
     ("synthetic-level-out-of-range", {"data": {"synthetic": {"levels": [0, 4]}}}, ["data.synthetic.levels"]),
     (
         "synthetic-no-levels",
@@ -113,8 +117,57 @@ BAD_CASES = [
     (
         "bad-value-inside-active-profile",
         {"profile": "paper_qwen3_1_7b", "profiles": {"paper_qwen3_1_7b": {"train": {"lr": -1}}}},
-        ["profile 'paper_qwen3_1_7b'", "train.lr"],
+        ["profiles.paper_qwen3_1_7b.train.lr: must be greater than 0 (got -1)"],
     ),
+    (
+        "bad-value-inside-inactive-profile",
+        {"profiles": {"paper_qwen3_8b": {"train": {"steps": 0}}}},
+        ["profiles.paper_qwen3_8b.train.steps: must be greater than or equal to 1 (got 0)"],
+    ),
+    (
+        "cross-field-check-inside-inactive-profile",
+        {"profiles": {"paper_qwen3_8b": {"train": {"ppo_mini_batch_prompts": 256}}}},
+        ["profiles.paper_qwen3_8b.train: ppo_mini_batch_prompts (256) > prompts_per_step (128)"],
+    ),
+    # the two defects the issue reports
+    ("negative-seed", {"seed": -7}, ["seed: must be greater than or equal to 0 (got -7)"]),
+    ("seed-above-numpy-range", {"seed": 2**32}, ["seed: must be less than or equal to 4294967295"]),
+    ("profile-a-list", {"profile": [1, 2]}, ["profile: must be a profile name", "(got [1, 2])"]),
+    # no coercion of nonsense
+    ("bool-for-int", {"train": {"steps": True}}, ["train.steps: must be an integer (got True)"]),
+    ("string-for-int", {"train": {"steps": "8"}}, ["train.steps: must be an integer (got '8')"]),
+    ("int-for-bool", {"algorithm": {"errs": 1}}, ["algorithm.errs: must be true or false (got 1)"]),
+    ("bool-for-float", {"algorithm": {"gamma": True}}, ["algorithm.gamma: must be a number (got True)"]),
+    ("bool-for-level", {"data": {"synthetic": {"levels": [0, True]}}}, ["data.synthetic.levels[1]"]),
+    ("int-for-string", {"model": {"name": 7}}, ["model.name: must be a string (got 7)"]),
+    ("empty-string", {"tracking": {"experiment": ""}}, ["tracking.experiment: must be a non-empty string"]),
+    ("nan-float", {"train": {"lr": float("nan")}}, ["train.lr: must be a finite number"]),
+    ("null-section", {"model": None}, ["model: must be a mapping (got None)"]),
+    ("null-run", {"runs": {"icpo": None}}, ["runs.icpo: must be a mapping (got None)"]),
+    ("run-name-not-a-string", {"runs": {7: {}}}, ["runs: keys must be a string (got 7)"]),
+    ("run-name-with-slash", {"runs": {"a/b": {}}}, ["runs: keys must be a name"]),
+    (
+        "per-benchmark-not-a-mapping",
+        {"bench": {"per_benchmark": {"aime24": 32}}},
+        ["bench.per_benchmark.aime24"],
+    ),
+    (
+        "per-benchmark-bad-value",
+        {"bench": {"per_benchmark": {"aime24": {"n": 0}}}},
+        ["bench.per_benchmark.aime24.n: must be greater than or equal to 1 (got 0)"],
+    ),
+    ("profiles-not-a-mapping", {"profiles": [1]}, ["profiles: must be a mapping", "(got [1])"]),
+    (
+        "null-profile",
+        {"profiles": {"embedded": None}},
+        ["profiles.embedded: must be a mapping", "(got None)"],
+    ),
+    (
+        "empty-list-element",
+        {"bench": {"benchmarks": ["aime24", ""]}},
+        ["bench.benchmarks[1]: must be a non-empty"],
+    ),
+    ("report-without-runs", {"report": {"runs": []}}, ["report.runs: needs at least one run"]),
     (
         "profile-sets-profile",
         {"profile": "paper_qwen3_8b", "profiles": {"paper_qwen3_8b": {"profile": "embedded"}}},
@@ -135,7 +188,26 @@ def test_bad_params_exit_2_naming_the_key(project, raw, capsys, override, expect
 
 def test_invalid_yaml_exit_2(project, capsys):
     rc, err = _validate(project, "model: {source: [unclosed\n", capsys)
-    assert rc == 2 and "not valid YAML" in err
+    assert rc == 2 and "not valid YAML at line" in err
+    assert err.count("\n") == 1, err
+
+
+def test_yaml_exponent_without_dot_is_a_float(project, raw, capsys):
+    """YAML 1.1 reads ``1e-6`` as a string; a float field takes it (and ints) as the number it means."""
+    rc, err = _validate(project, yaml.safe_dump(raw).replace("lr: 2.0e-05", "lr: 1e-6"), capsys)
+    assert rc == 0, err
+    p = parse_params(deep_merge(raw, {"train": {"lr": "1e-6"}, "algorithm": {"delta": 1}}))
+    assert p.train.lr == 1e-6 and isinstance(p.train.lr, float)
+    assert p.algorithm.delta == 1.0 and isinstance(p.algorithm.delta, float)
+
+
+def test_inactive_profile_paths_are_not_checked_here(project, raw):
+    """A profile's local files may exist only on the machines that run it; the active profile's are checked."""
+    profile = {"model": {"source": "local", "name": "only/on/the/gpu/node"}}
+    p = parse_params(deep_merge(raw, {"profiles": {"cluster": profile}}))
+    assert p.profile == "embedded"
+    with pytest.raises(ParamsError, match=r"profiles\.cluster\.model\.name: .*not a folder"):
+        parse_params(deep_merge(raw, {"profile": "cluster", "profiles": {"cluster": profile}}))
 
 
 def test_top_level_not_a_mapping(project, capsys):
@@ -216,3 +288,16 @@ def test_embedded_profile_is_offline(raw):
         "synthetic",
     )
     assert p.train.engine == "local"
+
+
+def test_cli_prints_a_multi_line_message_on_one_line(monkeypatch, capsys):
+    import icpo_core.cli as cli
+
+    def boom(path):
+        raise ParamsError("params.yaml: a.b: first line\n  second line")
+
+    monkeypatch.setattr(cli, "load_params", boom)
+    assert cli.main(["validate"]) == 2
+    assert (
+        capsys.readouterr().err == "icpo validate: invalid params: params.yaml: a.b: first line second line\n"
+    )

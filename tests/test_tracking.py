@@ -107,3 +107,55 @@ def test_unreachable_server_warns_once_and_is_a_no_op(params, caplog, monkeypatc
     assert time.monotonic() - t0 < 60
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     assert tracking.find_run(params, "grpo") is None
+
+
+def test_experiments_are_marked_as_model_training(tmp_path, monkeypatch):
+    """MLflow 3 opens an experiment without a kind on its GenAI (traces) view: every writer's experiment gets
+    the training kind, on creation and when an older experiment lacks it; a kind chosen in the UI is kept."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    kind = tracking.EXPERIMENT_KIND_TAG
+    assert (kind, tracking.EXPERIMENT_KIND) == ("mlflow.experimentKind", "custom_model_development")
+
+    new_id = tracking.ensure_experiment(client, "fresh", uri, root=tmp_path)
+    fresh = client.get_experiment(new_id)
+    assert fresh.tags[kind] == "custom_model_development"
+    assert fresh.artifact_location == (tmp_path / "artifacts").resolve().as_uri()
+
+    old_id = client.create_experiment("made-before-the-tag")
+    assert kind not in client.get_experiment(old_id).tags
+    assert tracking.ensure_experiment(client, "made-before-the-tag", uri) == old_id
+    assert client.get_experiment(old_id).tags[kind] == "custom_model_development"
+
+    chosen = client.create_experiment("chosen-in-the-ui", tags={kind: "genai_development"})
+    assert tracking.ensure_experiment(client, "chosen-in-the-ui", uri) == chosen
+    assert client.get_experiment(chosen).tags[kind] == "genai_development"
+
+    # the training writer goes through the same place
+    t = tracking.Tracker(uri, "by-the-tracker", root=tmp_path)
+    run_id = t.start("grpo", tags={})
+    assert run_id
+    t.finish()
+    exp = client.get_experiment(client.get_run(run_id).info.experiment_id)
+    assert exp.name == "by-the-tracker" and exp.tags[kind] == "custom_model_development"
+
+
+def test_tagging_failure_does_not_stop_the_writer(caplog):
+    """A store that refuses the tag (e.g. read-only permissions) still yields the experiment id."""
+
+    class Exp:
+        experiment_id = "7"
+        tags: dict[str, str] = {}
+
+    class ReadOnly:
+        def get_experiment_by_name(self, name):
+            return Exp()
+
+        def set_experiment_tag(self, *args):
+            raise PermissionError("read-only")
+
+    with caplog.at_level(logging.INFO):
+        assert tracking.ensure_experiment(ReadOnly(), "exp", "http://x:1") == "7"
+    assert "cannot tag experiment" in caplog.text
