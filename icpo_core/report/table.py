@@ -33,7 +33,8 @@ AVERAGE = "average"
 
 def column_title(name: str) -> str:
     if name.startswith("synthetic_l"):
-        return f"Synth L{name.removeprefix('synthetic_l')}"
+        level, _, variant = name.removeprefix("synthetic_l").partition("_")
+        return f"Synth L{level}" + (f" ({variant.replace('avg', 'avg@')})" if variant else "")
     return TITLES.get(name, name)
 
 

@@ -326,7 +326,7 @@ def test_launch_streams_passes_env_and_exports_steps(tmp_path, monkeypatch, capf
     )
     seen_env: list[dict] = []
 
-    def fake_build(p, run, root=".", env=None):
+    def fake_build(p, run, root=".", env=None, instance=None):
         seen_env.append(dict(env or {}))
         return [sys.executable, "-c", script]
 
@@ -346,7 +346,9 @@ def test_launch_streams_passes_env_and_exports_steps(tmp_path, monkeypatch, capf
         "perf/step_time_s": 2.0, "response/length_mean": 30.0,
     }  # fmt: skip
     monkeypatch.setattr(
-        ov, "build_command", lambda p, run, root=".", env=None: [sys.executable, "-c", "raise SystemExit(3)"]
+        ov,
+        "build_command",
+        lambda p, run, root=".", env=None, instance=None: [sys.executable, "-c", "raise SystemExit(3)"],
     )
     assert ov.launch(params, "icpo", tmp_path) == 3
 
@@ -363,7 +365,7 @@ def test_launch_opens_tagged_mlflow_run_that_verl_attaches_to(tmp_path, monkeypa
         "open(os.environ['VERL_FILE_LOGGER_PATH'], 'w').write(json.dumps({'step': 1, 'data': {}}) + chr(10))"
     )
     monkeypatch.setattr(
-        ov, "build_command", lambda p, run, root=".", env=None: [sys.executable, "-c", script]
+        ov, "build_command", lambda p, run, root=".", env=None, instance=None: [sys.executable, "-c", script]
     )
     monkeypatch.setattr(ov, "run_preflight", lambda *a: None)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
