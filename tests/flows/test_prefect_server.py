@@ -45,7 +45,10 @@ def test_serve_entry_point_builds_the_same_deployments():
     assert set(deployments) == {"bench-nightly", "reproduce-weekly", "ablations"}
     nightly = deployments["bench-nightly"]
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
-    assert nightly.parameters == {"targets": ["bench_base", "bench", "report"], "with_upstream": False}
+    assert nightly.parameters == {
+        "targets": ["bench_base", "bench", "bench_ablation", "report"],
+        "with_upstream": False,
+    }
     assert nightly.concurrency_limit == 1
     assert [s.schedule.cron for s in deployments["reproduce-weekly"].schedules] == ["0 4 * * 0"]
     assert deployments["ablations"].entrypoint.endswith("flows/ablations.py:ablations")

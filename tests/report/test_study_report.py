@@ -250,7 +250,7 @@ def test_single_seed_layout_without_samples_shows_means_without_ci(tmp_path, mon
     for run, acc in (("grpo", 0.2), ("icpo", 0.4)):
         bench = {"benchmarks": {GREEDY: {"avg_at_n": acc, "n": 1, "n_problems": 32}}}
         (tmp_path / "metrics" / f"bench_{run}.json").write_text(json.dumps(bench))
-    params = make_params(bench={"benchmarks": [GREEDY]})
+    params = make_params(bench={"benchmarks": [GREEDY]}, seeds=[0])
     assert run_report(params, runs="base,grpo,icpo") == 0
     md = (tmp_path / "reports/report.md").read_text()
     assert row(md, "icpo")[3] == "40.0 (no CI)" and row(md, "grpo")[2] == "1"

@@ -76,7 +76,9 @@ def test_ief_prompts_longer_than_the_rollout_budget_are_refused(tmp_path):
 
 
 def _fake_verl(monkeypatch, body: str) -> None:
-    monkeypatch.setattr(ov, "build_command", lambda p, run, root=".", env=None: [sys.executable, "-c", body])
+    monkeypatch.setattr(
+        ov, "build_command", lambda p, run, root=".", env=None, instance=None: [sys.executable, "-c", body]
+    )
     monkeypatch.setattr(ov, "run_preflight", lambda *a: None)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")  # no MLflow run opened here
