@@ -103,7 +103,14 @@ def experiment_id(settings: TrackingSettings, create: bool = False) -> str | Non
         return exp.experiment_id
     if not create:
         return None
-    return client.create_experiment(settings.experiment, artifact_location=settings.artifact_location)
+    from icpo_core.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    # a model-training experiment, as every project writer marks it (MLflow's UI view)
+    return client.create_experiment(
+        settings.experiment,
+        artifact_location=settings.artifact_location,
+        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+    )
 
 
 def open_parent_run(settings: TrackingSettings, name: str, tags: Mapping[str, str]) -> str:
