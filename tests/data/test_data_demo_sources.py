@@ -19,7 +19,10 @@ def test_synthetic_demos_are_the_demo_split(make_params):
     params = make_params({"data": {"synthetic": {"levels": [1], "demos_per_level": 12}}})
     rows, stats = build_demos(params)
     assert stats.rows_in == stats.rows_kept == 12 and stats.dropped == {}
-    split = synthetic.generate_splits([1], train=200, demo=12, eval=32, seed=params.seed)
+    syn = params.data.synthetic
+    split = synthetic.generate_splits(
+        [1], train=syn.train_per_level, demo=12, eval=syn.eval_per_level, seed=params.seed
+    )
     assert [r["problem"] for r in rows] == [p.problem for p in split["demo"]]
     assert all(
         r["source"] == "synthetic_l1" and r["solution"].endswith(f"\\boxed{{{r['answer']}}}.") for r in rows
