@@ -220,11 +220,8 @@ def training_markdown(
 
 
 def instance_name(run: str, seed: int | None) -> str:
-    """``base`` -> ``base``; ``(grpo, 1)`` -> ``grpo_s1`` (``paths.instance`` when the project has it)."""
-    helper = getattr(paths, "instance", None)
-    if helper is not None:
-        return str(helper(run, seed))
-    return run if run == "base" or seed is None else f"{run}_s{seed}"
+    """``base`` -> ``base``; ``(grpo, 1)`` -> ``grpo_s1`` (:func:`icpo_core.paths.instance`)."""
+    return paths.instance(run, seed)
 
 
 def _get(obj: Any, key: str, default: Any = None) -> Any:
