@@ -80,10 +80,14 @@ def default_grid(
     return out
 
 
-def _check_runs(project: str, variants: list[Variant]) -> None:
-    """Fail before anything runs if a default-grid run is not in params.yaml (a typo would waste a sweep)."""
+def _raw_params(project: str) -> dict[str, Any]:
     raw = yaml.safe_load((Path(project) / "params.yaml").read_text()) or {}
-    known = set((raw.get("runs") or {}) if isinstance(raw, dict) else {})
+    return raw if isinstance(raw, dict) else {}
+
+
+def _check_runs(raw: dict[str, Any], variants: list[Variant]) -> None:
+    """Fail before anything runs if a default-grid run is not in params.yaml (a typo would waste a sweep)."""
+    known = set(raw.get("runs") or {})
     for v in variants:
         for t in v.targets:
             if (
@@ -121,13 +125,11 @@ def ablations(
     """
     logger = get_run_logger()
     project = str(Path(project_dir).resolve())
-    study_runs = tuple(
-        ((yaml.safe_load((Path(project) / "params.yaml").read_text()) or {}).get("study") or {}).get("runs")
-        or ("grpo", "icpo")
-    )
+    raw = _raw_params(project)
+    study_runs = tuple((raw.get("study") or {}).get("runs") or ("grpo", "icpo"))
     grid = list(variants) if variants else default_grid(runs, seeds, study_runs)
     if not variants:
-        _check_runs(project, grid)
+        _check_runs(raw, grid)
     # a broken dvc.yaml or an unknown target fails here, once, not once per variant
     read_pipeline(project, sorted({t for v in grid for t in v.targets}), with_upstream=False, status=False)
     run_id = flow_run.get_id() or "local"

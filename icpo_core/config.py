@@ -447,11 +447,6 @@ class Params(_Section):
     def _seeds_ok(cls, v: list[int]) -> list[int]:
         return _check_seeds(v)
 
-    def seeds_of(self, run: str) -> list[int]:
-        """The training seeds of ``run`` in the study (``seeds`` for study runs, else ``ablation_seeds``)."""
-        study = self.study.runs or [r for r in self.runs if r not in self.study.ablations]
-        return list(self.seeds) if run in study else list(self.study.ablation_seeds)
-
     def with_seed(self, seed: int) -> Params:
         """These params with the training seed ``seed`` (one instance of the study)."""
         if not 0 <= seed <= SEED_MAX:

@@ -14,6 +14,7 @@ hold a run open while other code logs elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -139,8 +140,6 @@ def study_id(params: Params) -> str:
         "train": params.train.model_dump(),
         "bench": params.bench.model_dump(),
     }
-    import hashlib
-
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -154,6 +153,7 @@ def study_parent_run(params: Params, root: str | Path = ".") -> str | None:
     sid = study_id(params)
     try:
         _prepare_http_env(uri)
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
@@ -175,13 +175,8 @@ def study_parent_run(params: Params, root: str | Path = ".") -> str | None:
             "git_commit": git_commit(root),
         }
         run = client.create_run(exp_id, run_name=f"study-{params.profile}-{sid}", tags=tags)
-        client.log_batch(
-            run.info.run_id,
-            params=[
-                __import__("mlflow.entities", fromlist=["Param"]).Param(k, v[:6000])
-                for k, v in flatten({"seeds": list(params.seeds), "study": params.study.model_dump()}).items()
-            ],
-        )
+        study = flatten({"seeds": list(params.seeds), "study": params.study.model_dump()})
+        client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in study.items()])
         client.set_terminated(run.info.run_id)
         return run.info.run_id
     except Exception as e:

@@ -44,14 +44,11 @@ def metrics_from_run(run_metrics: dict[str, float]) -> dict[str, Any]:
     return {"benchmarks": benches}
 
 
-def search_entries(
-    uri: str, experiment: str, filters: list[str], params: Any = None
-) -> list[tuple[str, str, dict, str]]:
-    """(run, label, metrics, source) per MLflow run with bench metrics, newest first per ``icpo.run`` tag."""
+def _search_runs(uri: str, experiment: str, filters: list[str], max_results: int | None = None) -> list:
+    """The experiment's runs matching the ``key=value`` tag filters, newest first (UserError if none exists)."""
     from mlflow.tracking import MlflowClient
 
     from icpo_core.errors import UserError
-    from icpo_core.report.table import run_label
 
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
@@ -61,7 +58,20 @@ def search_entries(
         flt = tag_filter(filters)
     except ValueError as e:
         raise UserError(str(e)) from None
-    runs = client.search_runs([exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"])
+    kwargs = {} if max_results is None else {"max_results": max_results}
+    return client.search_runs(
+        [exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"], **kwargs
+    )
+
+
+def search_entries(
+    uri: str, experiment: str, filters: list[str], params: Any = None
+) -> list[tuple[str, str, dict, str]]:
+    """(run, label, metrics, source) per MLflow run with bench metrics, newest first per ``icpo.run`` tag."""
+
+    from icpo_core.report.table import run_label
+
+    runs = _search_runs(uri, experiment, filters)
     entries = []
     seen: set[str] = set()
     for r in runs:
@@ -173,19 +183,8 @@ def latest_study(uri: str, experiment: str, filters: list[str]) -> tuple[dict[st
 
     from mlflow.tracking import MlflowClient
 
-    from icpo_core.errors import UserError
-
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise UserError(f"MLflow experiment '{experiment}' not found at {uri}")
-    try:
-        flt = tag_filter(filters)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    runs = client.search_runs(
-        [exp.experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"], max_results=200
-    )
+    runs = _search_runs(uri, experiment, filters, max_results=200)
     for r in runs:
         try:
             names = {a.path for a in client.list_artifacts(r.info.run_id, "report")}

@@ -224,17 +224,9 @@ def instance_name(run: str, seed: int | None) -> str:
     return paths.instance(run, seed)
 
 
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
-
-
 @dataclass
 class StudyConfig:
-    """Which runs the study holds and at which seeds (``params.seeds`` / ``params.study``, read defensively)."""
+    """Which runs the study holds and at which seeds (``params.seeds`` / ``params.study``)."""
 
     seeds: list[int]
     runs: list[str]  # base first, then the study runs, then the ablations
@@ -249,11 +241,10 @@ class StudyConfig:
 
 
 def study_config(params: Any, runs: list[str] | None = None, seeds: list[int] | None = None) -> StudyConfig:
-    all_seeds = list(seeds or getattr(params, "seeds", None) or [params.seed])
-    study = getattr(params, "study", None)
-    main_runs = list(_get(study, "runs", None) or [])
-    ablations = list(_get(study, "ablations", None) or [])
-    abl_seeds = list(_get(study, "ablation_seeds", None) or all_seeds[:1])
+    all_seeds = list(seeds or params.seeds)
+    main_runs = list(params.study.runs)
+    ablations = list(params.study.ablations)
+    abl_seeds = list(params.study.ablation_seeds)
     if seeds:  # an explicit seed list (``icpo report --seeds``) applies to the ablations too
         abl_seeds = [s for s in abl_seeds if s in seeds] or all_seeds[:1]
     if runs is None:

@@ -36,11 +36,12 @@ def run(args: argparse.Namespace) -> int:
     params.run_algorithm(args.run)  # validate the run's overrides before anything heavy
     if args.seed is not None:
         params = params.with_seed(args.seed)
-    name = paths.instance(args.run, args.seed)
+    # a study instance <run>_s<seed> (a child of the study's MLflow run), or the plain run outside the study
+    instance = None if args.seed is None else paths.instance(args.run, args.seed)
+    name = instance or args.run
     if params.train.engine == "verl":
         from icpo_core.engines.verl import launch
 
-        instance = None if args.seed is None else name
         rc = int(launch(params, args.run, instance=instance) or 0)
         summary_path = paths.train_summary(name)
         if rc == 0 and not summary_path.exists():
@@ -51,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
         return rc
     from icpo_core.engines.local import train_local
 
-    instance = None if args.seed is None else name
     summary = train_local(params, args.run, progress=not args.no_progress, instance=instance)
     log.info(
         "%s: %d/%d steps, on-policy reward mean %.3f (last 5: %.3f), %.0f s",

@@ -22,19 +22,9 @@ GREEDY, SAMPLED = "synthetic_l0", "synthetic_l1"
 N_PROBLEMS = 60
 
 
-class StudyParams:
-    """The repository's params plus the study fields (``seeds``, ``study``) the report reads defensively."""
-
-    def __init__(self, params: Any, seeds: list[int], study: dict[str, Any]):
-        self._p, self.seeds, self.study = params, seeds, study
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._p, name)
-
-
-def study_params() -> StudyParams:
+def study_params():
     study = {"runs": ["grpo", "icpo"], "ablations": ["icpo_rs", "icpo_no_errs"], "ablation_seeds": [0]}
-    return StudyParams(make_params(bench={"benchmarks": [GREEDY, SAMPLED]}), [0, 1, 2], study)
+    return make_params(bench={"benchmarks": [GREEDY, SAMPLED]}, seeds=[0, 1, 2], study=study)
 
 
 def write_instance(root: Path, name: str, acc: float, seed: int, steps: bool = True) -> None:
