@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=777, help="problem generator seed (not the training data's)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="vLLM dtype")
+    ap.add_argument("--shots", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--out", default="regime.json")
     args = ap.parse_args()
 
@@ -67,7 +69,7 @@ def main() -> None:
     from icpo_core.data.synthetic import generate_splits
     from icpo_core.rewards import Grader
 
-    bench = BenchParams(backend=args.backend, batch_size=64, grade_workers=2)
+    bench = BenchParams(backend=args.backend, batch_size=64, grade_workers=2, vllm={"dtype": args.dtype})
     t0 = time.perf_counter()
     backend = make_backend(args.backend, Path(args.model), bench, 0)
     startup = time.perf_counter() - t0
@@ -82,7 +84,7 @@ def main() -> None:
             problems, demos = splits["eval"][: args.problems], splits["demo"]
             rng = np.random.default_rng(args.seed)
             for fmt in args.formats:
-                for shots in (0, 1):
+                for shots in args.shots:
                     prompts = []
                     for p in problems:
                         demo = demos[int(rng.integers(len(demos)))] if shots else None
