@@ -97,6 +97,9 @@ def stack(tmp_path_factory):
         cfg = compose("icpo_trainer", overrides=_overrides(model_dir, demos))
     cfg.icpo.prompt_suffix = SUFFIX
 
+    from verl.plugin.platform import platform_manager
+
+    previous = platform_manager._current_platform
     cpu_shims.install()
     # every Ray worker: the CPU platform (through the verl.plugins entry point), this checkout, one grader process
     env = {
@@ -121,6 +124,7 @@ def stack(tmp_path_factory):
         yield manager, servers, cfg, AutoTokenizer.from_pretrained(model_dir), model_dir, train
     finally:
         ray.shutdown()
+        platform_manager._current_platform = previous
 
 
 def _ids(row_ids: torch.Tensor, row_mask: torch.Tensor) -> list[int]:
