@@ -333,10 +333,6 @@ class TrainParams(_Section):
                 f"prompts_per_step ({self.prompts_per_step}) must be a multiple of ppo_mini_batch_prompts "
                 f"({self.ppo_mini_batch_prompts})"
             )
-        if self.engine == "verl" and self.lora.enabled and self.lora.dropout:
-            raise ValueError(
-                f"lora.dropout: verl's FSDP LoRA has no dropout; set 0.0 with engine verl (got {self.lora.dropout})"
-            )
         return self
 
 
