@@ -260,6 +260,46 @@ class TrainVllmParams(VllmParams):
     gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
 
 
+# The attention and MLP projections of Llama-style models (Llama, Qwen2/3, SmolLM2, Mistral).
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraParams(_Section):
+    """LoRA adapters (peft) instead of full fine-tuning: both engines train only the adapters.
+
+    ``alpha / rank`` scales the adapter update (peft's and verl's convention). LoRA usually needs about 10x the
+    full fine-tuning learning rate ("LoRA Without Regret"); ``train.lr`` is that rate (docs/method.md).
+    """
+
+    enabled: bool = False
+    rank: int = Field(default=16, ge=1, le=512)  # 512: the largest rank verl's vLLM rollout takes
+    alpha: int = Field(default=32, ge=1)  # an int: verl's model config types lora_alpha as int
+    # module names peft matches (the last parts of module paths); [all-linear]: every linear layer but the LM head
+    target_modules: list[NonEmptyStr] = Field(default_factory=lambda: list(LORA_TARGETS))
+    dropout: Float = Field(default=0.0, ge=0, lt=1)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one module name, or [all-linear]")
+        if len(set(v)) != len(v):
+            raise ValueError("module names must be unique")
+        if "all-linear" in v and len(v) > 1:
+            raise ValueError("all-linear already names every linear layer: list it alone")
+        return v
+
+    @property
+    def peft_target_modules(self) -> list[str] | str:
+        """``target_modules`` as peft and verl take it: the string ``"all-linear"`` or the list of names."""
+        return "all-linear" if self.target_modules == ["all-linear"] else list(self.target_modules)
+
+    @property
+    def scaling(self) -> float:
+        """The factor of the adapter update ``B @ A`` in the merged weight ``W0 + scaling * B @ A``."""
+        return self.alpha / self.rank
+
+
 class TrainParams(_Section):
     engine: Literal["local", "verl"] = "local"
     rollout_backend: Literal["vllm", "hf"] = "hf"  # local engine: who generates the rollouts
@@ -278,6 +318,7 @@ class TrainParams(_Section):
     save_freq: int = Field(default=4, ge=1)
     max_ckpt_to_keep: int = Field(default=2, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    lora: LoraParams = LoraParams()
     verl: VerlParams = VerlParams()
 
     @model_validator(mode="after")

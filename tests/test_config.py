@@ -169,6 +169,23 @@ BAD_CASES = [
     ),
     ("report-without-runs", {"report": {"runs": []}}, ["report.runs: needs at least one run"]),
     (
+        "lora-duplicate-targets",
+        {"train": {"lora": {"target_modules": ["q_proj", "q_proj"]}}},
+        ["train.lora.target_modules: module names must be unique (got ['q_proj', 'q_proj'])"],
+    ),
+    (
+        "lora-all-linear-not-alone",
+        {"train": {"lora": {"target_modules": ["all-linear", "q_proj"]}}},
+        ["train.lora.target_modules: all-linear already names every linear layer: list it alone"],
+    ),
+    (
+        "lora-rank-zero",
+        {"train": {"lora": {"rank": 0}}},
+        ["train.lora.rank: must be greater than or equal to 1"],
+    ),
+    ("lora-float-alpha", {"train": {"lora": {"alpha": 16.5}}}, ["train.lora.alpha: must be an integer"]),
+    ("lora-dropout-one", {"train": {"lora": {"dropout": 1.0}}}, ["train.lora.dropout: must be less than 1"]),
+    (
         "profile-sets-profile",
         {"profile": "paper_qwen3_8b", "profiles": {"paper_qwen3_8b": {"profile": "embedded"}}},
         ["profiles.paper_qwen3_8b", "cannot set 'profile'"],
@@ -301,3 +318,22 @@ def test_cli_prints_a_multi_line_message_on_one_line(monkeypatch, capsys):
     assert (
         capsys.readouterr().err == "icpo validate: invalid params: params.yaml: a.b: first line second line\n"
     )
+
+
+def test_lora_targets_take_all_linear_as_peft_and_verl_spell_it(raw):
+    p = parse_params(
+        deep_merge(raw, {"train": {"lora": {"enabled": True, "target_modules": ["all-linear"]}}})
+    )
+    assert p.train.lora.peft_target_modules == "all-linear"
+    p = parse_params(raw)
+    assert p.train.lora.enabled is False
+    assert p.train.lora.peft_target_modules == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    assert p.train.lora.scaling == p.train.lora.alpha / p.train.lora.rank

@@ -4,7 +4,9 @@ FSDP model merger, for checkpoints of both engines (the same verl actor layout).
 bfloat16 base models go through verl's stock ``FSDPModelMerger`` (what ``python -m verl.model_merger merge
 --backend fsdp`` runs; it casts to bfloat16, as the released scripts got). Any other dtype goes through
 :class:`icpo_core.engines.local.merger.DtypePreservingFSDPMerger`, verl's merger with the cast taken out, because
-rounding fp32 weights to bf16 erases a small-learning-rate run. Both run in this process.
+rounding fp32 weights to bf16 erases a small-learning-rate run. Both run in this process. A LoRA checkpoint
+(``train.lora``) always goes through the subclass, which merges the adapters into the base weights (models/base
+for the local engine's adapters-only checkpoints): the output is a plain Hugging Face folder either way.
 """
 
 from __future__ import annotations
@@ -47,6 +49,6 @@ def run(args: argparse.Namespace) -> int:
 
     log.info("merging %s -> %s with verl's FSDP model merger (dtype: %s)", actor, target, dtype)
     with atomic_path(target) as tmp:
-        merge_checkpoint(actor, tmp, dtype)
+        merge_checkpoint(actor, tmp, dtype, base_dir=paths.BASE_MODEL_DIR)
     log.info("%s: merged step %d into %s", name, step, target)
     return 0

@@ -137,3 +137,34 @@ def test_bad_run_and_missing_checkpoint_exit_2(tmp_path):
     assert bad.returncode == 2 and "unknown run 'nope'" in bad.stderr
     nockpt = _icpo(root, "merge", "--run", "grpo")
     assert nockpt.returncode == 2 and "no checkpoint to merge" in nockpt.stderr
+
+
+def test_lora_train_then_merge_gives_a_plain_merged_folder(tmp_path):
+    """A LoRA training, then `icpo merge`: the folder is plain transformers weights equal to models/base with
+    the checkpoint's adapters merged (the stage hands the merger models/base)."""
+    from transformers import AutoModelForCausalLM
+
+    from icpo_core.config import load_params
+    from icpo_core.engines.local import lora, train_local
+
+    lora_cfg = {"enabled": True, "rank": 4, "alpha": 8}
+    root = make_tiny_project(tmp_path / "p", train={"steps": 2, "lr": 1e-2, "lora": lora_cfg})
+    # in-process with a toy reward: a random model scores 0 under the real grader, and zero advantages would
+    # leave the adapters' B at zero (a merge equal to the base model proves nothing)
+    train_local(
+        load_params(root / "params.yaml"),
+        "grpo",
+        root=root,
+        reward_fn=lambda texts, golds: [float(len(t) % 2 == 0) for t in texts],
+        progress=False,
+    )
+    merged = _icpo(root, "merge", "--run", "grpo")
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    out = root / "runs/grpo/merged"
+    assert not {"adapter_config.json", "lora_adapter"} & {p.name for p in out.iterdir()}
+    state = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    adapters = torch.load(root / "runs/grpo/checkpoints/global_step_2/actor/model_world_size_1_rank_0.pt")
+    base = AutoModelForCausalLM.from_pretrained(root / "models/base").state_dict()
+    want = lora.merge_lora_weights(adapters, 8 / 4, base=base)
+    assert all(torch.equal(want[k], state[k]) for k in state)
+    assert any(not torch.equal(base[k], state[k]) for k in base)  # the adapters did change the weights

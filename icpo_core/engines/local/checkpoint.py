@@ -6,12 +6,17 @@
 <root>/global_step_N/actor/optim_world_size_1_rank_0.pt        # AdamW state
 <root>/global_step_N/actor/extra_state_world_size_1_rank_0.pt  # verl's {lr_scheduler, rng} + "icpo" resume state
 <root>/global_step_N/actor/fsdp_config.json                    # {"FSDP_version": 1, "world_size": 1}
+<root>/global_step_N/actor/lora_train_meta.json                 # LoRA runs only: {"r", "lora_alpha", "task_type"}
 <root>/global_step_N/actor/huggingface/                         # config, generation config, tokenizer
 ```
 
 This is what verl's ``FSDPCheckpointManager`` writes with one rank, so ``python -m verl.model_merger merge
 --backend fsdp`` reads the local engine's checkpoints as it reads verl's. The ``icpo`` entry of the extra
 state holds what a resume needs beyond verl's keys: step, data position, config fingerprint.
+
+A LoRA policy (a peft model) is saved as verl saves one with ``save_lora_only``: the model file holds only the
+adapter tensors (peft names), the optimizer file their AdamW state, and ``lora_train_meta.json`` the rank and
+alpha the merge needs; the base weights stay in models/base.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from icpo_core.engines.local import lora
 from icpo_core.io_utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -122,7 +128,11 @@ def save_checkpoint(
     with atomic_path(root / f"global_step_{step}") as tmp:
         actor = tmp / "actor"
         actor.mkdir(parents=True)
-        state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        if lora.is_peft(model):
+            state_dict = lora.adapter_state_dict(model)
+            (actor / lora.META_FILE).write_text(json.dumps(lora.train_meta(model), indent=4))
+        else:
+            state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state_dict, actor / f"model_{WORLD}.pt")
         torch.save(optimizer.state_dict(), actor / f"optim_{WORLD}.pt")
         extra = {"lr_scheduler": None, "rng": get_rng_state(), "icpo": dict(resume_state, step=step)}
@@ -162,7 +172,7 @@ def load_checkpoint(
     extra = torch.load(actor / f"extra_state_{WORLD}.pt", map_location="cpu", weights_only=False)
     if model is not None:
         state = torch.load(actor / f"model_{WORLD}.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        load_model_state(model, state, actor)
     if optimizer is not None:
         optimizer.load_state_dict(
             torch.load(actor / f"optim_{WORLD}.pt", map_location="cpu", weights_only=True)
@@ -170,6 +180,21 @@ def load_checkpoint(
     if restore_rng and extra.get("rng"):
         set_rng_state(extra["rng"])
     return dict(extra.get("icpo") or {})
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str | Path = "") -> None:
+    """Load a checkpoint's model file: a full state dict, or (peft model) exactly its adapter tensors."""
+    if not lora.is_peft(model):
+        model.load_state_dict(state)
+        return
+    expected = {k for k in model.state_dict() if lora.is_adapter_key(k)}
+    if set(state) != expected:
+        extra, missing = sorted(set(state) - expected), sorted(expected - set(state))
+        raise ValueError(
+            f"{where}: not the adapters of this LoRA model ({len(extra)} unexpected keys, e.g. {extra[:2]}; "
+            f"{len(missing)} missing, e.g. {missing[:2]})"
+        )
+    model.load_state_dict(state, strict=False)
 
 
 def read_resume_state(root: str | Path, step: int) -> dict[str, Any]:

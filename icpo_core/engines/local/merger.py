@@ -8,8 +8,14 @@ bf16, ``icpo merge`` runs verl's merger through this subclass, which merges the 
 (same loading, same placements, same Hugging Face save and validation) but casts to a chosen dtype (default:
 keep the stored one) and writes that dtype into ``config.json`` so transformers / vLLM load it as saved.
 
+LoRA checkpoints (an actor folder with ``lora_train_meta.json``: the local engine's adapters-only files, or
+verl's full peft state dict) are merged into the base weights, ``W0 + (alpha / r) * B @ A`` in float32, and
+saved as a plain Hugging Face folder (no peft files; verl's own merger would write the base weights and a
+separate ``lora_adapter/``). An adapters-only checkpoint takes its base weights from ``base_dir``.
+
 Command line (same arguments as verl's): ``python -m icpo_core.engines.local.merger merge --backend fsdp
---local_dir <ckpt>/global_step_N/actor --target_dir <out> [--dtype float32|bfloat16|float16|keep]``.
+--local_dir <ckpt>/global_step_N/actor --target_dir <out> [--dtype float32|bfloat16|float16|keep]
+[--base_dir models/base]``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from pathlib import Path
 import torch
 from verl.model_merger.fsdp_model_merger import FSDPModelMerger, merge_non_dtensor_shards
 
+from icpo_core.engines.local import lora
+
 try:
     from torch.distributed.tensor import DTensor
 except ImportError:  # older torch
@@ -30,15 +38,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 class DtypePreservingFSDPMerger(FSDPModelMerger):
-    """``FSDPModelMerger`` whose merged tensors keep their stored dtype (or ``target_dtype``)."""
+    """``FSDPModelMerger`` whose merged tensors keep their stored dtype (or ``target_dtype``); LoRA adapters
+    are merged into the base weights."""
 
-    def __init__(self, config, target_dtype: torch.dtype | None = None):
+    def __init__(self, config, target_dtype: torch.dtype | None = None, base_dir: str | Path | None = None):
         super().__init__(config)
         self.target_dtype = target_dtype
         self.saved_dtype: torch.dtype | None = None
+        self.base_dir = None if base_dir is None else Path(base_dir)
+        self.lora_meta = lora.read_meta(config.local_dir)
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
-        if self.target_dtype is not None and t.is_floating_point():
+        # LoRA: the cast waits until the adapters are merged (B @ A is summed in float32 from the stored values)
+        if self.target_dtype is not None and t.is_floating_point() and self.lora_meta is None:
             t = t.to(self.target_dtype)
         if t.is_floating_point() and self.saved_dtype is None:
             self.saved_dtype = t.dtype
@@ -73,7 +85,30 @@ class DtypePreservingFSDPMerger(FSDPModelMerger):
                 merged[key] = merge_non_dtensor_shards(key, [self._cast(p) for p in pieces])
         return merged
 
+    def merge_adapters(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Plain weights with the LoRA adapters merged, in the output dtype; a full checkpoint as it is."""
+        has_adapters = any(lora.is_adapter_key(k) for k in state_dict)
+        if self.lora_meta is None:
+            if has_adapters:
+                raise ValueError(
+                    f"{self.config.local_dir}: LoRA tensors but no {lora.META_FILE} (rank and alpha unknown)"
+                )
+            return state_dict
+        base = None
+        if not any(".base_layer." in k for k in state_dict):  # adapters only: the base weights come from disk
+            if self.base_dir is None:
+                raise ValueError(
+                    f"{self.config.local_dir}: an adapters-only LoRA checkpoint; pass the base model folder"
+                )
+            base = lora.load_base_weights(self.base_dir)
+        scaling = self.lora_meta["lora_alpha"] / self.lora_meta["r"]
+        merged = lora.merge_lora_weights(state_dict, scaling, base=base)
+        dtype = self.target_dtype or self.saved_dtype
+        self.saved_dtype = dtype  # what config.json records
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in merged.items()}
+
     def save_hf_model_and_tokenizer(self, state_dict: dict[str, torch.Tensor]) -> None:
+        state_dict = self.merge_adapters(state_dict)
         super().save_hf_model_and_tokenizer(state_dict)
         # The parent builds its save skeleton in bfloat16, so config.json says bfloat16; the tensors were
         # saved as they are. Record their real dtype, or loaders with dtype="auto" would round them.
@@ -87,11 +122,14 @@ class DtypePreservingFSDPMerger(FSDPModelMerger):
             cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def merge_checkpoint(local_dir: str | Path, target_dir: str | Path, dtype: str = "keep") -> None:
+def merge_checkpoint(
+    local_dir: str | Path, target_dir: str | Path, dtype: str = "keep", base_dir: str | Path | None = None
+) -> None:
     """Merge ``<ckpt>/global_step_N/actor`` into a Hugging Face folder, in this process.
 
     ``dtype="bfloat16"`` runs verl's stock ``FSDPModelMerger`` unchanged (it casts to bfloat16 anyway); ``keep``
-    (the stored dtype) or another dtype runs :class:`DtypePreservingFSDPMerger`.
+    (the stored dtype) or another dtype runs :class:`DtypePreservingFSDPMerger`, as does every LoRA checkpoint
+    (merged into plain weights; ``base_dir``: the base model of an adapters-only checkpoint).
     """
     import argparse
 
@@ -113,24 +151,27 @@ def merge_checkpoint(local_dir: str | Path, target_dir: str | Path, dtype: str =
         private=False,
     )
     config = generate_config_from_args(args)
-    if dtype == "bfloat16":
+    if dtype == "bfloat16" and lora.read_meta(local_dir) is None:
         merger = FSDPModelMerger(config)
     else:
-        merger = DtypePreservingFSDPMerger(config, target_dtype=None if dtype == "keep" else DTYPES[dtype])
+        target = None if dtype == "keep" else DTYPES[dtype]
+        merger = DtypePreservingFSDPMerger(config, target_dtype=target, base_dir=base_dir)
     merger.merge_and_save()
     merger.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """verl's merger CLI (``merge``/``test``, ``--backend fsdp``) plus ``--dtype``."""
+    """verl's merger CLI (``merge``/``test``, ``--backend fsdp``) plus ``--dtype`` and ``--base_dir``."""
     from verl.model_merger.base_model_merger import generate_config_from_args, parse_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    dtype = "keep"
-    if "--dtype" in argv:
-        i = argv.index("--dtype")
-        dtype = argv[i + 1]
-        del argv[i : i + 2]
+    extra = {"--dtype": "keep", "--base_dir": None}
+    for flag in extra:
+        if flag in argv:
+            i = argv.index(flag)
+            extra[flag] = argv[i + 1]
+            del argv[i : i + 2]
+    dtype, base_dir = extra["--dtype"], extra["--base_dir"]
     if dtype != "keep" and dtype not in DTYPES:
         print(f"--dtype must be keep or one of {sorted(DTYPES)}, got {dtype!r}", file=sys.stderr)
         return 2
@@ -139,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     if config.backend != "fsdp":
         print("only --backend fsdp is supported here; use python -m verl.model_merger", file=sys.stderr)
         return 2
-    merger = DtypePreservingFSDPMerger(config, target_dtype=None if dtype == "keep" else DTYPES[dtype])
+    target = None if dtype == "keep" else DTYPES[dtype]
+    merger = DtypePreservingFSDPMerger(config, target_dtype=target, base_dir=base_dir)
     merger.merge_and_save()
     merger.cleanup()
     return 0

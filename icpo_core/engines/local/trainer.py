@@ -9,18 +9,23 @@ One step (t = 1 .. T, verl's 1-based ``global_steps``):
 3. grade every response (binary reward, :class:`icpo_core.rewards.Grader`);
 4. per prompt :func:`mix_group` (ERRS + replacement), the expert bonus (:func:`step_bonus`) on accepted IEF
    rows when ``reward_shaping``, :func:`group_advantages` over the mixed groups;
-5. reference log-probs (frozen base model, if ``use_kl_loss``) and old log-probs (policy before the update; only
+5. reference log-probs (frozen base model, if ``use_kl_loss``; with ``train.lora`` the policy itself with its
+   adapters disabled, no second copy) and old log-probs (policy before the update; only
    when a step has several mini-batches, else the detached current ones are identical, as in verl), all on the
    PLAIN prompt: IEF rows are trained as answers to q alone;
 6. for each mini-batch of ``ppo_mini_batch_prompts`` prompts: micro-batches of ``micro_batch_size`` rows,
    :func:`compute_actor_loss` normalised by :func:`micro_batch_normalisation` (one token-mean over the
    mini-batch; per micro-batch with ``released_loss_agg``), gradients accumulated, clipped, AdamW.
 
+With ``train.lora.enabled`` the policy is a peft model (:mod:`.lora`): only the adapters are optimised and
+checkpointed; the rollout engine generates from it (hf) or receives its merged weights (vllm).
+
 The method's maths is entirely in :mod:`icpo_core.algorithm`; this module only moves tensors. GRPO is n_off 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -49,7 +54,7 @@ from icpo_core.algorithm import (
 )
 from icpo_core.config import AlgorithmParams, Params
 from icpo_core.engines.local import checkpoint as ckpt
-from icpo_core.engines.local import steplog
+from icpo_core.engines.local import lora, steplog
 from icpo_core.engines.local.data import PromptRow, chat_ids, load_prompts, take
 from icpo_core.engines.local.logprobs import (
     SequenceBatch,
@@ -174,12 +179,16 @@ class LocalTrainer:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(self.device)
-        self.ref_model = None
-        if self.algo.use_kl_loss:
+        self.ref_model = None  # LoRA: the reference is self.model with its adapters off (reference_model)
+        if self.train_cfg.lora.enabled:
+            self.model = lora.wrap(self.model, self.train_cfg.lora, seed=self.params.seed)
+        elif self.algo.use_kl_loss:
             self.ref_model = copy.deepcopy(self.model).eval()
             self.ref_model.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay
+            lora.trainable_parameters(self.model),
+            lr=self.train_cfg.lr,
+            weight_decay=self.train_cfg.weight_decay,
         )
         synthetic = self.params.data.train.source == "synthetic"
         default_suffix = (
@@ -214,6 +223,12 @@ class LocalTrainer:
             )
             self.rollout_backend_used = self.rollout_engine.name
         return self.rollout_engine
+
+    def reference_model(self) -> contextlib.AbstractContextManager[Any]:
+        """The frozen reference policy for the block: the base copy, or the LoRA policy with adapters off."""
+        if self.ref_model is not None:
+            return contextlib.nullcontext(self.ref_model)
+        return lora.reference(self.model)
 
     def _rewards(self, texts: Sequence[str], golds: Sequence[str]) -> list[float]:
         if self.reward_fn is not None:
@@ -317,10 +332,11 @@ class LocalTrainer:
             prompt_of_row=prompt_of_row,
         )
         t0 = time.perf_counter()
-        if self.ref_model is not None:
-            batch.ref_log_prob = batched_log_probs(
-                self.ref_model, seqs, tc.micro_batch_size, tc.temperature, self.autocast
-            )
+        if a.use_kl_loss:
+            with self.reference_model() as ref:
+                batch.ref_log_prob = batched_log_probs(
+                    ref, seqs, tc.micro_batch_size, tc.temperature, self.autocast
+                )
         t_ref = time.perf_counter() - t0
         t0 = time.perf_counter()
         if self._n_minibatches(len(rows)) > 1:
@@ -426,7 +442,7 @@ class LocalTrainer:
                     else:
                         mini_sums[k] = mini_sums.get(k, 0.0) + v * n_tok
                         mini_w[k] = mini_w.get(k, 0.0) + n_tok
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(lora.trainable_parameters(self.model), tc.grad_clip)
             if torch.isfinite(grad_norm):
                 self.optimizer.step()
             else:
@@ -600,6 +616,8 @@ class LocalTrainer:
             "engine": "local",
             "device": self.device.type,
             "rollout_backend": self.rollout_backend_used,
+            "lora": self.train_cfg.lora.enabled,
+            "trainable_params": sum(p.numel() for p in lora.trainable_parameters(self.model)),
             "steps": step,
             "total_steps": self.train_cfg.steps,
             "resumed_from_step": start,

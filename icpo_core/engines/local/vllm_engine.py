@@ -176,7 +176,13 @@ def repack_lm_head(model: Any) -> None:
 
 
 def push_weights(llm: Any, model: torch.nn.Module) -> float:
-    """Copy ``model``'s current weights into the engine in place (no disk); returns the seconds it took."""
+    """Copy ``model``'s current weights into the engine in place (no disk); returns the seconds it took.
+
+    A LoRA policy (peft) is pushed merged, ``W0 + scale * B @ A`` (:func:`.lora.export_weights`, computed on
+    copies: the training model is not touched), so the engine serves it without LoRA support.
+    """
+    from icpo_core.engines.local.lora import export_weights
+
     t0 = time.perf_counter()
     # The reload warns on every push about layers the checkpoint format has no weights for (the tied LM head,
     # rotary buffers): expected here, so quiet for the push.
@@ -185,7 +191,7 @@ def push_weights(llm: Any, model: torch.nn.Module) -> float:
     reload_log.setLevel(logging.ERROR)
     try:
         with torch.no_grad():
-            weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+            weights = list(export_weights(model).items())
             llm.collective_rpc(_reload_on_worker, args=(weights,))
     finally:
         reload_log.setLevel(level)

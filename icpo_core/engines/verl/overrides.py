@@ -190,6 +190,7 @@ def verl_overrides(
         **RELEASED_FIXED,
         "hydra.run.dir": _abs(paths.run_dir(name) / "hydra", root),
     }
+    ov.update(lora_overrides(params))
     for key, value in algo.model_dump().items():
         ov[f"icpo.{key}"] = value
     ov["icpo.demo_path"] = _abs(paths.DEMOS_PARQUET, root)
@@ -200,6 +201,26 @@ def verl_overrides(
         for key, value in ray_env_vars(env or {}).items():
             ov[f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}"] = value
     return ov
+
+
+def lora_overrides(params: Params) -> dict[str, Any]:
+    """``train.lora`` as verl 0.9.1's FSDP LoRA keys (none when off: verl's default ``lora_rank: 0``).
+
+    verl then wraps the actor with peft (``lora_rank`` > 0), uses the actor with its adapters disabled as the
+    reference policy (``ref_in_actor``: no reference worker weights), and serves the adapters in vLLM.
+    ``target_modules`` is a list of names or the string ``all-linear``, the two forms verl's model config takes.
+    """
+    cfg = params.train.lora
+    if not cfg.enabled:
+        return {}
+    if cfg.dropout:
+        # verl builds its LoraConfig without lora_dropout; refuse rather than ignore the knob
+        raise ParamsError(f"train.lora.dropout: must be 0.0 with train.engine verl (got {cfg.dropout})")
+    return {
+        "actor_rollout_ref.model.lora_rank": cfg.rank,
+        "actor_rollout_ref.model.lora_alpha": cfg.alpha,
+        "actor_rollout_ref.model.target_modules": cfg.peft_target_modules,
+    }
 
 
 def ray_env_vars(env: Mapping[str, str]) -> dict[str, str]:

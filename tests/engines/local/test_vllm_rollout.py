@@ -162,6 +162,72 @@ def test_a_step_with_vllm_equals_a_step_with_hf_on_greedy_rollouts(vllm_project,
         assert mh[key] == mv[key], key
 
 
+def _lora_policy(model, seed: int, scale: float = 0.05):
+    """``model`` (a copy) with LoRA adapters whose A and B are both random: the merge has work to do."""
+    from icpo_core.config import LoraParams
+    from icpo_core.engines.local import lora
+
+    policy = lora.wrap(copy.deepcopy(model), LoraParams(enabled=True, rank=8, alpha=16), seed=seed).eval()
+    _randomise_adapters(policy, seed, scale)
+    return policy
+
+
+def _randomise_adapters(model, seed: int, scale: float = 0.05) -> None:
+    from icpo_core.engines.local import lora
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if lora.is_adapter_key(name):
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def test_a_push_of_a_lora_policy_serves_its_merged_weights(vllm_engine, hf_model):
+    """vLLM gets W0 + scale * B @ A: its log-probs match the trainer's peft forward; the policy is not touched."""
+    model, tok = hf_model
+    prompts = _prompts(tok)
+    policy = _lora_policy(model, seed=7)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    assert vllm_engine.push_weights(policy) > 0
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    ours = vllm_engine.generate(prompts, max_new_tokens=12, temperature=0.0)
+    theirs = generate(policy, tok, prompts, max_new_tokens=12, temperature=0.0)  # hf: the peft model itself
+    assert ours.response_ids.tolist() == theirs.response_ids.tolist()
+    base = generate(model, tok, prompts, max_new_tokens=12, temperature=0.0)
+    assert base.response_ids.tolist() != ours.response_ids.tolist()  # the adapters reached the engine
+    roll = vllm_engine.generate(prompts * 2, max_new_tokens=16, temperature=1.0, seed=5, logprobs=True)
+    trainer = _trainer_log_probs(policy, tok, prompts * 2, roll, 1.0)
+    err = (roll.logprobs - trainer)[roll.response_mask.bool()].abs().max()
+    assert err < LOGPROB_ATOL, float(err)
+
+
+def test_a_lora_step_with_vllm_equals_a_lora_step_with_hf(vllm_project, vllm_engine):
+    """The trainer's push path with a peft policy: vLLM rollouts equal the peft model's own greedy rollouts."""
+    lora_cfg = {"enabled": True, "rank": 8, "alpha": 16}
+    root, params = vllm_project(
+        algorithm={"n_on": 4, "n_off": 2, "use_kl_loss": False},
+        train={"prompts_per_step": 4, "lora": lora_cfg},
+    )
+    params = params.model_copy(update={"train": params.train.model_copy(update={"temperature": 0.0})})
+    results = {}
+    for backend in ("hf", "vllm"):
+        trainer = LocalTrainer(params, "icpo", root=root, reward_fn=parity_reward, progress=False)
+        trainer._load()
+        _randomise_adapters(trainer.model, seed=6, scale=0.1)
+        if backend == "vllm":
+            trainer.rollout_engine = vllm_engine
+        engine = trainer.start_rollout_engine()
+        assert engine.name == backend
+        engine.push_weights(trainer.model)  # what train_step does after each update (hf: nothing)
+        results[backend] = trainer.rollout_step(1, trainer.prompts[:4])
+    (bh, mh), (bv, mv) = results["hf"], results["vllm"]
+    assert bh.advantages.abs().max() > 0, "the toy reward must give a non-trivial comparison"
+    assert torch.equal(bh.seqs.response_ids, bv.seqs.response_ids)
+    assert torch.equal(bh.advantages, bv.advantages)
+    for key in ("reward/on_policy", "icpo/ief_accepted", "perf/gen_tokens"):
+        assert mh[key] == mv[key], key
+
+
 def test_training_with_vllm_pushes_every_step_and_resumes_to_the_same_rollouts(vllm_project):
     """The trainer's own engine: started once, weights pushed after each update, a resume draws the same."""
     import json

@@ -381,3 +381,54 @@ def test_launch_opens_tagged_mlflow_run_that_verl_attaches_to(tmp_path, monkeypa
     # a relaunch (resume) attaches to the same run
     assert ov.launch(params, "icpo_rs", tmp_path) == 0
     assert f"attach {run_id}" in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("targets", [None, ["all-linear"]])
+def test_lora_reaches_verls_model_config(tmp_path, targets):
+    """train.lora -> actor_rollout_ref.model.lora_rank / lora_alpha / target_modules, accepted by verl's own
+    HFModelConfig (built from a real tiny model folder), and verl then takes the reference from the actor."""
+    from hydra import compose, initialize_config_dir
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.config import HFModelConfig
+
+    from icpo_core.engines.local.tiny import make_tiny_model_dir
+
+    make_tiny_model_dir(tmp_path / "models" / "base")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profile"] = "paper_qwen3_1_7b"
+    raw["train"]["lora"] = {"enabled": True, "rank": 32, "alpha": 64}
+    if targets:
+        raw["train"]["lora"]["target_modules"] = targets
+    params = parse_params(raw)
+    off = ov.verl_overrides(_params("paper_qwen3_1_7b"), "icpo", tmp_path)
+    assert not [k for k in off if "lora" in k or "target_modules" in k]  # off: verl's defaults (rank 0)
+    with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
+        cfg = compose("icpo_trainer", overrides=_no_hydra(ov.override_list(params, "icpo", tmp_path)))
+    model = cfg.actor_rollout_ref.model
+    want_targets = "all-linear" if targets else list(params.train.lora.target_modules)
+    assert (model.lora_rank, model.lora_alpha) == (32, 64)
+    got = model.target_modules if isinstance(model.target_modules, str) else list(model.target_modules)
+    assert got == want_targets
+    hf = omega_conf_to_dataclass(model)
+    assert isinstance(hf, HFModelConfig)
+    assert (hf.lora_rank, hf.lora_alpha) == (32, 64)
+    assert (
+        hf.target_modules if isinstance(hf.target_modules, str) else list(hf.target_modules)
+    ) == want_targets
+    assert model.get("lora_rank", 0) > 0  # verl's ref_in_actor rule (RayPPOTrainer): no separate ref weights
+
+
+def test_lora_dropout_is_refused_with_verl():
+    """verl's FSDP LoraConfig has no dropout: the launch refuses a value it would ignore (the local engine
+    applies it, so params.yaml itself accepts it)."""
+    from icpo_core.config import ParamsError
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profile"] = "paper_qwen3_1_7b"
+    raw["train"]["lora"] = {"enabled": True, "dropout": 0.05}
+    params = parse_params(raw)
+    assert params.train.lora.dropout == 0.05
+    with pytest.raises(
+        ParamsError, match=r"train\.lora\.dropout: must be 0\.0 with train\.engine verl \(got 0\.05\)"
+    ):
+        ov.build_command(params, "icpo")
