@@ -159,6 +159,8 @@ class SyntheticParams(_Section):
     demos_per_level: int = Field(default=100, gt=0)
     eval_per_level: int = Field(default=32, gt=0)
     prompt_suffix: str = " Put your final answer within \\boxed{}."
+    # a system turn before every synthetic prompt (training, IEF, the held-out levels); null: none
+    system_prompt: NonEmptyStr | None = None
 
     @field_validator("levels")
     @classmethod
@@ -248,7 +250,8 @@ class VerlParams(_Section):
 class VllmParams(_Section):
     """Knobs of an offline vLLM engine (CPU build or CUDA), set by ``icpo_core.engines.local.vllm_engine``."""
 
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
+    # auto: bfloat16 on CUDA and on CPUs with bf16 instructions, else float32 (vllm_engine.resolve_dtype)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     kv_cache_gib: int = Field(default=2, ge=1)  # CPU: VLLM_CPU_KVCACHE_SPACE (GiB of RAM for the KV cache)
     # CPU: VLLM_CPU_OMP_THREADS_BIND: nobind | auto | core list such as 0-1 (the engine runs in this process)
     threads_bind: str = Field(default="nobind", pattern=r"^(nobind|auto|[0-9][0-9,\-|]*)$")

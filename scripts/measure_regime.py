@@ -27,10 +27,15 @@ SYSTEM_FORMAT = (
     "You are a helpful assistant. Solve the problem, then give the final answer as a number inside "
     "\\boxed{}, for example \\boxed{42}."
 )
+SYSTEM_EXAMPLE = (
+    "Solve the math problem. End your reply with the final answer inside \\boxed{}. Example: "
+    "What is 3 + 4? 3 + 4 = 7. The answer is \\boxed{7}."
+)
 FORMATS = {
     "paper_suffix": (None, PAPER_SUFFIX),
     "ours_suffix": (None, OURS_SUFFIX),
     "system_prompt": (SYSTEM_FORMAT, OURS_SUFFIX),
+    "system_example": (SYSTEM_EXAMPLE, OURS_SUFFIX),
 }
 MIXES = {"L0+L1": (0, 1), "L1+L2": (1, 2), "L0": (0,), "L1": (1,)}
 

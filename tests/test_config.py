@@ -307,6 +307,14 @@ def test_embedded_profile_is_offline(raw):
     assert p.train.engine == "local"
 
 
+def test_embedded_strict_profile_drops_only_the_format_system_turn(raw):
+    default, strict = _resolved(raw, "embedded"), _resolved(raw, "embedded_strict")
+    assert default.data.synthetic.system_prompt and "\\boxed{" in default.data.synthetic.system_prompt
+    assert strict.data.synthetic.system_prompt is None
+    assert strict.model_dump(exclude={"profile", "data"}) == default.model_dump(exclude={"profile", "data"})
+    assert strict.data.model_dump(exclude={"synthetic"}) == default.data.model_dump(exclude={"synthetic"})
+
+
 def test_cli_prints_a_multi_line_message_on_one_line(monkeypatch, capsys):
     import icpo_core.cli as cli
 

@@ -84,11 +84,16 @@ def load_registry(extra: str | Path | None = None) -> dict[str, Any]:
     return reg
 
 
+_MISSING = object()
+
+
 def _lookup_param(params: Params, dotted: str) -> Any:
+    """The params value at ``dotted``; a key that does not exist is an error, a null leaf is ``None``."""
     obj: Any = params
-    for part in dotted.split("."):
-        obj = obj.get(part) if isinstance(obj, dict) else getattr(obj, part, None)
-        if obj is None:
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        obj = obj.get(part, _MISSING) if isinstance(obj, dict) else getattr(obj, part, _MISSING)
+        if obj is _MISSING or (obj is None and i < len(parts) - 1):
             raise UserError(f"benchmark registry refers to params '{dotted}', which is not set")
     return obj
 
@@ -104,7 +109,12 @@ def _spec(name: str, raw: dict[str, Any], defaults: dict[str, Any], params: Para
         if m:
             if params is None:
                 raise UserError(f"benchmark '{name}': {key} reads params '{m.group(1)}' but no params given")
-            entry[key] = str(_lookup_param(params, m.group(1)))
+            value = _lookup_param(params, m.group(1))
+            if value is None and key == "prompt_suffix":
+                raise UserError(
+                    f"benchmark '{name}': prompt_suffix reads params '{m.group(1)}', which is null"
+                )
+            entry[key] = None if value is None else str(value)
     source = dict(entry.get("source") or {})
     kinds = [k for k in ("hub", "path", "url") if source.get(k)]
     if len(kinds) != 1:

@@ -62,11 +62,14 @@ def train_row(
     split: str = "train",
     level: int = -1,
     target: str = "",
+    system: str | None = None,
 ) -> dict[str, Any]:
-    """One verl row: a single user turn (problem + suffix), the rule-based gold, the raw question in extra_info."""
+    """One verl row: a single user turn (problem + suffix) after an optional system turn, the rule-based gold,
+    the raw question in extra_info."""
+    head = [{"role": "system", "content": system}] if system else []
     return {
         "data_source": data_source,
-        "prompt": [{"role": "user", "content": problem + suffix}],
+        "prompt": [*head, {"role": "user", "content": problem + suffix}],
         "ability": ABILITY,
         "reward_model": {"style": "rule", "ground_truth": answer},
         "extra_info": {"index": index, "split": split, "question": problem, "level": level},

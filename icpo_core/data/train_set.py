@@ -142,6 +142,7 @@ def build_train_set(params: Params, out_path: str | Path, tokenizer_dir: str | P
     stats.drop(Counter(norm["drop"]))
     ds = norm.filter(lambda b: [d == "" for d in b["drop"]], batched=True, load_from_cache_file=False)
     suffix = params.data.synthetic.prompt_suffix if train.source == "synthetic" else train.prompt_suffix
+    system = params.data.synthetic.system_prompt if train.source == "synthetic" else None
 
     if train.source in TOKEN_FILTERED and len(ds):
         if tokenizer_dir is None:
@@ -176,7 +177,7 @@ def build_train_set(params: Params, out_path: str | Path, tokenizer_dir: str | P
         _to_verl_rows,
         batched=True,
         with_indices=True,
-        fn_kwargs={"data_source": data_source, "suffix": suffix},
+        fn_kwargs={"data_source": data_source, "suffix": suffix, "system": system},
         remove_columns=ds.column_names,
         features=schema.train_features(),
         load_from_cache_file=False,
@@ -188,7 +189,9 @@ def build_train_set(params: Params, out_path: str | Path, tokenizer_dir: str | P
     return stats
 
 
-def _to_verl_rows(batch: dict[str, list[Any]], indices: list[int], data_source: str, suffix: str):
+def _to_verl_rows(
+    batch: dict[str, list[Any]], indices: list[int], data_source: str, suffix: str, system: str | None
+):
     rows = [
         schema.train_row(
             data_source=data_source,
@@ -198,6 +201,7 @@ def _to_verl_rows(batch: dict[str, list[Any]], indices: list[int], data_source: 
             suffix=suffix,
             level=level,
             target=target or "",
+            system=system,
         )
         for problem, answer, target, level, index in zip(
             batch["problem"], batch["answer"], batch["target"], batch["level"], indices, strict=True

@@ -168,7 +168,9 @@ def vllm_model(tmp_path_factory):
 def real_vllm(vllm_model):
     from icpo_core.config import BenchParams
 
-    backend = make_backend("vllm", vllm_model, BenchParams(device="cpu", vllm={"kv_cache_gib": 1}), seed=3)
+    backend = make_backend(
+        "vllm", vllm_model, BenchParams(device="cpu", vllm={"kv_cache_gib": 1, "dtype": "float32"}), seed=3
+    )
     yield backend
     backend.close()
 

@@ -44,6 +44,23 @@ def test_synthetic_reads_training_suffix_from_params():
     assert spec.sampling.temperature == 0.0 and spec.sampling.max_tokens == 64
 
 
+def test_synthetic_reads_training_system_prompt_from_params():
+    [spec] = resolve_benchmarks(["synthetic_l0"], make_params(data={"synthetic": {"system_prompt": "SYS"}}))
+    assert spec.system_prompt == "SYS"
+    # null in params (the embedded_strict profile): no system turn at all, not the string "None"
+    [spec] = resolve_benchmarks(["synthetic_l0"], make_params(data={"synthetic": {"system_prompt": None}}))
+    assert spec.system_prompt is None
+
+
+def test_a_registry_reference_to_a_missing_params_key_is_an_error(tmp_path):
+    extra = tmp_path / "reg.yaml"
+    extra.write_text(
+        'benchmarks:\n  mine:\n    source: {path: x.jsonl}\n    system_prompt: "${data.synthetic.nope}"\n'
+    )
+    with pytest.raises(UserError, match="data.synthetic.nope"):
+        resolve_benchmarks(["mine"], make_params(bench={"registry": str(extra)}))
+
+
 def test_params_override_registry_sampling_and_change_fingerprint():
     base = resolve_benchmarks(["aime24", "math500"], params())
     over = resolve_benchmarks(

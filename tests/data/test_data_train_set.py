@@ -84,14 +84,32 @@ def test_synthetic_train_set(make_params, tmp_path):
     stats = build_train_set(params, tmp_path / "train.parquet", None)
     rows = read_rows(tmp_path / "train.parquet")
     assert stats.rows_in == stats.rows_kept == len(rows) == 20
-    suffix = params.data.synthetic.prompt_suffix
+    suffix, system = params.data.synthetic.prompt_suffix, params.data.synthetic.system_prompt
+    head = [{"role": "system", "content": system}] if system else []
     for i, r in enumerate(rows):
         assert r["data_source"] == "synthetic" and r["ability"] == "math"
-        assert r["prompt"] == [{"role": "user", "content": r["extra_info"]["question"] + suffix}]
+        assert r["prompt"] == [*head, {"role": "user", "content": r["extra_info"]["question"] + suffix}]
         assert r["reward_model"]["style"] == "rule"
         assert r["target"].endswith(f"\\boxed{{{r['reward_model']['ground_truth']}}}.")
         assert r["extra_info"]["index"] == i and r["extra_info"]["split"] == "train"
     assert {r["extra_info"]["level"] for r in rows} == {0, 3}
+
+
+def test_synthetic_system_prompt_comes_first_in_every_row(make_params, tmp_path):
+    system = "Answer inside \\boxed{}."
+    params = make_params(
+        {"data": {"synthetic": {"levels": [0], "train_per_level": 5, "system_prompt": system}}}
+    )
+    build_train_set(params, tmp_path / "train.parquet", None)
+    rows = read_rows(tmp_path / "train.parquet")
+    suffix = params.data.synthetic.prompt_suffix
+    assert [r["prompt"] for r in rows] == [
+        [
+            {"role": "system", "content": system},
+            {"role": "user", "content": r["extra_info"]["question"] + suffix},
+        ]
+        for r in rows
+    ]
 
 
 def test_openr1_46k_layout_as_released(make_params, tmp_path):

@@ -73,11 +73,29 @@ def import_vllm() -> Any:
     return vllm
 
 
-def resolve_dtype(dtype: str, device_type: str) -> str:
-    """``auto``: float32 on CPU (the fast path of the CPU build on this model size), bfloat16 on CUDA."""
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX-512 BF16 or AMX), read from ``/proc/cpuinfo``."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_dtype(dtype: str, device_type: str, cpuinfo: str | None = None) -> str:
+    """``auto``: bfloat16 on CUDA and on CPUs with bf16 instructions, float32 on other CPUs.
+
+    Measured on a 2-core AVX-512 BF16 / AMX machine (docs/benchmarks.md, "bf16"): bf16 generation is about 1.6x
+    the tokens/s of float32; without those instructions the CPU build emulates bf16 and float32 is the fast path.
+    The trainer stays float32 either way; its log-probs (not vLLM's) enter the PPO ratio.
+    """
     if dtype != "auto":
         return dtype
-    return "float32" if device_type == "cpu" else "bfloat16"
+    if device_type != "cpu":
+        return "bfloat16"
+    return "bfloat16" if cpu_has_bf16(cpuinfo) else "float32"
 
 
 def start_llm(

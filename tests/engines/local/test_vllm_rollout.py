@@ -289,3 +289,14 @@ def test_vllm_env_comes_from_params_not_the_shell(monkeypatch):
     }
     assert all(__import__("os").environ[k] == v for k, v in env.items())
     assert "VLLM_CPU_KVCACHE_SPACE" not in ve.configure_env(VllmParams(), "cuda")
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_has_bf16_instructions():
+    avx512_only = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl\n"
+    assert ve.resolve_dtype("auto", "cpu", avx512_only) == "float32"
+    assert ve.resolve_dtype("auto", "cpu", avx512_only + "flags : avx512_bf16\n") == "bfloat16"
+    assert ve.resolve_dtype("auto", "cpu", "flags : amx_bf16 amx_tile\n") == "bfloat16"
+    assert ve.resolve_dtype("auto", "cuda", avx512_only) == "bfloat16"
+    # an explicit dtype is never second-guessed
+    assert ve.resolve_dtype("float32", "cpu", "flags : avx512_bf16\n") == "float32"
+    assert ve.resolve_dtype("bfloat16", "cpu", avx512_only) == "bfloat16"
