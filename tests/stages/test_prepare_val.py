@@ -134,7 +134,13 @@ def test_embedded_default_validates_on_synthetic_level(project, capsys):
     (row,) = _rows(root / "data/val/synthetic_l0.parquet")
     params = load_params("params.yaml")
     assert row["data_source"] == "synthetic_l0"
-    assert row["prompt"] == [{"role": "user", "content": "2 + 5 = ?" + params.data.synthetic.prompt_suffix}]
+    syn = params.data.synthetic
+    # the training prompt layout: the format system turn of the embedded default, then problem + suffix
+    assert syn.system_prompt
+    assert row["prompt"] == [
+        {"role": "system", "content": syn.system_prompt},
+        {"role": "user", "content": "2 + 5 = ?" + syn.prompt_suffix},
+    ]
     assert row["reward_model"]["ground_truth"] == "7"
     assert ov.verl_overrides(params, "grpo", root)["data.val_files"] == [
         str(root / "data/val/synthetic_l0.parquet")
@@ -202,4 +208,5 @@ def test_verl_reads_the_val_parquet_as_its_validation_set(project, capsys, tmp_p
     item = ds[2]
     assert item["data_source"] == "synthetic_l0"
     assert item["reward_model"]["ground_truth"] == "3"
-    assert item["raw_prompt"][0]["content"].startswith("2 + 1 = ?")
+    system, user = item["raw_prompt"]  # the embedded default's format system turn, then the problem
+    assert system["role"] == "system" and user["content"].startswith("2 + 1 = ?")
