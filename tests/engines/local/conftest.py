@@ -70,7 +70,11 @@ def vllm_engine(vllm_model_dir: Path):
 
     tok = AutoTokenizer.from_pretrained(vllm_model_dir)
     engine = VLLMRolloutEngine(
-        vllm_model_dir, tok, TrainVllmParams(kv_cache_gib=1, dtype="float32"), eos_ids=[tok.eos_token_id], device_type="cpu"
+        vllm_model_dir,
+        tok,
+        TrainVllmParams(kv_cache_gib=1, dtype="float32"),
+        eos_ids=[tok.eos_token_id],
+        device_type="cpu",
     )
     yield engine
     engine.close()
