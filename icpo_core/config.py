@@ -153,6 +153,15 @@ class DemoDataParams(_Section):
         return v
 
 
+def _non_empty_unique(v: list[Any], empty: str, duplicate: str) -> list[Any]:
+    """``v`` when it has at least one element and no repeats, else a ValueError with the given message."""
+    if not v:
+        raise ValueError(empty)
+    if len(set(v)) != len(v):
+        raise ValueError(duplicate)
+    return v
+
+
 class SyntheticParams(_Section):
     levels: list[Level] = [0, 1, 3]
     train_per_level: int = Field(default=200, gt=0)
@@ -165,11 +174,7 @@ class SyntheticParams(_Section):
     @field_validator("levels")
     @classmethod
     def _non_empty_unique(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise ValueError("needs at least one level")
-        if len(set(v)) != len(v):
-            raise ValueError("levels must be unique")
-        return v
+        return _non_empty_unique(v, "needs at least one level", "levels must be unique")
 
 
 class DataParams(_Section):
@@ -284,10 +289,7 @@ class LoraParams(_Section):
     @field_validator("target_modules")
     @classmethod
     def _targets(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("needs at least one module name, or [all-linear]")
-        if len(set(v)) != len(v):
-            raise ValueError("module names must be unique")
+        _non_empty_unique(v, "needs at least one module name, or [all-linear]", "module names must be unique")
         if "all-linear" in v and len(v) > 1:
             raise ValueError("all-linear already names every linear layer: list it alone")
         return v
