@@ -3,8 +3,9 @@
 Per arm: median step time, peak RSS while training, the checkpoint's size on disk, and the held-out greedy
 accuracy (``synthetic_l0`` / ``synthetic_l1`` by default) of the merged model after the steps. Both arms use
 params.yaml as it is (same seed, data order, rollouts budget); the LoRA arm sets ``train.lora.enabled`` and its
-learning rate (default: 10x ``train.lr``, the "LoRA Without Regret" rule of thumb). A markdown table goes to
-stdout, the raw numbers to ``--json``.
+learning rate (default: 10x ``train.lr``, the "LoRA Without Regret" rule of thumb). ``--arms`` adds arms with
+their own learning rate (``lora@2e-5``: LoRA at the full fine-tuning lr, the claim's control). A markdown table
+goes to stdout, the raw numbers to ``--json``.
 
 Needs the project's inputs: ``models/base`` (``icpo base-model``), ``data/train.parquet`` and ``data/eval``
 (``icpo prepare-train``), ``data/demos.parquet`` (``icpo prepare-demos``). Each arm runs in its own subprocess
@@ -12,6 +13,7 @@ Needs the project's inputs: ``models/base`` (``icpo base-model``), ``data/train.
 written to the project's ``runs/``, ``metrics/`` or MLflow store.
 
     python scripts/bench_lora.py --steps 8 --json bench_lora.json
+    python scripts/bench_lora.py --steps 8 --arms full,lora,lora@2e-5 --seed 1   # the 10x-lr claim
     python scripts/bench_lora.py --steps 1 --limit 4 --rollout-backend hf --bench-backend hf   # smoke
 """
 
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ARMS = ("full", "lora")
+ARM_KINDS = ("full", "lora")
 RESULT_PREFIX = "BENCH_LORA_RESULT "
 
 
@@ -39,9 +41,18 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def parse_arm(spec: str) -> tuple[str, float | None]:
+    """``full`` / ``lora`` / ``<kind>@<lr>`` -> (kind, lr or None for the default)."""
+    kind, _, lr = spec.partition("@")
+    if kind not in ARM_KINDS:
+        raise ValueError(f"arm {spec!r}: the kind must be one of {ARM_KINDS}, optionally @<lr>")
+    return kind, float(lr) if lr else None
+
+
 def arm_params(params: Any, args: argparse.Namespace, arm: str) -> Any:
-    """params.yaml with this benchmark's steps / backend, and for ``lora`` the adapters and their lr."""
-    lora = params.train.lora.model_copy(update={"enabled": arm == "lora"})
+    """params.yaml with this benchmark's steps / backend / seed, and for ``lora`` the adapters and their lr."""
+    kind, lr = parse_arm(arm)
+    lora = params.train.lora.model_copy(update={"enabled": kind == "lora"})
     if args.rank is not None:
         lora = lora.model_copy(update={"rank": args.rank})
     if args.alpha is not None:
@@ -54,7 +65,9 @@ def arm_params(params: Any, args: argparse.Namespace, arm: str) -> Any:
     }
     if args.rollout_backend:
         update["rollout_backend"] = args.rollout_backend
-    if arm == "lora":
+    if lr is not None:
+        update["lr"] = lr
+    elif kind == "lora":
         update["lr"] = args.lora_lr if args.lora_lr is not None else 10 * params.train.lr
     train = params.train.model_copy(update=update)
     return params.model_copy(update={"train": train})
@@ -73,7 +86,9 @@ def run_arm(args: argparse.Namespace, arm: str) -> dict[str, Any]:
     from icpo_core.engines.local.trainer import train_local
 
     params = arm_params(load_params("params.yaml"), args, arm)
-    instance = f"bench_lora_{arm}"
+    if args.seed is not None:
+        params = params.with_seed(args.seed)
+    instance = f"bench_lora_{parse_arm(arm)[0]}"
     summary = train_local(params, args.run, root=".", progress=False, instance=instance)
     peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux; training is the peak
     rows = steplog.read_steps(Path(paths.train_metrics_jsonl(instance)))
@@ -104,7 +119,8 @@ def run_arm(args: argparse.Namespace, arm: str) -> dict[str, Any]:
     return {
         "arm": arm,
         "lr": params.train.lr,
-        "lora": params.train.lora.model_dump() if arm == "lora" else None,
+        "seed": args.seed,
+        "lora": params.train.lora.model_dump() if params.train.lora.enabled else None,
         "rollout_backend": summary["rollout_backend"],
         "bench_backend": backend,
         "steps": summary["steps"],
@@ -132,26 +148,40 @@ def scratch_project(project: Path, params_file: Path, folder: Path) -> Path:
 
 
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
-    """The two arms as columns of one markdown table."""
-    full, lora = results["full"], results["lora"]
+    """The arms as columns of one markdown table."""
+    arms = list(results.values())
+    first = arms[0]
 
     def mib(b: int) -> str:
         return f"{b / 2**20:,.1f}"
 
+    def row(label: str, cell: Any) -> str:
+        return f"| {label} | " + " | ".join(cell(a) for a in arms) + " |"
+
+    seed = "params" if first["seed"] is None else first["seed"]
     lines = [
-        f"| ({full['steps']} steps, rollouts: {full['rollout_backend']}) | full fine-tuning | LoRA |",
-        "|---|---|---|",
-        f"| learning rate | {full['lr']:g} | {lora['lr']:g} |",
-        f"| LoRA rank / alpha | - | {lora['lora']['rank']} / {lora['lora']['alpha']} |",
-        f"| trainable parameters | {full['trainable_params']:,} | {lora['trainable_params']:,} |",
-        f"| step time, median (s) | {full['step_time_median_s']:.1f} | {lora['step_time_median_s']:.1f} |",
-        f"| peak RSS while training (GiB) | {full['peak_rss_gib']:.2f} | {lora['peak_rss_gib']:.2f} |",
-        f"| checkpoint on disk (MiB) | {mib(full['checkpoint_bytes'])} | {mib(lora['checkpoint_bytes'])} |",
+        f"| ({first['steps']} steps, seed {seed}, rollouts: {first['rollout_backend']}) | "
+        + " | ".join("LoRA" if a["lora"] else "full fine-tuning" for a in arms)
+        + " |",
+        "|---" * (len(arms) + 1) + "|",
+        row("learning rate", lambda a: f"{a['lr']:g}"),
+        row(
+            "LoRA rank / alpha", lambda a: f"{a['lora']['rank']} / {a['lora']['alpha']}" if a["lora"] else "-"
+        ),
+        row("trainable parameters", lambda a: f"{a['trainable_params']:,}"),
+        row("step time, median (s)", lambda a: f"{a['step_time_median_s']:.1f}"),
+        row("peak RSS of the training process (GiB)", lambda a: f"{a['peak_rss_gib']:.2f}"),
+        row("checkpoint on disk (MiB)", lambda a: mib(a["checkpoint_bytes"])),
+        row("mean on-policy reward over the steps", lambda a: f"{a['reward_on_policy_mean']:.3f}"),
     ]
-    for name in full["accuracy"]:
-        n = full["n_problems"][name]
-        a, b = full["accuracy"][name], lora["accuracy"][name]
-        lines.append(f"| {name} greedy accuracy (%, {n} problems) | {100 * a:.1f} | {100 * b:.1f} |")
+    for name in first["accuracy"]:
+        n = first["n_problems"][name]
+        lines.append(
+            row(
+                f"{name} greedy accuracy (%, {n} problems)",
+                lambda a, name=name: f"{100 * a['accuracy'][name]:.1f}",
+            )
+        )
     return "\n".join(lines)
 
 
@@ -172,10 +202,22 @@ def main() -> int:
     )
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     ap.add_argument("--json", default=None, help="write the raw results here")
-    ap.add_argument("--arm", choices=ARMS, default=None, help=argparse.SUPPRESS)  # internal: one arm
+    ap.add_argument(
+        "--arms",
+        default="full,lora",
+        help="comma list of full | lora, each optionally @<lr> (e.g. lora@2e-5)",
+    )
+    ap.add_argument("--seed", type=int, default=None, help="training seed (default: params.yaml seed)")
+    ap.add_argument("--arm", default=None, help=argparse.SUPPRESS)  # internal: one arm
     args = ap.parse_args()
     if args.steps < 1:
         ap.error("--steps must be >= 1")
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    try:
+        for a in arms:
+            parse_arm(a)
+    except ValueError as e:
+        ap.error(str(e))
 
     if args.arm:  # the child: cwd is the arm's scratch project
         print(RESULT_PREFIX + json.dumps(run_arm(args, args.arm)), flush=True)
@@ -196,8 +238,8 @@ def main() -> int:
     passthrough = [a for a in sys.argv[1:]]
     results: dict[str, dict[str, Any]] = {}
     try:
-        for arm in ARMS:
-            folder = scratch_project(project, Path(args.params).resolve(), work / arm)
+        for i, arm in enumerate(arms):
+            folder = scratch_project(project, Path(args.params).resolve(), work / f"arm{i}")
             t0 = time.perf_counter()
             proc = subprocess.run(
                 [sys.executable, str(Path(__file__).resolve()), *passthrough, "--arm", arm],

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from local_helpers import parity_reward
+from local_helpers import parity_reward, randomise_adapters
 
 from icpo_core.config import LoraParams
 from icpo_core.engines.local import checkpoint as ckpt
@@ -29,15 +29,6 @@ def _plain(model_dir):
 
 def _plain_name(key: str) -> str:
     return key.removeprefix("base_model.model.").replace(".base_layer.", ".")
-
-
-def _randomise_adapters(model, seed: int, scale: float = 0.2) -> None:
-    """Non-zero A and B everywhere (B starts at zero, which would make every LoRA check trivially pass)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if lora.is_adapter_key(name):
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
 def _logits(model, ids):
@@ -103,7 +94,7 @@ def test_reference_log_probs_are_the_base_models(tiny_project):
     root, params = tiny_project(train={"lora": LORA})
     trainer = LocalTrainer(params, "grpo", root=root, reward_fn=parity_reward, progress=False)
     trainer._load()
-    _randomise_adapters(trainer.model, seed=5)
+    randomise_adapters(trainer.model, seed=5, scale=0.2)
     batch, _ = trainer.rollout_step(1, trainer.prompts[:2])
     base_lp = batched_log_probs(_plain(root / "models" / "base"), batch.seqs, 64)
     mask = batch.seqs.response_mask.bool()
@@ -189,7 +180,7 @@ def test_lora_checkpoint_is_smaller_than_a_full_one(tiny_model_dir, tmp_path):
 
 def test_merged_weights_equal_the_peft_forward_and_leave_the_model_untouched(tiny_model_dir):
     peft_model = lora.wrap(_plain(tiny_model_dir), LoraParams(**LORA), seed=0).eval()
-    _randomise_adapters(peft_model, seed=1)
+    randomise_adapters(peft_model, seed=1, scale=0.2)
     before = {k: v.clone() for k, v in peft_model.state_dict().items()}
     merged = lora.export_weights(peft_model)
     after = peft_model.state_dict()
@@ -215,7 +206,7 @@ def _lora_checkpoint(tiny_model_dir, root):
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     peft_model = lora.wrap(_plain(tiny_model_dir), LoraParams(**LORA), seed=0).eval()
-    _randomise_adapters(peft_model, seed=3)
+    randomise_adapters(peft_model, seed=3, scale=0.2)
     opt = torch.optim.AdamW(lora.trainable_parameters(peft_model))
     actor = ckpt.save_checkpoint(
         root, 1, model=peft_model, optimizer=opt, tokenizer=tok, resume_state={}, max_to_keep=1

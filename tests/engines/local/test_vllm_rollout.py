@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from local_helpers import parity_reward
+from local_helpers import parity_reward, randomise_adapters
 
 from icpo_core.engines.local import vllm_engine as ve
 from icpo_core.engines.local.data import chat_ids
@@ -168,18 +168,8 @@ def _lora_policy(model, seed: int, scale: float = 0.05):
     from icpo_core.engines.local import lora
 
     policy = lora.wrap(copy.deepcopy(model), LoraParams(enabled=True, rank=8, alpha=16), seed=seed).eval()
-    _randomise_adapters(policy, seed, scale)
+    randomise_adapters(policy, seed, scale)
     return policy
-
-
-def _randomise_adapters(model, seed: int, scale: float = 0.05) -> None:
-    from icpo_core.engines.local import lora
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if lora.is_adapter_key(name):
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
 
 
 def test_a_push_of_a_lora_policy_serves_its_merged_weights(vllm_engine, hf_model):
@@ -213,7 +203,7 @@ def test_a_lora_step_with_vllm_equals_a_lora_step_with_hf(vllm_project, vllm_eng
     for backend in ("hf", "vllm"):
         trainer = LocalTrainer(params, "icpo", root=root, reward_fn=parity_reward, progress=False)
         trainer._load()
-        _randomise_adapters(trainer.model, seed=6, scale=0.1)
+        randomise_adapters(trainer.model, seed=6, scale=0.1)
         if backend == "vllm":
             trainer.rollout_engine = vllm_engine
         engine = trainer.start_rollout_engine()
