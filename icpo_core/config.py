@@ -323,6 +323,9 @@ class TrainParams(_Section):
     save_freq: int = Field(default=4, ge=1)
     max_ckpt_to_keep: int = Field(default=2, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # local engine: the trainer's forward/backward precision (fp32 master weights and AdamW state either way).
+    # auto: bf16 autocast on CUDA, fp32 on CPU; bfloat16: autocast on CPU too; float32: never
+    autocast: Literal["auto", "bfloat16", "float32"] = "auto"
     lora: LoraParams = LoraParams()
     verl: VerlParams = VerlParams()
 

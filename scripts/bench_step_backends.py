@@ -5,8 +5,11 @@ Three local-engine trainers on params.yaml (the embedded default): ``icpo`` with
 background load hits all alike). Step 1 is the warm-up and left out. Reports per phase (generation, weight push,
 reference / old log-probs, update) the median seconds, the ICPO / GRPO step-time ratio next to the ratio of the
 tokens each step processed in generation (generated + prefilled), and each vLLM engine's start-up time.
+``--bf16-arm`` adds ``icpo`` with ``vllm`` and ``train.autocast: bfloat16`` (the trainer's forward/backward in
+bf16 autocast on CPU).
 
     python scripts/bench_step_backends.py --steps 3 --json bench_step_backends.json
+    python scripts/bench_step_backends.py --steps 3 --bf16-arm
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def main() -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--steps", type=int, default=3, help="measured steps per trainer (after one warm-up)")
     ap.add_argument("--kv-cache-gib", type=int, default=1)
+    ap.add_argument("--bf16-arm", action="store_true", help="add icpo/vllm with train.autocast: bfloat16")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -44,14 +48,21 @@ def main() -> int:
     from icpo_core.rewards import Grader
 
     params = load_params(args.params)
-    setups = {"icpo/hf": ("icpo", "hf"), "icpo/vllm": ("icpo", "vllm"), "grpo/vllm": ("grpo", "vllm")}
+    setups = {
+        "icpo/hf": ("icpo", "hf", "auto"),
+        "icpo/vllm": ("icpo", "vllm", "auto"),
+        "grpo/vllm": ("grpo", "vllm", "auto"),
+    }
+    if args.bf16_arm:
+        setups["icpo/vllm/bf16"] = ("icpo", "vllm", "bfloat16")
     trainers: dict[str, LocalTrainer] = {}
     startup: dict[str, float] = {}
     rows: dict[str, list[dict]] = {k: [] for k in setups}
     with Grader(workers=2, timeout_s=params.bench.grade_timeout_s) as grader:
-        for key, (run, backend) in setups.items():
+        for key, (run, backend, autocast) in setups.items():
             vllm_cfg = params.train.vllm.model_copy(update={"kv_cache_gib": args.kv_cache_gib})
-            train = params.train.model_copy(update={"rollout_backend": backend, "vllm": vllm_cfg})
+            update = {"rollout_backend": backend, "vllm": vllm_cfg, "autocast": autocast}
+            train = params.train.model_copy(update=update)
             t = LocalTrainer(params.model_copy(update={"train": train}), run, progress=False)
             t._load()
             t._grader = grader
@@ -88,6 +99,9 @@ def main() -> int:
         "startup_s": startup,
         "median_s": med,
         "vllm_over_hf_step": round(med["icpo/vllm"]["step"] / med["icpo/hf"]["step"], 2),
+        "vllm_bf16_over_hf_step": (
+            round(med["icpo/vllm/bf16"]["step"] / med["icpo/hf"]["step"], 2) if args.bf16_arm else None
+        ),
         "icpo_over_grpo_vllm": {
             "step_time_median": round(med["icpo/vllm"]["step"] / med["grpo/vllm"]["step"], 2),
             "step_time_sum": round(step_sum("icpo/vllm") / step_sum("grpo/vllm"), 2),

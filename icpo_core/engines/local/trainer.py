@@ -78,6 +78,14 @@ _ADDITIVE = ("actor/pg_loss", "actor/kl", "actor/entropy")
 # ------------------------------------------------------------------------------------------------ helpers
 
 
+def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """``train.autocast`` -> the autocast dtype of forward passes (None: plain fp32). Master weights and AdamW state
+    stay fp32 either way, as in verl's FSDP mixed precision. ``auto``: bf16 on CUDA, fp32 on CPU."""
+    if setting == "bfloat16" or (setting == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
 def step_seed(seed: int, step: int, stream: int) -> int:
     """A 63-bit seed per (run seed, step, purpose): a step's randomness does not depend on earlier steps."""
     return int(np.random.SeedSequence([seed, step, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -157,8 +165,7 @@ class LocalTrainer:
         self.reward_fn = reward_fn
         self.progress = progress
         self.device = pick_device(self.train_cfg.device)
-        # bf16 autocast on GPU (fp32 master weights and optimizer state); plain fp32 on CPU.
-        self.autocast = torch.bfloat16 if self.device.type == "cuda" else None
+        self.autocast = autocast_dtype(self.train_cfg.autocast, self.device)
         self.ckpt_root = self.root / paths.checkpoints_dir(self.name)
         self.steps_path = self.root / paths.train_metrics_jsonl(self.name)
         self.summary_path = self.root / paths.train_summary(self.name)

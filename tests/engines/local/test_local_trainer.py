@@ -112,3 +112,35 @@ def test_changed_config_starts_fresh(tiny_project, caplog):
     assert "different config" in caplog.text
     assert s2["resumed_from_step"] == 0 and s2["steps"] == 2
     assert s2["mlflow_run_id"] != s1["mlflow_run_id"]
+
+
+def test_autocast_setting_picks_the_forward_precision():
+    from icpo_core.engines.local.trainer import autocast_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("auto", cuda) is torch.bfloat16
+    assert autocast_dtype("bfloat16", cpu) is torch.bfloat16
+    assert autocast_dtype("float32", cuda) is None
+
+
+def test_bf16_autocast_on_cpu_trains_with_fp32_master_weights(tiny_project):
+    """train.autocast: bfloat16 on CPU: the reference pass runs in bf16 (log-probs differ from fp32 ones), the
+    update still lowers the loss, and weights and optimizer state stay fp32."""
+    root, params = tiny_project(algorithm={"n_on": 4}, train={"lr": 3e-3, "autocast": "bfloat16"})
+    trainer = LocalTrainer(params, "grpo", root=root, reward_fn=parity_reward, progress=False)
+    trainer._load()
+    assert trainer.autocast is torch.bfloat16
+    batch, _ = trainer.rollout_step(1, trainer.prompts[:2])
+    fp32_ref = batched_log_probs(trainer.ref_model, batch.seqs, 64)
+    mask = batch.seqs.response_mask.bool()
+    assert not torch.allclose(batch.ref_log_prob[mask], fp32_ref[mask], atol=1e-4), "bf16 must be in use"
+    assert torch.allclose(batch.ref_log_prob[mask], fp32_ref[mask], atol=0.5)
+    batch.old_log_prob = batched_log_probs(trainer.model, batch.seqs, 64)
+    before = _fixed_batch_loss(trainer, batch)
+    for _ in range(5):
+        trainer.update(batch)
+    assert _fixed_batch_loss(trainer, batch) < before - 1e-3
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert all(
+        v.dtype == torch.float32 for s in trainer.optimizer.state.values() for v in s.values() if v.dim()
+    )
