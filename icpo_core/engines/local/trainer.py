@@ -1,4 +1,4 @@
-"""The local engine: GRPO / ICPO training with torch + transformers on CPU (fp32) or one CUDA device (bf16 autocast).
+"""The local engine: GRPO / ICPO training with torch + transformers on CPU or one CUDA device (`train.autocast`).
 
 One step (t = 1 .. T, verl's 1-based ``global_steps``):
 
