@@ -70,7 +70,8 @@ def arm_params(params: Any, args: argparse.Namespace, arm: str) -> Any:
     elif kind == "lora":
         update["lr"] = args.lora_lr if args.lora_lr is not None else 10 * params.train.lr
     train = params.train.model_copy(update=update)
-    return params.model_copy(update={"train": train})
+    params = params.model_copy(update={"train": train})
+    return params if args.seed is None else params.with_seed(args.seed)
 
 
 def run_arm(args: argparse.Namespace, arm: str) -> dict[str, Any]:
@@ -86,9 +87,7 @@ def run_arm(args: argparse.Namespace, arm: str) -> dict[str, Any]:
     from icpo_core.engines.local.trainer import train_local
 
     params = arm_params(load_params("params.yaml"), args, arm)
-    if args.seed is not None:
-        params = params.with_seed(args.seed)
-    instance = f"bench_lora_{parse_arm(arm)[0]}"
+    instance = "bench_lora_" + ("lora" if params.train.lora.enabled else "full")
     summary = train_local(params, args.run, root=".", progress=False, instance=instance)
     peak_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux; training is the peak
     rows = steplog.read_steps(Path(paths.train_metrics_jsonl(instance)))
