@@ -266,6 +266,9 @@ class VllmParams(_Section):
 class TrainVllmParams(VllmParams):
     # CUDA: share of GPU memory for the colocated engine (the trainer holds the rest)
     gpu_memory_utilization: float = Field(default=0.3, gt=0, le=1)
+    # false: one seed per generate call (torch's RNG, as the hf path); true: a generator per request, so a
+    # request's samples do not depend on its batch, at 0.6x the CPU engine's tokens/s (docs/benchmarks.md)
+    per_request_seeds: bool = False
 
 
 # The attention and MLP projections of Llama-style models (Llama, Qwen2/3, SmolLM2, Mistral).
@@ -324,8 +327,9 @@ class TrainParams(_Section):
     max_ckpt_to_keep: int = Field(default=2, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # local engine: the trainer's forward/backward precision (fp32 master weights and AdamW state either way).
-    # auto: bf16 autocast on CUDA, fp32 on CPU; bfloat16: autocast on CPU too; float32: never
-    autocast: Literal["auto", "bfloat16", "float32"] = "auto"
+    # auto: bf16 autocast on CUDA and on CPUs with AVX-512 BF16 / AMX, else fp32; bfloat16: always; float32:
+    # never. params.yaml sets auto; the typed default (tiny test projects) stays float32, machine-independent.
+    autocast: Literal["auto", "bfloat16", "float32"] = "float32"
     lora: LoraParams = LoraParams()
     verl: VerlParams = VerlParams()
 

@@ -2,8 +2,9 @@
 
 Both through the local engine's one interface (:class:`icpo_core.engines.local.rollout.RolloutEngine`): the same
 chat-templated training prompts, each repeated ``--samples`` times (the trainer's n rollouts per prompt), the same
-sampling (temperature, top_p 1, no top-k, <= --max-new tokens, stop at EOS). Rounds alternate between the two
-in one process, so background load hits both alike. Also reports the engine's start-up time, eager and (with
+sampling (temperature, top_p 1, no top-k, <= --max-new tokens, stop at EOS). vLLM samples as the trainer does (one seed per call; with
+``--per-request-seeds`` also an arm with a generator per request, the same engine). Rounds alternate between the
+arms in one process, so background load hits all alike. Also reports the engine's start-up time, eager and (with
 ``--compiled``) with torch.compile, and the time of one in-place weight push.
 
     python scripts/bench_vllm_rollout.py --model models/base --data data/train.parquet --prompts 18 --samples 8
@@ -29,6 +30,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="vLLM dtype")
     ap.add_argument("--compiled", action="store_true", help="also start a torch.compile engine and time it")
+    ap.add_argument(
+        "--per-request-seeds", action="store_true", help="also time vLLM with a seeded generator per request"
+    )
     ap.add_argument("--kv-cache-gib", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -63,9 +67,14 @@ def main() -> int:
         return roll.gen_tokens, time.perf_counter() - t0
 
     timed(vllm, 0)  # warm-up (first-call allocations)
-    res: dict[str, list[dict]] = {"hf": [], "vllm": []}
+    arms = [("hf", hf, False), ("vllm", vllm, False)]
+    if args.per_request_seeds:
+        arms.append(("vllm_per_request_seeds", vllm, True))
+    res: dict[str, list[dict]] = {name: [] for name, _, _ in arms}
     for r in range(args.repeats):
-        for name, engine in (("hf", hf), ("vllm", vllm)):
+        for name, engine, per_request in arms:
+            if engine is vllm:
+                vllm.per_request_seeds = per_request
             n, dt = timed(engine, seed=r + 1)
             res[name].append({"tokens": n, "seconds": round(dt, 2), "tokens_per_s": round(n / dt, 1)})
             print(name, res[name][-1], flush=True)
@@ -84,6 +93,11 @@ def main() -> int:
     for name in res:
         out[f"{name}_tokens_per_s_median"] = statistics.median(x["tokens_per_s"] for x in res[name])
     out["speedup"] = round(out["vllm_tokens_per_s_median"] / out["hf_tokens_per_s_median"], 2)
+    if args.per_request_seeds:
+        out["speedup_per_request_seeds"] = round(
+            out["vllm_per_request_seeds_tokens_per_s_median"] / out["hf_tokens_per_s_median"], 2
+        )
+        vllm.per_request_seeds = False
     vllm.close()
     if args.compiled:
         compiled = start(eager=False)

@@ -246,6 +246,7 @@ def make_rollout_engine(
             seed=seed,
             max_model_len=max_model_len,
             gpu_memory_utilization=vllm_cfg.gpu_memory_utilization,
+            per_request_seeds=vllm_cfg.per_request_seeds,
         )
     except VLLMUnavailable as e:
         log.warning(

@@ -11,9 +11,14 @@ CPU build has traps that this module handles so that no caller has to (DESIGN.md
 - a second ``load_weights`` fails (the CPU build repacks weights after loading): pushes go through the worker's
   ``reload_weights`` with an in-memory iterator, after which the LM head tied to the embeddings keeps a stale
   packed copy and is re-packed here (else log-probs go stale silently);
+- sampling is seeded per call, not per request: :meth:`VLLMRolloutEngine.generate` re-seeds torch's global RNG
+  (which the in-process engine samples from) with the step's seed and restores it after, as the ``hf`` path
+  seeds ``model.generate``. A call's draws are a function of (weights, prompts, seed), so a step is
+  reproducible and a resumed run draws what it would have; a request's draws depend on the rest of its call.
+  Per-request generators (``train.vllm.per_request_seeds``) make each request independent of its batch but
+  send the CPU sampler down a per-row slow path (measured 0.6x the tokens/s, docs/benchmarks.md);
 - per-request ``SamplingParams(seed=...)`` crash the CPU engine once a batch needs chunked prefill: chunked
-  prefill is off, so every request keeps its own seeded generator, independent of batching and prefix caching
-  (a resumed run draws what it would have);
+  prefill is off, so the per-request option survives prefills longer than one step's token budget;
 - the prefix cache holds KV computed with the old weights: it is reset after every push.
 
 vLLM is imported lazily; :func:`import_vllm` turns any import failure into :class:`VLLMUnavailable` naming the
@@ -31,6 +36,7 @@ from typing import Any
 
 import torch
 
+from icpo_core.engines.local.hardware import cpu_has_bf16
 from icpo_core.engines.local.rollout import Rollouts, response_mask_from
 
 log = logging.getLogger(__name__)
@@ -71,17 +77,6 @@ def import_vllm() -> Any:
     except Exception as e:  # ImportError, but also e.g. OSError of a missing shared library
         raise VLLMUnavailable(f"vLLM cannot be imported ({type(e).__name__}: {e})") from e
     return vllm
-
-
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU has bfloat16 instructions (AVX-512 BF16 or AMX), read from ``/proc/cpuinfo``."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = set(cpuinfo.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_dtype(dtype: str, device_type: str, cpuinfo: str | None = None) -> str:
@@ -171,7 +166,8 @@ def _model_max_len(model_dir: str | Path) -> int:
 
 
 def request_seeds(seed: int, n: int) -> list[int]:
-    """One seed per request, derived from the call's seed: a request's samples do not depend on its batch."""
+    """One seed per request, derived from the call's seed (``per_request_seeds``): a request's samples then do not
+    depend on its batch."""
     return [(seed + i) % _SEED_MOD for i in range(n)]
 
 
@@ -241,8 +237,11 @@ class VLLMRolloutEngine:
         seed: int = 0,
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.3,
+        per_request_seeds: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
+        self.per_request_seeds = per_request_seeds
+        self.device_type = device_type
         self.eos_ids = list(eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         t0 = time.perf_counter()
@@ -267,9 +266,11 @@ class VLLMRolloutEngine:
         seed: int | None = None,
         logprobs: bool = False,
     ) -> Rollouts:
-        """One response per prompt; ``temperature == 0`` is greedy; request i is seeded with ``seed + i``.
+        """One response per prompt; ``temperature == 0`` is greedy.
 
-        ``logprobs`` also returns each sampled token's log-prob under the engine (after temperature).
+        Sampling is seeded with ``seed`` for the whole call (torch's global RNG, restored afterwards), or, with
+        ``per_request_seeds``, request i with its own generator seeded ``seed + i``. ``logprobs`` also returns
+        each sampled token's log-prob under the engine (after temperature).
         """
         greedy = temperature == 0
         seeds = request_seeds(seed or 0, len(prompt_ids))
@@ -279,7 +280,7 @@ class VLLMRolloutEngine:
                 temperature=0.0 if greedy else temperature,
                 top_p=1.0 if greedy else top_p,
                 max_tokens=max_new_tokens,
-                seed=None if greedy else s,
+                seed=s if self.per_request_seeds and not greedy else None,
                 stop_token_ids=self.eos_ids,
                 logprobs=0 if logprobs else None,
                 detokenize=False,  # texts are decoded below with the trainer's tokenizer
@@ -287,7 +288,12 @@ class VLLMRolloutEngine:
             for s in seeds
         ]
         requests = [{"prompt_token_ids": list(p)} for p in prompt_ids]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        # The engine runs in this process and samples from torch's default generators: seed them for this call
+        # and give the caller its RNG state back (fork_rng), so the trainer's own draws are untouched.
+        cuda = list(range(torch.cuda.device_count())) if self.device_type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed((seed or 0) % _SEED_MOD)
+            outputs = self.llm.generate(requests, params, use_tqdm=False)
         if len(outputs) != len(prompt_ids):
             raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(prompt_ids)} prompts")
         rows = [list(o.outputs[0].token_ids) for o in outputs]

@@ -116,17 +116,36 @@ def test_a_push_of_only_the_tied_embeddings_reaches_the_lm_head(vllm_engine, hf_
     assert max_err(moved) < LOGPROB_ATOL
 
 
-def test_seeded_sampling_is_reproducible_and_batch_independent(vllm_engine, hf_model):
+def test_seeded_sampling_is_reproducible_and_leaves_the_callers_rng_alone(vllm_engine, hf_model):
+    """The default: one seed per call (torch's RNG, which the in-process engine samples from), restored after."""
     model, tok = hf_model
     vllm_engine.push_weights(model)
+    assert not vllm_engine.per_request_seeds
     prompts = _prompts(tok) * 20  # ~ 2.7k prompt tokens: more than one step's token budget
     assert sum(map(len, prompts)) > 2048
     kw = {"max_new_tokens": 8, "temperature": 1.0}
+    torch.manual_seed(123)
+    expected_next = torch.rand(4)
+    torch.manual_seed(123)
     a = vllm_engine.generate(prompts, seed=11, **kw)
+    assert torch.equal(torch.rand(4), expected_next)  # the caller's RNG stream did not move
     b = vllm_engine.generate(prompts, seed=11, **kw)
     c = vllm_engine.generate(prompts, seed=12, **kw)
     assert torch.equal(a.response_ids, b.response_ids)
     assert not torch.equal(a.response_ids, c.response_ids)
+    # the same prompt repeated within a call draws different samples (the rows do not share a stream)
+    assert len({tuple(r.tolist()) for r in a.response_ids[:: len(QUESTIONS)]}) > 1
+
+
+def test_per_request_seeds_make_a_request_independent_of_its_batch(vllm_engine, hf_model, monkeypatch):
+    model, tok = hf_model
+    vllm_engine.push_weights(model)
+    monkeypatch.setattr(vllm_engine, "per_request_seeds", True)
+    prompts = _prompts(tok) * 20
+    kw = {"max_new_tokens": 8, "temperature": 1.0}
+    a = vllm_engine.generate(prompts, seed=11, **kw)
+    b = vllm_engine.generate(prompts, seed=11, **kw)
+    assert torch.equal(a.response_ids, b.response_ids)
     # request i is seeded with seed + i: alone, with the matching seed, it draws the same tokens
     alone = vllm_engine.generate(prompts[5:6], seed=11 + 5, **kw)
     n = int(alone.response_mask.sum())
