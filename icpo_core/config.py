@@ -327,9 +327,8 @@ class TrainParams(_Section):
     max_ckpt_to_keep: int = Field(default=2, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # local engine: the trainer's forward/backward precision (fp32 master weights and AdamW state either way).
-    # auto: bf16 autocast on CUDA and on CPUs with AVX-512 BF16 / AMX, else fp32; bfloat16: always; float32:
-    # never. params.yaml sets auto; the typed default (tiny test projects) stays float32, machine-independent.
-    autocast: Literal["auto", "bfloat16", "float32"] = "float32"
+    # auto: bf16 autocast on CUDA, fp32 on CPU; bfloat16: autocast on CPU too; float32: never
+    autocast: Literal["auto", "bfloat16", "float32"] = "auto"
     lora: LoraParams = LoraParams()
     verl: VerlParams = VerlParams()
 

@@ -1,16 +1,15 @@
 """Embedded step time with vLLM rollouts vs transformers rollouts, and ICPO / GRPO with vLLM (docs/benchmarks.md).
 
-Three local-engine trainers on params.yaml (the embedded default), stepped round-robin (same data order and step
-seeds, so background load hits all alike): ``icpo`` as it ran before vLLM (``train.rollout_backend: hf``, fp32
-trainer: the baseline the issue's "<= 0.5x" is measured against), ``icpo`` and ``grpo`` as params.yaml has them
-(``vllm`` rollouts, ``train.autocast`` and ``train.vllm`` as set there). Step 1 is the warm-up and left out.
-Reports per phase (generation, weight push, reference / old log-probs, update) the median seconds, the ICPO / GRPO
-step-time ratio next to the ratio of the tokens each step processed in generation (generated + prefilled), and
-each vLLM engine's start-up time. ``--fp32-arm`` adds ``icpo`` with ``vllm`` and ``train.autocast: float32``
-(what the bf16 trainer saves).
+Three local-engine trainers on params.yaml (the embedded default): ``icpo`` with ``train.rollout_backend: hf``,
+``icpo`` with ``vllm`` and ``grpo`` with ``vllm``, stepped round-robin (same data order and step seeds, so
+background load hits all alike). Step 1 is the warm-up and left out. Reports per phase (generation, weight push,
+reference / old log-probs, update) the median seconds, the ICPO / GRPO step-time ratio next to the ratio of the
+tokens each step processed in generation (generated + prefilled), and each vLLM engine's start-up time.
+``--bf16-arm`` adds ``icpo`` with ``vllm`` and ``train.autocast: bfloat16`` (the trainer's forward/backward in
+bf16 autocast on CPU).
 
     python scripts/bench_step_backends.py --steps 3 --json bench_step_backends.json
-    python scripts/bench_step_backends.py --steps 3 --fp32-arm
+    python scripts/bench_step_backends.py --steps 3 --bf16-arm
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ def main() -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--steps", type=int, default=3, help="measured steps per trainer (after one warm-up)")
     ap.add_argument("--kv-cache-gib", type=int, default=1)
-    ap.add_argument("--fp32-arm", action="store_true", help="add icpo/vllm with train.autocast: float32")
+    ap.add_argument("--bf16-arm", action="store_true", help="add icpo/vllm with train.autocast: bfloat16")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -49,14 +48,13 @@ def main() -> int:
     from icpo_core.rewards import Grader
 
     params = load_params(args.params)
-    default = params.train.autocast
     setups = {
-        "icpo/hf": ("icpo", "hf", "float32"),
-        "icpo/vllm": ("icpo", "vllm", default),
-        "grpo/vllm": ("grpo", "vllm", default),
+        "icpo/hf": ("icpo", "hf", "auto"),
+        "icpo/vllm": ("icpo", "vllm", "auto"),
+        "grpo/vllm": ("grpo", "vllm", "auto"),
     }
-    if args.fp32_arm:
-        setups["icpo/vllm/fp32"] = ("icpo", "vllm", "float32")
+    if args.bf16_arm:
+        setups["icpo/vllm/bf16"] = ("icpo", "vllm", "bfloat16")
     trainers: dict[str, LocalTrainer] = {}
     startup: dict[str, float] = {}
     rows: dict[str, list[dict]] = {k: [] for k in setups}
@@ -101,10 +99,9 @@ def main() -> int:
         "startup_s": startup,
         "median_s": med,
         "vllm_over_hf_step": round(med["icpo/vllm"]["step"] / med["icpo/hf"]["step"], 2),
-        "vllm_fp32_over_hf_step": (
-            round(med["icpo/vllm/fp32"]["step"] / med["icpo/hf"]["step"], 2) if args.fp32_arm else None
+        "vllm_bf16_over_hf_step": (
+            round(med["icpo/vllm/bf16"]["step"] / med["icpo/hf"]["step"], 2) if args.bf16_arm else None
         ),
-        "autocast": {k: v[2] for k, v in setups.items()},
         "icpo_over_grpo_vllm": {
             "step_time_median": round(med["icpo/vllm"]["step"] / med["grpo/vllm"]["step"], 2),
             "step_time_sum": round(step_sum("icpo/vllm") / step_sum("grpo/vllm"), 2),

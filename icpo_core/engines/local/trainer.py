@@ -56,7 +56,6 @@ from icpo_core.config import AlgorithmParams, Params
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local import lora, steplog
 from icpo_core.engines.local.data import PromptRow, chat_ids, load_prompts, take
-from icpo_core.engines.local.hardware import cpu_has_bf16
 from icpo_core.engines.local.logprobs import (
     SequenceBatch,
     batched_log_probs,
@@ -79,13 +78,10 @@ _ADDITIVE = ("actor/pg_loss", "actor/kl", "actor/entropy")
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def autocast_dtype(setting: str, device: torch.device, cpuinfo: str | None = None) -> torch.dtype | None:
+def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """``train.autocast`` -> the autocast dtype of forward passes (None: plain fp32). Master weights and AdamW state
-    stay fp32 either way, as in verl's FSDP mixed precision. ``auto``: bf16 on CUDA and on CPUs with bf16
-    instructions (AVX-512 BF16 / AMX: there it halves the update, docs/benchmarks.md), fp32 on other CPUs."""
-    if setting == "bfloat16":
-        return torch.bfloat16
-    if setting == "auto" and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16(cpuinfo))):
+    stay fp32 either way, as in verl's FSDP mixed precision. ``auto``: bf16 on CUDA, fp32 on CPU."""
+    if setting == "bfloat16" or (setting == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
 

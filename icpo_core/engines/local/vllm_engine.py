@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 
-from icpo_core.engines.local.hardware import cpu_has_bf16
 from icpo_core.engines.local.rollout import Rollouts, response_mask_from
 
 log = logging.getLogger(__name__)
@@ -77,6 +76,17 @@ def import_vllm() -> Any:
     except Exception as e:  # ImportError, but also e.g. OSError of a missing shared library
         raise VLLMUnavailable(f"vLLM cannot be imported ({type(e).__name__}: {e})") from e
     return vllm
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX-512 BF16 or AMX), read from ``/proc/cpuinfo``."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_dtype(dtype: str, device_type: str, cpuinfo: str | None = None) -> str:
