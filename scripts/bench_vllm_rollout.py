@@ -2,9 +2,9 @@
 
 Both through the local engine's one interface (:class:`icpo_core.engines.local.rollout.RolloutEngine`): the same
 chat-templated training prompts, each repeated ``--samples`` times (the trainer's n rollouts per prompt), the same
-sampling (temperature, top_p 1, no top-k, <= --max-new tokens, stop at EOS). vLLM samples as the trainer does (one seed per call; with
-``--per-request-seeds`` also an arm with a generator per request, the same engine). Rounds alternate between the
-arms in one process, so background load hits all alike. Also reports the engine's start-up time, eager and (with
+sampling (temperature, top_p 1, no top-k, <= --max-new tokens, stop at EOS). vLLM samples as the trainer does
+(one seed per call; ``--per-request-seeds`` adds an arm with a generator per request on the same engine). Rounds
+alternate between the arms in one process, so background load hits all alike. Also reports the engine's start-up time, eager and (with
 ``--compiled``) with torch.compile, and the time of one in-place weight push.
 
     python scripts/bench_vllm_rollout.py --model models/base --data data/train.parquet --prompts 18 --samples 8

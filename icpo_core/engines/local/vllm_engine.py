@@ -283,14 +283,16 @@ class VLLMRolloutEngine:
         each sampled token's log-prob under the engine (after temperature).
         """
         greedy = temperature == 0
-        seeds = request_seeds(seed or 0, len(prompt_ids))
+        # per-request generators only when asked for (and never for greedy requests, which draw nothing)
+        seeded = self.per_request_seeds and not greedy
+        seeds = request_seeds(seed or 0, len(prompt_ids)) if seeded else [None] * len(prompt_ids)
         params = [
             self._sampling_cls(
                 n=1,
                 temperature=0.0 if greedy else temperature,
                 top_p=1.0 if greedy else top_p,
                 max_tokens=max_new_tokens,
-                seed=s if self.per_request_seeds and not greedy else None,
+                seed=s,
                 stop_token_ids=self.eos_ids,
                 logprobs=0 if logprobs else None,
                 detokenize=False,  # texts are decoded below with the trainer's tokenizer

@@ -23,9 +23,9 @@ solutions (+0.55, -0.37, -0.88 nats/token at seeds 0 / 1 / 2) moved in a stable 
 
 Margins, from the measurements in docs/benchmarks.md "Learning test". This run (seed 0, deterministic on one
 machine; four printed repeats gave the same numbers to the last digit, a fifth passed in `make test`): base 16.0 %,
-ICPO 49.5 % on 200 problems (+33.5 points); mean IEF reward 0.14 vs on-policy 0.02; 9 IEF rows accepted. On a second machine,
-with vLLM seeded per call: base 13.5 %, ICPO 45.5 %, IEF reward 0.19 vs 0.04, 12 rows accepted (`make test`, 346 s). The
-study's three ICPO seeds: level 0 at 54 [47, 60] % against the base model's 16 [11, 21]. ``GAIN_MIN`` is under half
+ICPO 49.5 % on 200 problems (+33.5 points); mean IEF reward 0.14 vs on-policy 0.02; 9 IEF rows accepted. On a
+second machine, with vLLM seeded per call: base 13.5 %, ICPO 45.5 %, IEF reward 0.19 vs 0.04, 12 rows accepted
+(`make test`, 346 s). The study's three ICPO seeds: level 0 at 54 [47, 60] % against the base model's 16 [11, 21]. ``GAIN_MIN`` is under half
 the measured gain, so a pass is not luck and a run that does not learn (the base model's 16 +- 5 points) cannot
 pass; ``IEF_LIFT_MIN`` is under half the measured lift (0.12), because 64 IEF rollouts leave about +-0.04 of
 sampling noise on a machine whose kernels draw differently. Print the numbers with ``pytest
