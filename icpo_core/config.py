@@ -393,6 +393,10 @@ class BenchParams(SamplingOverrides):
 
 class ReportParams(_Section):
     runs: list[NonEmptyStr] = ["base", "grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
+    # comparisons beyond "every run - GRPO", e.g. [[icpo, luffy]]: the paper's ICPO vs the expert-guided baseline
+    pairs: list[tuple[Name, Name]] = []
+    # points: the report states how many seeds per run a difference of this size would need (80 % power)
+    target_difference: float = Field(5.0, gt=0)
 
     @field_validator("runs")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any
 
 from icpo_core import paths
 from icpo_core.config import Params
+from icpo_core.report.power import Power, detectability, paired_power
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +398,7 @@ class Study:
     missing: dict[str, list[str]]  # run -> missing instance names
     n_boot: int
     n_perm: int
+    target_difference: float = 5.0  # points: the difference whose seed count the report states (report.*)
 
     # ---------------------------------------------------------------------------------------- JSON (DVC metrics)
     def to_json(self, profile: str = "") -> dict[str, Any]:
@@ -435,13 +437,17 @@ class Study:
                 "n_boot": self.n_boot,
                 "n_perm": self.n_perm,
                 "rng_seed": stats.RNG_SEED,
+                "target_difference": self.target_difference,
                 "ci": "two-level percentile bootstrap: seeds with replacement, then problems with replacement "
                 "(one problem draw shared by the seeds; one seed draw shared by the benchmarks of an average)",
                 "diff_ci": "paired bootstrap: the same problem draw for both runs, seeds drawn independently per run",
                 "p": "two-sided paired sign-flip test over problems (per-problem seed-mean differences)",
                 "p_seeds": "exact permutation test over seeds (whole trained models exchanged between the runs)",
+                "power": "minimum detectable effect at alpha 0.05 / power 0.8 from the measured seed and problem "
+                "variances (icpo_core.report.power); seeds_needed for report.target_difference points",
             },
             "run_order": self.cfg.runs,  # the JSON writer may sort keys: the table's order
+            "comparison_order": list(self.comparisons),
             "columns": self.columns,
             "seeds": self.cfg.seeds,
             "ablations": self.cfg.ablations,
@@ -455,6 +461,10 @@ class Study:
                     "b": v["b"],
                     "benchmarks": {c: cmp_json(v["benchmarks"].get(c)) for c in self.columns},
                     "average": cmp_json(v["benchmarks"].get(AVERAGE)),
+                    "power": {
+                        c: (pw.to_json() if (pw := (v.get("power") or {}).get(c)) is not None else None)
+                        for c in [*self.columns, AVERAGE]
+                    },
                 }
                 for key, v in self.comparisons.items()
             },
@@ -574,36 +584,59 @@ def build_study(
         cells[(run, AVERAGE)] = avg
 
     comparisons: dict[str, dict[str, Any]] = {}
-    b = cfg.baseline
-    for a in [r for r in cfg.runs if r not in ("base", b)] if b else []:
+    for a, b in comparison_pairs(cfg, getattr(getattr(params, "report", None), "pairs", None) or []):
         per: dict[str, Any] = {}
+        pw: dict[str, Any] = {}
         for c in columns:
-            per[c] = _compare(raw[a].get(c), raw[b].get(c), a, b, c, n_boot, n_perm)
+            per[c], pw[c] = _compare(raw[a].get(c), raw[b].get(c), a, b, c, n_boot, n_perm)
         ma, mb = _matrices(raw[a], columns), _matrices(raw[b], columns)
         if ma is not None and mb is not None:
             pairs = [
                 stats.align(xa, ia, xb, ib) for xa, ia, xb, ib in zip(ma[0], ma[1], mb[0], mb[1], strict=True)
             ]
             if all(p[2] for p in pairs):
-                per[AVERAGE] = stats.paired_diff(
-                    [p[0] for p in pairs], [p[1] for p in pairs], _rng(a, b, AVERAGE), n_boot, n_perm
-                ).scaled(100.0)
-        comparisons[f"{a}-{b}"] = {"a": a, "b": b, "benchmarks": per}
+                xa_all, xb_all = [p[0] for p in pairs], [p[1] for p in pairs]
+                per[AVERAGE] = stats.paired_diff(xa_all, xb_all, _rng(a, b, AVERAGE), n_boot, n_perm).scaled(
+                    100.0
+                )
+                pw[AVERAGE] = paired_power(xa_all, xb_all).scaled(100.0)
+        comparisons[f"{a}-{b}"] = {"a": a, "b": b, "benchmarks": per, "power": pw}
     missing = {r: [i.name for i in data[r] if not i.present] for r in cfg.runs}
-    return Study(cfg, columns, labels, decoding, cells, comparisons, missing, n_boot, n_perm)
+    target = float(getattr(getattr(params, "report", None), "target_difference", 5.0))
+    return Study(cfg, columns, labels, decoding, cells, comparisons, missing, n_boot, n_perm, target)
 
 
-def _compare(ra: dict | None, rb: dict | None, a: str, b: str, col: str, n_boot: int, n_perm: int) -> Any:
+def comparison_pairs(cfg: StudyConfig, extra: list[list[str]]) -> list[tuple[str, str]]:
+    """Every trained run against the baseline (GRPO), then ``report.pairs`` (e.g. ICPO - LUFFY) among the runs
+    the study holds, each pair once."""
+    out: list[tuple[str, str]] = []
+    b = cfg.baseline
+    if b:
+        out += [(r, b) for r in cfg.runs if r not in ("base", b)]
+    for pair in extra:
+        a, b2 = pair
+        if a in cfg.runs and b2 in cfg.runs and (a, b2) not in out and (b2, a) not in out:
+            out.append((a, b2))
+    return out
+
+
+def _compare(
+    ra: dict | None, rb: dict | None, a: str, b: str, col: str, n_boot: int, n_perm: int
+) -> tuple[Any, Any]:
+    """(paired ``Comparison``, ``Power``) of one benchmark in percent; (None, None) without common problems."""
     from icpo_core.report import stats
 
     if not ra or not rb:
-        return None
+        return None, None
     xa, ia = stats.score_matrix(list(ra.values()))
     xb, ib = stats.score_matrix(list(rb.values()))
     xa, xb, common = stats.align(xa, ia, xb, ib)
     if not common:
-        return None
-    return stats.paired_diff(xa, xb, _rng(a, b, col), n_boot, n_perm).scaled(100.0)
+        return None, None
+    return (
+        stats.paired_diff(xa, xb, _rng(a, b, col), n_boot, n_perm).scaled(100.0),
+        paired_power(xa, xb).scaled(100.0),
+    )
 
 
 def _columns(params: Any, benches: list[dict[str, Any] | None]) -> list[str]:
@@ -672,27 +705,42 @@ def cells_markdown(study: Study) -> str:
 
 
 def comparison_markdown(study: Study) -> str:
-    """Paired differences A - baseline per benchmark and averaged: points with 95 % CI, p-values."""
+    """Paired differences (every run - baseline, then ``report.pairs``) per benchmark and averaged: points with
+    95 % CI, p-values, and the power figures: the minimum detectable effect at 80 % power for these seeds and
+    problems and the seeds per run a ``target_difference``-point difference would need. A CI that spans zero
+    reads "not detectable at this size (MDE x points)" before its interval."""
     from icpo_core.report.stats import format_ci, format_p
 
+    t = f"{study.target_difference:g}"
     lines = [
-        "| Comparison | Benchmark | Δ points [95 % CI] | p (problems) | p (seeds) | Seeds A / B | Problems |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| Comparison | Benchmark | Δ points [95 % CI] | p (problems) | p (seeds) | Seeds A / B | Problems | "
+        f"MDE (80 % power) | Seeds for ±{t} |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for v in study.comparisons.values():
         name = f"{study.labels[v['a']]} − {study.labels[v['b']]} (`{v['a']}` − `{v['b']}`)"
         for c in [*study.columns, AVERAGE]:
             cmp = v["benchmarks"].get(c)
+            pw = (v.get("power") or {}).get(c)
             title = "Avg." if c == AVERAGE else column_title(c)
             if cmp is None:
-                lines.append(f"| {name} | {title} | n/a | n/a | n/a | n/a | n/a |")
+                lines.append(f"| {name} | {title} | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
                 continue
             p_seeds = format_p(cmp.p_seeds)
             if cmp.p_seeds is not None and cmp.p_seeds_min is not None:
                 p_seeds += f" (min {format_p(cmp.p_seeds_min)})"
+            delta = format_ci(cmp.diff, cmp.lo, cmp.hi, signed=True)
+            verdict = detectability(cmp.diff, cmp.lo, cmp.hi, pw)
+            if verdict:
+                delta = f"{verdict}: {delta}"
+            mde = "n/a" if pw is None else f"{pw.mde:.0f}" + ("" if pw.seed_variance_known else " (1 seed)")
+            need = "n/a"
+            if pw is not None and pw.seed_variance_known:
+                n = pw.seeds_needed(study.target_difference)
+                need = str(n) if n is not None else "more problems"
             lines.append(
-                f"| {name} | {title} | {format_ci(cmp.diff, cmp.lo, cmp.hi, signed=True)} | {format_p(cmp.p)} | "
-                f"{p_seeds} | {cmp.n_seeds_a} / {cmp.n_seeds_b} | {cmp.n_problems} |"
+                f"| {name} | {title} | {delta} | {format_p(cmp.p)} | "
+                f"{p_seeds} | {cmp.n_seeds_a} / {cmp.n_seeds_b} | {cmp.n_problems} | {mde} | {need} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -787,8 +835,16 @@ def study_from_json(d: dict[str, Any]) -> Study:
                 **{c: cmp((v.get("benchmarks") or {}).get(c)) for c in columns},
                 AVERAGE: cmp(v.get("average")),
             },
+            "power": {c: Power.from_json(j) for c, j in (v.get("power") or {}).items() if j},
         }
-        for k, v in (d.get("comparisons") or {}).items()
+        for k, v in sorted(
+            (d.get("comparisons") or {}).items(),
+            key=lambda kv: (
+                (d.get("comparison_order") or []).index(kv[0])
+                if kv[0] in (d.get("comparison_order") or [])
+                else len(d.get("comparisons") or {})
+            ),
+        )
     }
     method = d.get("method") or {}
     return Study(
@@ -801,4 +857,5 @@ def study_from_json(d: dict[str, Any]) -> Study:
         {run: list(r.get("missing") or []) for run, r in runs.items()},
         int(method.get("n_boot", 0)),
         int(method.get("n_perm", 0)),
+        float(method.get("target_difference", 5.0)),
     )

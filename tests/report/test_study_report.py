@@ -161,6 +161,34 @@ def test_report_means_cis_pairs_spread_and_na(project, capsys):
     assert "| 2 / 3 | 120 |" in cmp_line
     assert "(`icpo_no_errs` − `grpo`) | Avg. | n/a |" in md
 
+    # (b2) power: the ICPO - GRPO difference is resolved (no verdict); the equal-accuracy ablation's CI spans
+    # zero, so it reads "not detectable" with its MDE; one seed: the seed variance is unknown and said so
+    pw = d["power"]["average"]
+    assert (
+        pw["mde"] == pytest.approx(2.801585 * pw["se"]) and pw["n_seeds_a"] == 2 and pw["n_problems"] == 120
+    )
+    assert pw["var_seed_a"] is not None and pw["var_problem"] > 0
+    assert "not detectable" not in cmp_line and cmp_line.split("|")[-3].strip() == f"{pw['mde']:.0f}"
+    rs_line = [x for x in md.splitlines() if "(`icpo_rs` − `grpo`) | Avg. |" in x][0]
+    rs_pw = study["comparisons"]["icpo_rs-grpo"]["power"]["average"]
+    assert rs_pw["var_seed_a"] is None  # one seed
+    assert rs["ci_high"] < 0 and "not detectable" not in rs_line  # this draw resolves a difference
+    assert f"| {rs_pw['mde']:.0f} (1 seed) | n/a |" in rs_line  # no seed count without a seed variance
+    spanning = json.loads(json.dumps(study))
+    spanning["comparisons"]["icpo_rs-grpo"]["average"].update(ci_low=-5.0, ci_high=3.0)
+    from icpo_core.report.table import comparison_markdown
+
+    rs_line = [
+        x
+        for x in comparison_markdown(study_from_json(spanning)).splitlines()
+        if "(`icpo_rs` − `grpo`) | Avg. |" in x
+    ][0]
+    assert (
+        f"not detectable at this size (MDE {rs_pw['mde']:.0f} points, problem noise only: 1 seed)" in rs_line
+    )
+    # the markdown re-rendered from study.json states the same power figures
+    assert comparison_markdown(study_from_json(study)) == comparison_markdown(build_study(params, n_boot=800))
+
     # (c) spread: each seed's score, min-max
     spread = [x for x in md.splitlines() if x.startswith("| GRPO | `grpo` | Synth L0 |") and "s0 " in x][0]
     assert "s0 " in spread and "s1 " in spread and "s2 " in spread and "–" in spread
