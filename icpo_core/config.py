@@ -214,6 +214,14 @@ class AlgorithmParams(_Section):
     released_constant_bonus: bool = False
     released_entropy_bonus: Float = Field(default=0.0, ge=0)
     released_loss_agg: bool = False
+    # Where the off-policy rows come from: ief (ICPO: the policy itself, conditioned on demos) | expert_trace
+    # (LUFFY: the training row's `target`, an external expert's solution, tokenised once; no ERRS, no bonus)
+    off_policy: Literal["ief", "expert_trace"] = "ief"
+    clip_on_policy: bool = True  # false: LUFFY's loss_remove_clip (plain ratio on on-policy tokens)
+    # Training reward: verifier (math-verify, binary) | random (a seeded coin flip per trajectory with
+    # probability random_reward_p, the spurious-reward control) | format (1 if the response has a \boxed{} answer)
+    reward: Literal["verifier", "random", "format"] = "verifier"
+    random_reward_p: Float = Field(default=0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _check(self) -> AlgorithmParams:
@@ -222,12 +230,25 @@ class AlgorithmParams(_Section):
                 f"n_off ({self.n_off}) > n_on ({self.n_on}): accepted IEF trajectories replace on-policy ones, "
                 "so n_off must be <= n_on"
             )
+        if self.off_policy == "expert_trace":
+            if not 1 <= self.n_off < self.n_on:
+                raise ValueError(
+                    f"off_policy: expert_trace needs 1 <= n_off < n_on (n_off expert traces and n_on - n_off "
+                    f"on-policy rollouts per group; LUFFY: n_off 1, n_on 8), got n_off {self.n_off}, n_on {self.n_on}"
+                )
+            if self.errs or self.reward_shaping:
+                raise ValueError(
+                    "off_policy: expert_trace (LUFFY) has no ERRS and no expert bonus: set errs: false and "
+                    "reward_shaping: false for this run"
+                )
         return self
 
     @property
     def method(self) -> str:
-        """'grpo' when no IEF rollouts are drawn, else 'icpo'."""
-        return "grpo" if self.n_off == 0 else "icpo"
+        """'grpo' (no off-policy rows), 'icpo' (IEF rows) or 'luffy' (expert traces); a reward control adds
+        '_random_reward' / '_format_reward' (the ``icpo.method`` tag MLflow groups runs by)."""
+        base = "grpo" if self.n_off == 0 else "luffy" if self.off_policy == "expert_trace" else "icpo"
+        return base if self.reward == "verifier" else f"{base}_{self.reward}_reward"
 
 
 # ------------------------------------------------------------------------------------------------- training

@@ -345,3 +345,18 @@ def test_lora_targets_take_all_linear_as_peft_and_verl_spell_it(raw):
         "down_proj",
     ]
     assert p.train.lora.scaling == p.train.lora.alpha / p.train.lora.rank
+
+
+def test_luffy_and_reward_controls_validate_and_name_their_method():
+    from icpo_core.config import AlgorithmParams
+
+    luffy = AlgorithmParams(n_on=8, n_off=1, off_policy="expert_trace", errs=False)
+    assert luffy.method == "luffy"
+    assert AlgorithmParams(n_off=0, reward="random").method == "grpo_random_reward"
+    assert AlgorithmParams(n_off=0, reward="format").method == "grpo_format_reward"
+    with pytest.raises(ValueError, match="errs: false"):
+        AlgorithmParams(n_on=8, n_off=1, off_policy="expert_trace", errs=True)
+    with pytest.raises(ValueError, match="1 <= n_off < n_on"):
+        AlgorithmParams(n_on=8, n_off=8, off_policy="expert_trace", errs=False)
+    with pytest.raises(ValueError):
+        AlgorithmParams(reward="random", random_reward_p=1.5)

@@ -118,6 +118,7 @@ def icpo_policy_loss(
     global_batch_size: int | float | torch.Tensor | None = None,
     dp_size: int = 1,
     loss_scale_factor: float | None = None,
+    clip: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The ICPO policy objective (paper section 3.4, the mixed-policy loss), one aggregation over all tokens.
 
@@ -132,6 +133,9 @@ def icpo_policy_loss(
       only change rows with A < 0 (where f < 1-eps is raised to 1-eps, removing their gradient), and with ERRS
       on, accepted IEF rows are correct and have A >= 0, so it matters only with ERRS off. Its gradient with respect
       to logp is ``-A * f'(p) * p = -A * gamma * p / (p + gamma)^2``: low-probability expert tokens are boosted.
+
+    LUFFY (arXiv 2504.14945) uses the same off-policy term on its expert-trace tokens; ``clip=False`` is its
+    ``loss_remove_clip``: on-policy tokens get the plain ``-A r`` without the PPO clip or the dual clip.
 
     ``advantages`` and ``ief_mask`` may be per trajectory ``[B]`` or per token ``[B, T]``.
     Metrics ``actor/pg_clipfrac``, ``actor/pg_clipfrac_lower``, ``actor/ppo_kl`` are over on-policy tokens only
@@ -150,7 +154,7 @@ def icpo_policy_loss(
     clipped = torch.maximum(loss1, loss2)
     loss3 = -adv * clip_ratio_c
     dual = torch.minimum(loss3, clipped)
-    on_loss = torch.where(adv < 0, dual, clipped)
+    on_loss = torch.where(adv < 0, dual, clipped) if clip else loss1
 
     p = torch.exp(torch.clamp(log_prob, -_LOG_CLAMP, _LOG_CLAMP))
     ief_loss = -adv * (p / (p + gamma))
@@ -250,6 +254,7 @@ def compute_actor_loss(
         clip_ratio_c=cfg.clip_ratio_c,
         gamma=cfg.gamma,
         loss_agg_mode=cfg.loss_agg_mode,
+        clip=cfg.clip_on_policy,
         **agg,
     )
     loss = pg_loss

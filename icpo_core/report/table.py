@@ -46,16 +46,19 @@ def run_label(params: Params | None, run: str) -> str:
     if params is None or run not in params.runs:
         return run
     a = params.run_algorithm(run)
+    control = {"verifier": "", "random": " (random reward)", "format": " (format reward)"}[a.reward]
     if a.n_off == 0:
-        return "GRPO"
+        return "GRPO" + control
+    if a.off_policy == "expert_trace":
+        return "LUFFY" + control
     if a.released_demos_skip_generation or a.released_constant_bonus or a.released_entropy_bonus > 0:
-        return "ICPO (released code)"
+        return "ICPO (released code)" + control
     name = "ICPO†" if a.reward_shaping else "ICPO"
     if not a.errs:
         name += " − ERRS"
     if a.demo_format != "chat_turns":
         name += f" ({a.demo_format} demos)"
-    return name
+    return name + control
 
 
 @dataclass

@@ -230,3 +230,23 @@ def test_actor_loss_backward_on_logits():
         AlgorithmParams(use_kl_loss=False),
     )
     torch.testing.assert_close(l1, l2)
+
+
+def test_luffy_remove_clip_gives_the_plain_ratio_on_on_policy_tokens_and_leaves_off_policy_tokens_alone():
+    from icpo_core.algorithm.losses import icpo_policy_loss
+
+    log_prob = torch.log(torch.tensor([[0.9, 0.5], [0.3, 0.6]]))
+    old = torch.log(torch.tensor([[0.3, 0.5], [0.9, 0.6]]))  # ratios 3, 1 / 1/3, 1: far outside the clip
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.ones(2, 2)
+    ief = torch.tensor([False, False])
+    clipped, _ = icpo_policy_loss(log_prob, old, adv, mask, ief)
+    plain, _ = icpo_policy_loss(log_prob, old, adv, mask, ief, clip=False)
+    ratio = torch.exp(log_prob - old)
+    assert plain.item() == pytest.approx(float((-adv[:, None] * ratio).mean()))
+    assert clipped.item() != pytest.approx(plain.item())
+    # off-policy (expert) tokens: f(p) = p / (p + gamma) with or without the clip
+    ief = torch.tensor([True, True])
+    a, _ = icpo_policy_loss(log_prob, old, adv, mask, ief)
+    b, _ = icpo_policy_loss(log_prob, old, adv, mask, ief, clip=False)
+    assert a.item() == pytest.approx(b.item())

@@ -1,0 +1,44 @@
+"""Reward controls: the training reward replaced by one that ignores correctness (spurious-reward controls).
+
+"Spurious Rewards: Rethinking Training Signals in RLVR" (Shao et al., 2025) shows large RLVR gains on some models
+from rewards unrelated to correctness. A run with such a reward tells how much of a method's gain over the base
+model is not from learning to be right (format, length, sampling-temperature effects, the optimizer's drift):
+
+- ``random``: a coin flip per trajectory, 1 with probability ``p`` (``algorithm.random_reward_p``, default 0.5,
+  the paper's Bernoulli(0.5) choice: it maximises the share of groups with signal and does not depend on the base
+  model's accuracy), drawn from the step's own seeded generator, so a step is reproducible;
+- ``format``: 1 when the response has a ``\\boxed{}`` answer (:func:`icpo_core.rewards.last_boxed`), whatever it
+  says: the share of a gain that learning the answer format alone explains.
+
+Everything downstream (groups, advantages, the loss) is unchanged: a control is GRPO (or ICPO) fed a different
+reward. What differs from GRPO: only the reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from icpo_core.rewards import last_boxed
+
+
+def control_rewards(
+    verifier_rewards: Sequence[float],
+    responses: Sequence[str],
+    mode: str,
+    rng: np.random.Generator,
+    p: float = 0.5,
+) -> list[float]:
+    """The training rewards under ``algorithm.reward`` = ``mode``: ``verifier`` returns the verifier's rewards
+    unchanged (and draws nothing from ``rng``), ``random`` draws one Bernoulli(``p``) per trajectory, ``format``
+    scores the presence of a ``\\boxed{}`` answer."""
+    if len(verifier_rewards) != len(responses):
+        raise ValueError(f"{len(verifier_rewards)} rewards for {len(responses)} responses")
+    if mode == "verifier":
+        return [float(r) for r in verifier_rewards]
+    if mode == "random":
+        return [float(x) for x in (rng.random(len(responses)) < p)]
+    if mode == "format":
+        return [0.0 if last_boxed(text) is None else 1.0 for text in responses]
+    raise ValueError(f"unknown reward mode {mode!r} (algorithm.reward: verifier | random | format)")
