@@ -345,3 +345,16 @@ def test_lora_targets_take_all_linear_as_peft_and_verl_spell_it(raw):
         "down_proj",
     ]
     assert p.train.lora.scaling == p.train.lora.alpha / p.train.lora.rank
+
+
+def test_typed_defaults_are_params_yaml():
+    """params.yaml is the one place a default lives: the typed model repeats its embedded sections exactly, so a
+    params file that leaves a key out (or code that builds ``Params()``) gets the embedded default."""
+    from icpo_core.config import AlgorithmParams, Params
+
+    repo = load_params(REPO_PARAMS)
+    typed = Params()
+    assert typed.model_dump(exclude={"profiles"}) == repo.model_dump(exclude={"profiles"})
+    assert AlgorithmParams() == repo.algorithm
+    for name in repo.runs:
+        assert typed.run_algorithm(name) == repo.run_algorithm(name)
