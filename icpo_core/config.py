@@ -9,6 +9,10 @@ Types are strict where YAML could smuggle nonsense in: a bool is not an int (``s
 an int, ``1`` is not a bool; a float accepts ints and the string form YAML 1.1 gives ``1e-6``. Every profile is
 validated (not only the active one), so a typo in a profile fails on the first ``icpo validate``.
 
+The typed defaults are params.yaml's embedded sections, value for value (``tests/test_config.py`` checks that
+``Params()`` equals the repository's params.yaml, profiles aside): a params file that leaves a key out, or code
+that builds ``AlgorithmParams()`` / ``Params()``, gets the embedded default, never a third configuration.
+
 This module imports only pydantic and yaml, so validation is instant.
 """
 
@@ -163,13 +167,16 @@ def _non_empty_unique(v: list[Any], empty: str, duplicate: str) -> list[Any]:
 
 
 class SyntheticParams(_Section):
-    levels: list[Level] = [0, 1, 3]
+    levels: list[Level] = [0, 1]
     train_per_level: int = Field(default=200, gt=0)
     demos_per_level: int = Field(default=100, gt=0)
-    eval_per_level: int = Field(default=32, gt=0)
+    eval_per_level: int = Field(default=200, gt=0)
     prompt_suffix: str = " Put your final answer within \\boxed{}."
     # a system turn before every synthetic prompt (training, IEF, the held-out levels); null: none
-    system_prompt: NonEmptyStr | None = None
+    system_prompt: NonEmptyStr | None = (
+        "Solve the math problem. End your reply with the final answer inside \\boxed{}. "
+        "Example: What is 3 + 4? 3 + 4 = 7. The answer is \\boxed{7}."
+    )
 
     @field_validator("levels")
     @classmethod
@@ -190,7 +197,7 @@ class AlgorithmParams(_Section):
     """ICPO knobs (paper section 3). GRPO is ``n_off == 0``."""
 
     n_on: int = Field(default=8, ge=2)
-    n_off: int = Field(default=1, ge=0)
+    n_off: int = Field(default=4, ge=0)
     k_demos: int = Field(default=1, ge=1)
     demo_format: Literal["chat_turns", "inline", "released"] = "chat_turns"
     errs: bool = True
@@ -264,8 +271,8 @@ class VerlParams(_Section):
     test_freq: int = Field(default=10, ge=-1)
     val_files: list[NonEmptyStr] = []
     # prepare_val writes these (registry names, suites or local files) to data/val/<name>.parquet
-    val_benchmarks: list[NonEmptyStr] = []
-    # the released val_kwargs (DESIGN.md section 5): sampled validation, n samples per problem
+    val_benchmarks: list[NonEmptyStr] = ["synthetic_l0"]
+    # the released scripts' val_kwargs (docs/method.md): sampled validation, n samples per problem
     val_n: int = Field(default=2, ge=1)
     val_temperature: Float = Field(default=0.6, gt=0)
     val_top_p: Float = Field(default=0.7, gt=0, le=1)
@@ -331,13 +338,13 @@ class LoraParams(_Section):
 
 class TrainParams(_Section):
     engine: Literal["local", "verl"] = "local"
-    rollout_backend: Literal["vllm", "hf"] = "hf"  # local engine: who generates the rollouts
+    rollout_backend: Literal["vllm", "hf"] = "vllm"  # local engine: who generates the rollouts
     vllm: TrainVllmParams = TrainVllmParams()
     steps: int = Field(default=8, ge=1)
-    prompts_per_step: int = Field(default=4, ge=1)
-    ppo_mini_batch_prompts: int = Field(default=4, ge=1)
+    prompts_per_step: int = Field(default=2, ge=1)
+    ppo_mini_batch_prompts: int = Field(default=2, ge=1)
     micro_batch_size: int = Field(default=8, ge=1)
-    lr: Float = Field(default=1e-6, gt=0)
+    lr: Float = Field(default=2e-5, gt=0)
     weight_decay: Float = Field(default=0.01, ge=0)
     grad_clip: Float = Field(default=1.0, gt=0)
     max_prompt_length: int = Field(default=512, gt=0)
@@ -345,7 +352,7 @@ class TrainParams(_Section):
     temperature: Float = Field(default=1.0, gt=0)
     top_p: Float = Field(default=1.0, gt=0, le=1)
     save_freq: int = Field(default=4, ge=1)
-    max_ckpt_to_keep: int = Field(default=2, ge=1)
+    max_ckpt_to_keep: int = Field(default=1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # local engine: the trainer's forward/backward precision (fp32 master weights and AdamW state either way).
     # auto: bf16 autocast on CUDA, fp32 on CPU; bfloat16: autocast on CPU too; float32: never
@@ -384,8 +391,8 @@ class SamplingOverrides(_Section):
 class BenchParams(SamplingOverrides):
     """``n`` / ``temperature`` / ... apply to every benchmark; ``per_benchmark`` overrides them per name."""
 
-    benchmarks: list[NonEmptyStr] = ["synthetic_l0", "synthetic_l1", "synthetic_l3"]
-    backend: Literal["hf", "vllm"] = "hf"
+    benchmarks: list[NonEmptyStr] = ["synthetic_l0", "synthetic_l1"]
+    backend: Literal["hf", "vllm"] = "vllm"
     per_benchmark: dict[NonEmptyStr, SamplingOverrides] = {}
     # extra benchmarks YAML merged over icpo_core/bench/benchmarks.yaml
     registry: NonEmptyStr | None = None
@@ -431,7 +438,7 @@ class StudyParams(_Section):
     """What ``dvc repro`` trains, merges and benches: ``runs`` at every seed of ``seeds``, ``ablations`` at
     ``ablation_seeds`` (one DVC stage per run x seed either way)."""
 
-    runs: list[Name] = []  # empty: every run of `runs` (params.yaml names them: dvc.yaml expands this list)
+    runs: list[Name] = ["grpo", "icpo"]  # dvc.yaml trains each at every seed of `seeds`
     ablations: list[Name] = []
     ablation_seeds: list[Seed] = [0]
 
@@ -463,19 +470,40 @@ class TrackingParams(_Section):
 
 # ---------------------------------------------------------------------------------------------------- root
 
+# params.yaml `runs` (its comments say what each run is)
+DEFAULT_RUNS: dict[str, dict[str, Any]] = {
+    "grpo": {"n_off": 0},
+    "icpo": {},
+    "icpo_rs": {"reward_shaping": True},
+    "icpo_no_errs": {"errs": False},
+    "icpo_released": {
+        "errs": False,
+        "demo_format": "released",
+        "reward_shaping": True,
+        "released_demos_skip_generation": True,
+        "released_constant_bonus": True,
+        "released_entropy_bonus": 0.001,
+        "released_loss_agg": True,
+    },
+}
+
 
 class Params(_Section):
     profile: NonEmptyStr = "embedded"
     seed: int = Field(
         default=0, ge=0, le=SEED_MAX
     )  # data: synthetic problems and splits, fixed across the study
-    seeds: list[Seed] = [0]  # training seeds of the study: data order, demo draws, sampling, new weights
+    seeds: list[Seed] = [
+        0,
+        1,
+        2,
+    ]  # training seeds of the study: data order, demo draws, sampling, new weights
     study: StudyParams = StudyParams()
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
     algorithm: AlgorithmParams = AlgorithmParams()
     train: TrainParams = TrainParams()
-    runs: dict[Name, dict[str, Any]] = {}
+    runs: dict[Name, dict[str, Any]] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_RUNS))
     bench: BenchParams = BenchParams()
     report: ReportParams = ReportParams()
     tracking: TrackingParams = TrackingParams()

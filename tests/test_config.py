@@ -360,3 +360,16 @@ def test_luffy_and_reward_controls_validate_and_name_their_method():
         AlgorithmParams(n_on=8, n_off=8, off_policy="expert_trace", errs=False)
     with pytest.raises(ValueError):
         AlgorithmParams(reward="random", random_reward_p=1.5)
+
+
+def test_typed_defaults_are_params_yaml():
+    """params.yaml is the one place a default lives: the typed model repeats its embedded sections exactly, so a
+    params file that leaves a key out (or code that builds ``Params()``) gets the embedded default."""
+    from icpo_core.config import AlgorithmParams, Params
+
+    repo = load_params(REPO_PARAMS)
+    typed = Params()
+    assert typed.model_dump(exclude={"profiles"}) == repo.model_dump(exclude={"profiles"})
+    assert AlgorithmParams() == repo.algorithm
+    for name in repo.runs:
+        assert typed.run_algorithm(name) == repo.run_algorithm(name)

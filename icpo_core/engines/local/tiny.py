@@ -85,8 +85,11 @@ def make_tiny_project(
     (root / "data").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(train_rows), root / "data" / "train.parquet")
     pq.write_table(pa.Table.from_pylist(demo_rows), root / "data" / "demos.parquet")
+    runs = runs or {"grpo": {"n_off": 0}, "icpo": {"n_off": 1}}
     params = {
         "seed": 0,
+        "seeds": [0],
+        "study": {"runs": list(runs)},
         "algorithm": {"n_on": 4, "n_off": 1, **(algorithm or {})},
         "train": {
             "steps": 4,
@@ -99,9 +102,11 @@ def make_tiny_project(
             "save_freq": 2,
             "max_ckpt_to_keep": 2,
             "device": "cpu",
+            "rollout_backend": "hf",
             **(train or {}),
         },
-        "runs": runs or {"grpo": {"n_off": 0}, "icpo": {"n_off": 1}},
+        "runs": runs,
+        "bench": {"backend": "hf"},
         "report": {"runs": ["base"]},
         "tracking": {"experiment": "icpo-test"},
     }

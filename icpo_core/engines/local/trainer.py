@@ -7,8 +7,9 @@ One step (t = 1 .. T, verl's 1-based ``global_steps``):
    with k demos in front (:func:`build_ief_messages`; the plain prompt with ``released_demos_skip_generation``),
    all in one batched ``generate`` call;
 3. grade every response (binary reward, :class:`icpo_core.rewards.Grader`);
-4. per prompt :func:`mix_group` (ERRS + replacement), the expert bonus (:func:`step_bonus`) on accepted IEF
-   rows when ``reward_shaping``, :func:`group_advantages` over the mixed groups;
+4. :func:`plan_step` (ERRS + replacement per prompt, the expert bonus on accepted IEF rows when
+   ``reward_shaping``, the step's group metrics; the same plan verl's manager uses), then
+   :func:`group_advantages` over the mixed groups (each: kept on-policy rows, then accepted IEF rows);
 5. reference log-probs (frozen base model, if ``use_kl_loss``; with ``train.lora`` the policy itself with its
    adapters disabled, no second copy) and old log-probs (policy before the update; only
    when a step has several mini-batches, else the detached current ones are identical, as in verl), all on the
@@ -42,15 +43,14 @@ import torch
 from icpo_core import paths, tracking
 from icpo_core.algorithm import (
     DemoPool,
+    StepMetrics,
     build_ief_prompt,
     compute_actor_loss,
     effective_entropy_coeff,
     entropy_from_logits,
     group_advantages,
     micro_batch_normalisation,
-    mix_group,
-    shaped_ief_rewards,
-    step_bonus,
+    plan_step,
 )
 from icpo_core.config import AlgorithmParams, Params
 from icpo_core.engines.local import checkpoint as ckpt
@@ -136,6 +136,49 @@ class StepBatch:
     old_log_prob: torch.Tensor | None = None
     ref_log_prob: torch.Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LocalStepPlan:
+    """:func:`plan_step` on the local engine's rollout layout: the trained rows, prompt-major, each group's kept
+    on-policy rows then its accepted IEF rows (the order the trainer has always trained them in)."""
+
+    rollout_rows: list[int]  # index into the rollout batch (per prompt: n_on plain rows, then n_off IEF rows)
+    rewards: list[float]  # trained reward (expert bonus included)
+    off_policy: list[bool]  # IEF row: its tokens get the policy shaping
+    prompt_of_row: list[int]  # prompt index within the step
+    metrics: dict[str, float]  # StepMetrics names
+
+
+def plan_local_step(
+    rewards: Sequence[float],
+    n_prompts: int,
+    algo: AlgorithmParams,
+    *,
+    step: int,
+    total_steps: int,
+    rng: np.random.Generator,
+) -> LocalStepPlan:
+    """The step's plan for the rollout batch ``rewards`` (prompt-major, ``n_on + n_off`` rows per prompt)."""
+    per = algo.n_on + algo.n_off
+    if len(rewards) != n_prompts * per:
+        raise ValueError(f"{len(rewards)} rewards for {n_prompts} prompts x {per} rollouts")
+    plan = plan_step(
+        [rewards[i * per : i * per + algo.n_on] for i in range(n_prompts)],
+        [rewards[i * per + algo.n_on : (i + 1) * per] for i in range(n_prompts)],
+        algo,
+        step=step,
+        total_steps=total_steps,
+        rng=rng,
+    )
+    out = LocalStepPlan([], [], [], [], plan.metrics)
+    for i, group in enumerate(plan.groups):
+        for r in group.rows:
+            out.rollout_rows.append(i * per + r.index + (algo.n_on if r.source == "off" else 0))
+            out.rewards.append(r.reward)
+            out.off_policy.append(r.off_policy)
+            out.prompt_of_row.append(i)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -286,44 +329,9 @@ class LocalTrainer:
         rewards = self._rewards(roll.texts, [r.gold for r in rows for _ in range(per)])
         t_reward = time.perf_counter() - t0
 
-        bonus = step_bonus(
-            a.alpha,
-            step,
-            tc.steps,
-            reward_shaping=a.reward_shaping and a.n_off > 0,
-            constant=a.released_constant_bonus,
-        )
-        trained_rows: list[int] = []  # indices into the rollout batch
-        trained_rewards: list[float] = []
-        is_ief: list[bool] = []
-        prompt_of_row: list[int] = []
-        on_all, ief_all, accepted_rewards = [], [], []
-        n_accepted = 0
-        for i in range(len(rows)):
-            base = i * per
-            on_r = rewards[base : base + a.n_on]
-            ief_r = rewards[base + a.n_on : base + per]
-            on_all += on_r
-            ief_all += ief_r
-            mix = mix_group(on_r, ief_r, errs=a.errs, delta=a.delta, rng=rng)
-            ief_trained = (
-                shaped_ief_rewards(ief_r, mix.ief_keep, bonus, a.delta)
-                if a.reward_shaping
-                else [float(ief_r[j]) for j in mix.ief_keep]
-            )
-            for j in mix.on_keep:
-                trained_rows.append(base + j)
-                trained_rewards.append(float(on_r[j]))
-                is_ief.append(False)
-                prompt_of_row.append(i)
-            for j, r in zip(mix.ief_keep, ief_trained, strict=True):
-                trained_rows.append(base + a.n_on + j)
-                trained_rewards.append(float(r))
-                is_ief.append(True)
-                prompt_of_row.append(i)
-            n_accepted += mix.n_accepted
-            accepted_rewards += ief_trained
-
+        plan = plan_local_step(rewards, len(rows), a, step=step, total_steps=tc.steps, rng=rng)
+        trained_rows, trained_rewards = plan.rollout_rows, plan.rewards
+        is_ief, prompt_of_row = plan.off_policy, plan.prompt_of_row
         reward_t = torch.tensor(trained_rewards, dtype=torch.float32)
         adv = group_advantages(reward_t, prompt_of_row, eps=a.adv_eps, norm_by_std=a.norm_adv_by_std)
         seqs = build_sequences(
@@ -352,17 +360,9 @@ class LocalTrainer:
             )
         t_old = time.perf_counter() - t0
 
-        n_ief = len(ief_all)
         lengths = seqs.response_mask.sum(-1).float()
         metrics = {
-            "reward/on_policy": float(np.mean(on_all)),
-            "reward/expert_region": float(np.mean(accepted_rewards)) if accepted_rewards else float("nan"),
-            "reward/overall": float(reward_t.mean()),
-            "icpo/ief_generated": float(n_ief),
-            "icpo/ief_accepted": float(n_accepted),
-            "icpo/accept_rate": n_accepted / n_ief if n_ief else 0.0,
-            "icpo/ief_acc": float(np.mean(ief_all)) if n_ief else float("nan"),
-            "icpo/bonus": bonus,
+            **plan.metrics,
             "adv/mean": float(adv.mean()),
             "adv/std": float(adv.std()) if adv.numel() > 1 else 0.0,
             "adv/abs_max": float(adv.abs().max()),
@@ -582,8 +582,8 @@ class LocalTrainer:
                 pending.append((step, metrics))
                 bar.update(1)
                 bar.set_postfix(
-                    reward=f"{metrics['reward/on_policy']:.3f}",
-                    ief_acc=f"{metrics['icpo/accept_rate']:.2f}",
+                    reward=f"{metrics[StepMetrics.REWARD_ON_POLICY]:.3f}",
+                    accept=f"{metrics[StepMetrics.ACCEPT_RATE]:.2f}",
                     s_per_step=f"{metrics['perf/step_time_s']:.1f}",
                 )
                 if step % self.train_cfg.save_freq == 0 or step == total:
@@ -663,7 +663,7 @@ def plot_curves(rows: list[dict[str, Any]], out: Path, title: str) -> bool:
 
     steps = [r["step"] for r in rows]
     panels = [
-        ("reward", ["reward/on_policy", "reward/overall", "icpo/ief_acc"]),
+        ("reward", [StepMetrics.REWARD_ON_POLICY, StepMetrics.REWARD_OVERALL, StepMetrics.IEF_REWARD]),
         ("IEF acceptance", ["icpo/accept_rate"]),
         ("actor", ["actor/kl", "actor/entropy"]),
     ]

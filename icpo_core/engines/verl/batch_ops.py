@@ -5,26 +5,23 @@
 1. :func:`expand_with_ief` appends N_off IEF rows per prompt whose ``raw_prompt`` carries k demos, so the rollout
    engine (which renders ``raw_prompt`` through the chat template) samples from [D; q];
 2. the rollout generates every row and the streamed reward loop fills ``rm_scores``;
-3. :func:`mix_generated` applies ERRS and the replacement per group (``uid``), restores the plain prompt q on the
-   IEF rows (so old / ref / actor log-probs are pi(. | q)), adds the expert bonus to ``rm_scores`` and sets the
-   per-row flag ``icpo_ief`` that the loss reads. It returns exactly the B * N_on rows the trainer expects.
+3. :func:`mix_generated` applies the step's plan (:func:`~icpo_core.algorithm.step.plan_step`: ERRS, the
+   replacement and the expert bonus per group ``uid``, the same function the local engine calls), restores the
+   plain prompt q on the IEF rows (so old / ref / actor log-probs are pi(. | q)), writes the trained rewards into
+   ``rm_scores`` and sets the per-row flag ``icpo_ief`` that the loss reads. It returns exactly the B * N_on
+   rows the trainer expects.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from icpo_core.algorithm import (
-    DemoPool,
-    build_ief_messages,
-    mix_group,
-    shaped_ief_rewards,
-    step_bonus,
-)
+from icpo_core.algorithm import DemoPool, build_ief_messages, plan_step
 
 if TYPE_CHECKING:
     from verl import DataProto
@@ -115,50 +112,44 @@ def mix_generated(
     total_steps: int,
     rng: np.random.Generator,
 ) -> tuple[DataProto, dict[str, float]]:
-    """ERRS + replacement + prompt restore + bonus over generated rows; returns ``(B * N_on rows, metrics)``.
+    """The step's :func:`plan_step` applied to generated rows; returns ``(B * N_on rows, metrics)``.
 
     ``out`` holds the ``n = len(uids)`` on-policy rows followed by ``len(src)`` IEF rows (rewards in
-    ``rm_scores``). ``step`` is verl's 1-based ``global_steps``; the bonus is :func:`step_bonus` (t = step - 1: the
-    first step gets alpha and step T gets alpha / T, as in the local engine).
+    ``rm_scores``). Each accepted IEF row takes the batch slot of the on-policy row it replaces, gets its plain
+    prompt back and its trained reward (bonus included) on its last response token. ``step`` is verl's 1-based
+    ``global_steps``.
     """
     n = len(uids)
     scores = out.batch["rm_scores"].sum(-1).float()
-    groups: dict[Any, list[int]] = {}
-    for i, u in enumerate(uids):
-        groups.setdefault(u, []).append(i)
+    groups = rows_per_group(uids)
     ief_of: dict[Any, list[int]] = {}
     for j, s in enumerate(src):
         ief_of.setdefault(uids[s], []).append(n + j)
-
-    bonus = step_bonus(
-        algo.alpha,
-        step,
-        total_steps,
-        reward_shaping=algo.reward_shaping,
-        constant=algo.released_constant_bonus,
+    on_groups = list(groups.values())
+    ief_groups = [ief_of.get(u, []) for u in groups]
+    plan = plan_step(
+        [[float(scores[i]) for i in rows] for rows in on_groups],
+        [[float(scores[j]) for j in rows] for rows in ief_groups],
+        algo,
+        step=step,
+        total_steps=total_steps,
+        rng=rng,
     )
     final_idx = list(range(n))
-    swaps: list[tuple[int, float]] = []  # (slot, shaped reward) for each accepted IEF row
-    accepted_rewards: list[float] = []
-    for u, on_rows in groups.items():
-        ief_rows = ief_of.get(u, [])
-        on_r = [float(scores[i]) for i in on_rows]
-        ief_r = [float(scores[j]) for j in ief_rows]
-        mix = mix_group(on_r, ief_r, errs=algo.errs, delta=algo.delta, rng=rng)
-        shaped = shaped_ief_rewards(ief_r, mix.ief_keep, bonus, algo.delta)
-        for slot_pos, j, r in zip(mix.replaced, mix.ief_keep, shaped, strict=True):
-            slot = on_rows[slot_pos]
-            final_idx[slot] = ief_rows[j]
-            swaps.append((slot, r))
-            accepted_rewards.append(ief_r[j])
+    swaps: list[tuple[int, float]] = []  # (slot, trained reward) for each accepted IEF row
+    for on_rows, ief_rows, group in zip(on_groups, ief_groups, plan.groups, strict=True):
+        for r in group.accepted_off:
+            slot = on_rows[r.slot]
+            final_idx[slot] = ief_rows[r.index]
+            swaps.append((slot, r.reward))
 
     final = out.select_idxs(np.asarray(final_idx, dtype=np.int64))
     prompt_len = out.batch["prompts"].shape[1]
     ief_flag = torch.zeros(n, dtype=torch.float32)
-    for slot, shaped_r in swaps:
+    for slot, trained_r in swaps:
         _restore_plain_prompt(final, slot, out, slot, prompt_len)
         ief_flag[slot] = 1.0
-        extra = shaped_r - float(final.batch["rm_scores"][slot].sum())
+        extra = trained_r - float(final.batch["rm_scores"][slot].sum())
         if extra:
             # the reward sits on the last valid response token, as verl's reward loop puts it
             last = int(final.batch["attention_mask"][slot, prompt_len:].sum().item()) - 1
@@ -167,37 +158,34 @@ def mix_generated(
     if len(src) and "rollout_log_probs" in final.batch.keys():  # noqa: SIM118
         # IEF rows' rollout log-probs are demo-conditioned; keep no mix of pi(.|[D;q]) and pi(.|q) around.
         final.batch.pop("rollout_log_probs")
-
-    final_scores = final.batch["rm_scores"].sum(-1).float()
-    metrics = group_metrics(uids, scores[:n], final_scores, scores[n:], len(swaps), bonus)
-    if accepted_rewards:
-        metrics["reward/expert_region"] = float(np.mean(accepted_rewards))
-    return final, metrics
+    return final, defined_metrics(plan.metrics)
 
 
-def group_metrics(
-    uids: np.ndarray,
-    on_scores: torch.Tensor,
-    final_scores: torch.Tensor,
-    ief_scores: torch.Tensor,
-    n_accepted: int,
-    bonus: float,
-) -> dict[str, float]:
-    """Per-step metrics of docs/architecture.md (reward/*, icpo/*) plus the share of groups with signal."""
+def rows_per_group(uids: np.ndarray) -> dict[Any, list[int]]:
+    """Row indices of each ``uid``, groups in order of appearance."""
     groups: dict[Any, list[int]] = {}
     for i, u in enumerate(uids):
         groups.setdefault(u, []).append(i)
-    with_signal = [float(final_scores[rows].max() != final_scores[rows].min()) for rows in groups.values()]
-    on_signal = [float(on_scores[rows].max() != on_scores[rows].min()) for rows in groups.values()]
-    n_gen = int(ief_scores.numel())
-    return {
-        "reward/on_policy": float(on_scores.mean()),
-        "reward/overall": float(final_scores.mean()),
-        "icpo/ief_generated": float(n_gen),
-        "icpo/ief_accepted": float(n_accepted),
-        "icpo/accept_rate": n_accepted / n_gen if n_gen else 0.0,
-        "icpo/ief_reward": float(ief_scores.mean()) if n_gen else 0.0,
-        "icpo/bonus": float(bonus),
-        "icpo/groups_with_signal": float(np.mean(with_signal)),
-        "icpo/on_policy_groups_with_signal": float(np.mean(on_signal)),
-    }
+    return groups
+
+
+def on_policy_metrics(
+    uids: np.ndarray, out: DataProto, algo: AlgorithmParams, step: int, total_steps: int
+) -> dict[str, float]:
+    """The step metrics of a batch without IEF rows (GRPO): :func:`plan_step` with empty off-policy groups."""
+    scores = out.batch["rm_scores"].sum(-1).float()
+    on_groups = [[float(scores[i]) for i in rows] for rows in rows_per_group(uids).values()]
+    plan = plan_step(
+        on_groups,
+        [[] for _ in on_groups],
+        algo,
+        step=step,
+        total_steps=total_steps,
+        rng=np.random.default_rng(0),  # nothing is replaced: the generator is not read for the result
+    )
+    return defined_metrics(plan.metrics)
+
+
+def defined_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """verl's loggers get no NaN: a metric undefined for the step (no IEF row) is left out, read as null."""
+    return {k: v for k, v in metrics.items() if not math.isnan(v)}

@@ -20,7 +20,7 @@ from verl.utils.ray_utils import auto_await
 
 from icpo_core.algorithm import DemoPool
 from icpo_core.config import AlgorithmParams
-from icpo_core.engines.verl.batch_ops import IEF_KEY, expand_with_ief, group_metrics, mix_generated
+from icpo_core.engines.verl.batch_ops import IEF_KEY, expand_with_ief, mix_generated, on_policy_metrics
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ class ICPOAgentLoopManager(AgentLoopManager):
         if self.algo.n_off == 0:
             out = await self._generate(prompts)
             if "rm_scores" in out.batch.keys():  # noqa: SIM118
-                scores = out.batch["rm_scores"].sum(-1).float()
-                self.last_metrics = group_metrics(uids, scores, scores, scores[:0], 0, 0.0)
+                self.last_metrics = on_policy_metrics(uids, out, self.algo, step, self.total_steps)
             return out
         extended, src = expand_with_ief(prompts, self.algo, self.pool, self.prompt_suffix, rng)
         out = await self._generate(extended)

@@ -88,7 +88,7 @@ def test_the_embedded_icpo_run_learns_through_its_ief_rows(tmp_path, monkeypatch
         "base": base,
         "icpo": icpo,
         "n_problems": n,
-        "ief_reward": _mean(steps, "icpo/ief_acc"),
+        "ief_reward": _mean(steps, "icpo/ief_reward"),
         "on_policy_reward": _mean(steps, "reward/on_policy"),
         "ief_accepted": sum(s["icpo/ief_accepted"] for s in steps),
         "ief_token_frac": _mean(steps, "actor/ief_token_frac"),
