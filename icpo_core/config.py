@@ -420,9 +420,19 @@ class BenchParams(SamplingOverrides):
 
 
 class ReportParams(_Section):
-    runs: list[NonEmptyStr] = ["base", "grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
+    runs: list[NonEmptyStr] = [
+        "base",
+        "grpo",
+        "luffy",
+        "icpo",
+        "grpo_random_reward",
+        "grpo_format_reward",
+        "icpo_rs",
+        "icpo_no_errs",
+        "icpo_released",
+    ]
     # comparisons beyond "every run - GRPO", e.g. [[icpo, luffy]]: the paper's ICPO vs the expert-guided baseline
-    pairs: list[tuple[Name, Name]] = []
+    pairs: list[list[Name]] = [["icpo", "luffy"]]
     # points: the report states how many seeds per run a difference of this size would need (80 % power)
     target_difference: float = Field(5.0, gt=0)
 
@@ -431,6 +441,16 @@ class ReportParams(_Section):
     def _non_empty(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("needs at least one run ('base' or a name from runs)")
+        return v
+
+    @field_validator("pairs")
+    @classmethod
+    def _two_runs(cls, v: list[list[str]]) -> list[list[str]]:
+        for pair in v:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(
+                    f"each entry is two different runs [A, B] (the report shows A - B), got {pair}"
+                )
         return v
 
 
@@ -485,6 +505,15 @@ DEFAULT_RUNS: dict[str, dict[str, Any]] = {
         "released_entropy_bonus": 0.001,
         "released_loss_agg": True,
     },
+    "luffy": {
+        "n_off": 1,
+        "off_policy": "expert_trace",
+        "errs": False,
+        "norm_adv_by_std": False,
+        "clip_on_policy": False,
+    },
+    "grpo_random_reward": {"n_off": 0, "reward": "random"},
+    "grpo_format_reward": {"n_off": 0, "reward": "format"},
 }
 
 

@@ -108,6 +108,12 @@ class StepPlan:
     metrics: dict[str, float]
 
 
+def on_policy_rollouts(algo: AlgorithmParams) -> int:
+    """On-policy rollouts generated per prompt: ``n_on`` (GRPO, ICPO: accepted IEF rows replace some of them),
+    ``n_on - n_off`` for LUFFY, whose ``n_off`` expert traces fill the rest of the group."""
+    return algo.n_on - algo.n_off if algo.off_policy == "expert_trace" else algo.n_on
+
+
 def step_bonus_for(algo: AlgorithmParams, step: int, total_steps: int) -> float:
     """The expert bonus of 1-based ``step``: :func:`step_bonus` when reward shaping is on and the run has
     off-policy rows (ICPO-dagger; the released code's constant bonus with ``released_constant_bonus``), else 0."""
@@ -132,9 +138,21 @@ def plan_group(
     ICPO (paper section 3.2): an off-policy (IEF) row enters when ``R >= delta`` (every row with ``errs`` off:
     the released code and the -ERRS ablation) and replaces a random on-policy row; accepted rows in the expert
     region get ``bonus`` (section 3.3). On-policy rows keep their verifier reward. GRPO: no off-policy rows.
+
+    LUFFY (``off_policy: expert_trace``, arXiv 2504.14945): ``on_rewards`` are the ``n_on - n_off`` rollouts and
+    ``off_rewards`` the ``n_off`` expert traces; all of them train, the traces in the slots after the rollouts
+    (LUFFY's group of ``rollout.n`` = 7 rollouts + 1 trace), with their verifier reward and no bonus; nothing is
+    drawn from ``rng``.
     """
     on_r = tuple(float(r) for r in on_rewards)
     off_r = tuple(float(r) for r in off_rewards)
+    if algo.off_policy == "expert_trace":
+        # LUFFY: the n_off expert traces join the n_on - n_off on-policy rollouts; every one enters, none replaces
+        n = len(on_r)
+        mix = GroupMix(on_keep=list(range(n)), ief_keep=list(range(len(off_r))), replaced=[])
+        rows = [TrainedRow("on", i, i, on_r[i], False) for i in range(n)]
+        rows += [TrainedRow("off", j, n + j, off_r[j], True) for j in range(len(off_r))]
+        return GroupPlan(rows=tuple(rows), mix=mix, on_rewards=on_r, off_rewards=off_r)
     mix = mix_group(on_r, off_r, errs=algo.errs, delta=algo.delta, rng=rng)
     off_trained = shaped_ief_rewards(off_r, mix.ief_keep, bonus, algo.delta)
     rows = [TrainedRow("on", i, i, on_r[i], False) for i in mix.on_keep]

@@ -185,6 +185,10 @@ TRAIN_KEYS = (
     ("reward_on_policy_mean", "On-policy reward (mean)"),
     ("reward_on_policy_last5", "On-policy reward (last 5)"),
     ("ief_accept_rate_mean", "IEF accept rate"),
+    ("compute_gen_tokens", "Generated tokens"),
+    ("compute_prefill_tokens", "Prompt tokens"),
+    ("compute_expert_tokens", "Expert-trace tokens"),
+    ("compute_train_tokens", "Trainer tokens"),
 )
 
 
@@ -208,6 +212,8 @@ def training_markdown(
         def fmt(v: Any) -> str:
             if v is None:
                 return "n/a"
+            if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
+                return f"{int(v):,}"  # token counts
             return f"{v:.3f}" if isinstance(v, float) else str(v)
 
         cells = [fmt(s.get(k)) for k, _ in TRAIN_KEYS]

@@ -46,6 +46,9 @@ def test_labels_follow_the_algorithm_params():
         "icpo_rs": "ICPO†",
         "icpo_no_errs": "ICPO − ERRS",
         "icpo_released": "ICPO (released code)",
+        "luffy": "LUFFY",
+        "grpo_random_reward": "GRPO (random reward)",
+        "grpo_format_reward": "GRPO (format reward)",
     }
 
 

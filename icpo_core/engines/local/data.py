@@ -23,6 +23,7 @@ class PromptRow:
     question: str  # extra_info.question: the raw problem (demos exclude it)
     suffix: str  # the prompt suffix, re-used for the IEF demos' questions
     prompt_ids: tuple[int, ...]  # chat-templated plain prompt, with the generation prompt
+    target: str = ""  # the expert solution (R1 trace / worked solution): LUFFY's off-policy response
 
 
 def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -48,7 +49,9 @@ def load_prompts(
     if not path.is_file():
         raise DataError(f"{path}: training set not found; run `icpo prepare-train` (dvc repro prepare_train)")
     try:
-        records = pq.read_table(path, columns=["prompt", "reward_model", "extra_info"]).to_pylist()
+        names = set(pq.read_schema(path).names)
+        columns = ["prompt", "reward_model", "extra_info", *(["target"] if "target" in names else [])]
+        records = pq.read_table(path, columns=columns).to_pylist()
     except Exception as e:  # pyarrow raises several types for a wrong schema / corrupt file
         raise DataError(
             f"{path}: not a verl training parquet (prompt, reward_model, extra_info): {e}"
@@ -68,6 +71,7 @@ def load_prompts(
                 question=question,
                 suffix=_suffix_of(messages, question, default_suffix),
                 prompt_ids=tuple(ids),
+                target=str(r.get("target") or ""),
             )
         )
     if too_long:

@@ -52,7 +52,10 @@ from icpo_core.algorithm import (
     micro_batch_normalisation,
     plan_step,
 )
+from icpo_core.algorithm.control_rewards import control_rewards
+from icpo_core.algorithm.step import on_policy_rollouts
 from icpo_core.config import AlgorithmParams, Params
+from icpo_core.data.expert_traces import ExpertTrace, expert_trace
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local import lora, steplog
 from icpo_core.engines.local.data import PromptRow, chat_ids, load_prompts, take
@@ -70,6 +73,11 @@ from icpo_core.io_utils import atomic_write_json
 log = logging.getLogger(__name__)
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], list[float]]
+
+# Per-step token counts summed into the run's compute accounting (train summary, MLflow compute/*, the report):
+# generated tokens, prompt tokens prefilled (ICPO's demos lengthen them), expert-trace tokens (LUFFY) and the
+# tokens the trainer's forward / backward passes see.
+COMPUTE_KEYS = ("gen_tokens", "prefill_tokens", "expert_tokens", "train_tokens")
 
 # Loss terms that compute_actor_loss normalises by the mini-batch's token count: their micro-batch values add up.
 _ADDITIVE = ("actor/pg_loss", "actor/kl", "actor/entropy")
@@ -159,13 +167,15 @@ def plan_local_step(
     total_steps: int,
     rng: np.random.Generator,
 ) -> LocalStepPlan:
-    """The step's plan for the rollout batch ``rewards`` (prompt-major, ``n_on + n_off`` rows per prompt)."""
-    per = algo.n_on + algo.n_off
+    """The step's plan for the rollout batch ``rewards`` (prompt-major: per prompt the on-policy rollouts, then
+    the ``n_off`` off-policy rows: IEF generations, or LUFFY's expert traces after ``n_on - n_off`` rollouts)."""
+    n_on = on_policy_rollouts(algo)
+    per = n_on + algo.n_off
     if len(rewards) != n_prompts * per:
         raise ValueError(f"{len(rewards)} rewards for {n_prompts} prompts x {per} rollouts")
     plan = plan_step(
-        [rewards[i * per : i * per + algo.n_on] for i in range(n_prompts)],
-        [rewards[i * per + algo.n_on : (i + 1) * per] for i in range(n_prompts)],
+        [rewards[i * per : i * per + n_on] for i in range(n_prompts)],
+        [rewards[i * per + n_on : (i + 1) * per] for i in range(n_prompts)],
         algo,
         step=step,
         total_steps=total_steps,
@@ -174,7 +184,7 @@ def plan_local_step(
     out = LocalStepPlan([], [], [], [], plan.metrics)
     for i, group in enumerate(plan.groups):
         for r in group.rows:
-            out.rollout_rows.append(i * per + r.index + (algo.n_on if r.source == "off" else 0))
+            out.rollout_rows.append(i * per + r.index + (n_on if r.source == "off" else 0))
             out.rewards.append(r.reward)
             out.off_policy.append(r.off_policy)
             out.prompt_of_row.append(i)
@@ -247,12 +257,49 @@ class LocalTrainer:
         self.prompts = load_prompts(
             self.root / paths.TRAIN_PARQUET, self.tokenizer, self.train_cfg.max_prompt_length, default_suffix
         )
+        self.traces: dict[tuple[int, ...], ExpertTrace] = {}
+        if self.algo.off_policy == "expert_trace":
+            self._load_expert_traces()
         self.demos: DemoPool | None = None
-        if self.algo.n_off > 0 and not self.algo.released_demos_skip_generation:
+        if (
+            self.algo.off_policy == "ief"
+            and self.algo.n_off > 0
+            and not self.algo.released_demos_skip_generation
+        ):
             demo_path = self.root / paths.DEMOS_PARQUET
             if not demo_path.is_file():
                 raise DataError(f"{demo_path}: demo cache not found; run `icpo prepare-demos`")
             self.demos = DemoPool.from_parquet(demo_path)
+
+    def _load_expert_traces(self) -> None:
+        """LUFFY: every prompt's expert trace, tokenised once (:func:`expert_trace`); prompts without a ``target``
+        are dropped and counted, traces longer than ``max_response_length`` truncated and counted (as LUFFY)."""
+        kept, missing, truncated = [], 0, 0
+        for row in self.prompts:
+            trace = expert_trace(self.tokenizer, row.messages, row.target, self.train_cfg.max_response_length)
+            if trace is None:
+                missing += 1
+                continue
+            truncated += int(trace.truncated)
+            self.traces[row.prompt_ids] = trace
+            kept.append(row)
+        path = self.root / paths.TRAIN_PARQUET
+        if not kept:
+            raise DataError(
+                f"{path}: no row has a `target` (expert solution), which off_policy: expert_trace (LUFFY) trains on; "
+                "use a source with solutions (synthetic, openr1_46k, openr1_220k) or add a target column"
+            )
+        if missing or truncated:
+            log.warning(
+                "%s: LUFFY expert traces: %d rows without a target dropped, %d of %d traces longer than "
+                "max_response_length=%d truncated",
+                path,
+                missing,
+                truncated,
+                len(kept),
+                self.train_cfg.max_response_length,
+            )
+        self.prompts = kept
 
     def start_rollout_engine(self) -> RolloutEngine:
         """The run's rollout engine (``train.rollout_backend``), started once after :meth:`_load`.
@@ -295,7 +342,9 @@ class LocalTrainer:
         a = self.algo
         out: list[Sequence[int]] = []
         for row in rows:
-            out.extend([row.prompt_ids] * a.n_on)
+            out.extend([row.prompt_ids] * on_policy_rollouts(a))
+            if a.off_policy == "expert_trace":
+                continue  # LUFFY's off-policy rows are the expert traces, not generated
             for _ in range(a.n_off):
                 if self.demos is None:  # released_demos_skip_generation: the demos never reach generation
                     out.append(row.prompt_ids)
@@ -324,9 +373,17 @@ class LocalTrainer:
             seed=step_seed(self.params.seed, step, 2),
         )
         t_gen = time.perf_counter() - t0
-        per = a.n_on + a.n_off
+        resp_ids, resp_mask, texts, n_truncated = self._with_expert_traces(roll, rows)
+        per = len(texts) // len(rows)
         t0 = time.perf_counter()
-        rewards = self._rewards(roll.texts, [r.gold for r in rows for _ in range(per)])
+        verifier = self._rewards(texts, [r.gold for r in rows for _ in range(per)])
+        rewards = control_rewards(
+            verifier,
+            texts,
+            a.reward,
+            np.random.default_rng(step_seed(self.params.seed, step, 3)),
+            a.random_reward_p,
+        )
         t_reward = time.perf_counter() - t0
 
         plan = plan_local_step(rewards, len(rows), a, step=step, total_steps=tc.steps, rng=rng)
@@ -336,8 +393,8 @@ class LocalTrainer:
         adv = group_advantages(reward_t, prompt_of_row, eps=a.adv_eps, norm_by_std=a.norm_adv_by_std)
         seqs = build_sequences(
             [rows[p].prompt_ids for p in prompt_of_row],  # PLAIN prompt, also for IEF rows
-            [roll.response_ids[r] for r in trained_rows],
-            [roll.response_mask[r] for r in trained_rows],
+            [resp_ids[r] for r in trained_rows],
+            [resp_mask[r] for r in trained_rows],
             self.tokenizer.pad_token_id,
         )
         batch = StepBatch(
@@ -376,7 +433,39 @@ class LocalTrainer:
             "timing/ref_s": t_ref,
             "timing/old_s": t_old,
         }
+        if a.off_policy == "expert_trace":
+            metrics["luffy/trace_truncated"] = float(n_truncated)
+            metrics["perf/expert_tokens"] = float(sum(len(t) for t in resp_ids) - roll.gen_tokens)
+        if a.reward != "verifier":  # a reward control: what the verifier would have said, for the curves
+            n_on = on_policy_rollouts(a)
+            on = [verifier[i * per + j] for i in range(len(rows)) for j in range(n_on)]
+            metrics["reward/verifier_on_policy"] = float(np.mean(on))
         return batch, metrics
+
+    def _with_expert_traces(
+        self, roll: Any, rows: list[PromptRow]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str], int]:
+        """The step's responses per prompt (ids, mask, text): the rollouts, then for LUFFY each prompt's
+        ``n_off`` copies of its expert trace (:func:`expert_trace`, tokenised once at load). Returns the number
+        of truncated traces used."""
+        ids = [roll.response_ids[i] for i in range(len(roll.texts))]
+        masks = [roll.response_mask[i] for i in range(len(roll.texts))]
+        if self.algo.off_policy != "expert_trace":
+            return ids, masks, list(roll.texts), 0
+        n_on, n_off = on_policy_rollouts(self.algo), self.algo.n_off
+        out_ids, out_masks, out_texts, truncated = [], [], [], 0
+        for i, row in enumerate(rows):
+            span = slice(i * n_on, (i + 1) * n_on)
+            out_ids += ids[span]
+            out_masks += masks[span]
+            out_texts += roll.texts[span]
+            trace = self.traces[row.prompt_ids]
+            t = torch.tensor(trace.ids, dtype=torch.long)
+            out_ids += [t] * n_off
+            out_masks += [torch.ones_like(t)] * n_off
+            out_texts += [trace.text] * n_off
+            truncated += n_off * int(trace.truncated)
+        return out_ids, out_masks, out_texts, truncated
 
     def _n_minibatches(self, n_prompts: int) -> int:
         return max(1, n_prompts // self.train_cfg.ppo_mini_batch_prompts)
@@ -614,6 +703,10 @@ class LocalTrainer:
             vals = [r[key] for r in rows if r.get(key) is not None]
             return float(np.mean(vals)) if vals else None
 
+        def total(key: str, rows: list[dict]) -> float | None:
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            return float(np.sum(vals)) if vals else None
+
         last = history[-5:]
         return {
             "run": self.run,
@@ -635,6 +728,8 @@ class LocalTrainer:
             "reward_overall_mean": mean("reward/overall", history),
             "reward_overall_last5": mean("reward/overall", last),
             "ief_accept_rate_mean": mean("icpo/accept_rate", history),
+            # compute accounting, whole run (resumed steps included): per unit of compute comparisons
+            **{f"compute_{k}": total(f"perf/{k}", history) for k in COMPUTE_KEYS},
             "mlflow_run_id": run_id,
             "fingerprint": fingerprint,
         }
@@ -645,6 +740,11 @@ class LocalTrainer:
         import tempfile
 
         tracker.log_dict(summary, "summary/train_summary.json")
+        compute = {
+            f"compute/{k}": summary[f"compute_{k}"] for k in COMPUTE_KEYS if summary.get(f"compute_{k}")
+        }
+        compute["compute/wall_time_s"] = summary["wall_time_s"]
+        tracker.log_metrics([(int(summary["steps"]), compute)])
         tracker.log_artifact(self.steps_path, "curves")
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / f"curves_{self.name}.png"
