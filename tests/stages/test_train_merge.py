@@ -168,3 +168,20 @@ def test_lora_train_then_merge_gives_a_plain_merged_folder(tmp_path):
     want = lora.merge_lora_weights(adapters, 8 / 4, base=base)
     assert all(torch.equal(want[k], state[k]) for k in state)
     assert any(not torch.equal(base[k], state[k]) for k in base)  # the adapters did change the weights
+
+
+def test_luffy_and_reward_controls_are_refused_on_verl_before_launch(tmp_path, monkeypatch, capsys):
+    """One clear line, exit 2, nothing launched: the verl manager does not insert expert traces yet."""
+    from icpo_core.cli import main
+    from icpo_core.engines.local.tiny import make_tiny_project
+
+    root = make_tiny_project(
+        tmp_path / "p",
+        train={"engine": "verl"},
+        runs={"luffy": {"n_off": 1, "off_policy": "expert_trace", "errs": False}},
+    )
+    monkeypatch.chdir(root)
+    assert main(["train", "--run", "luffy"]) == 2
+    err = capsys.readouterr().err
+    assert "local engine only" in err and "train.engine=local" in err and "Traceback" not in err
+    assert not (root / "runs").exists()
