@@ -240,12 +240,11 @@ class LocalTrainer:
             lr=self.train_cfg.lr,
             weight_decay=self.train_cfg.weight_decay,
         )
-        synthetic = self.params.data.train.source == "synthetic"
-        default_suffix = (
-            self.params.data.synthetic.prompt_suffix if synthetic else self.params.data.train.prompt_suffix
-        )
         self.prompts = load_prompts(
-            self.root / paths.TRAIN_PARQUET, self.tokenizer, self.train_cfg.max_prompt_length, default_suffix
+            self.root / paths.TRAIN_PARQUET,
+            self.tokenizer,
+            self.train_cfg.max_prompt_length,
+            self.params.train_prompt_suffix,
         )
         self.demos: DemoPool | None = None
         if self.algo.n_off > 0 and not self.algo.released_demos_skip_generation:

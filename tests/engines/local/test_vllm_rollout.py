@@ -15,11 +15,11 @@ import pytest
 import torch
 from local_helpers import parity_reward, randomise_adapters
 
-from icpo_core.engines.local import vllm_engine as ve
 from icpo_core.engines.local.data import chat_ids
 from icpo_core.engines.local.logprobs import batched_log_probs, build_sequences
 from icpo_core.engines.local.rollout import HFRolloutEngine, generate, make_rollout_engine
 from icpo_core.engines.local.trainer import LocalTrainer, train_local
+from icpo_core.rollout import vllm_engine as ve
 
 LOGPROB_ATOL = 1e-3
 

@@ -162,7 +162,7 @@ def test_every_run_composes_with_its_method(composed):
         assert cfg.actor_rollout_ref.rollout.n == algo.n_on
         for key, value in algo.model_dump().items():
             assert cfg.icpo[key] == value, (profile, run, key)
-        assert cfg.icpo.prompt_suffix == ov.prompt_suffix(params)
+        assert cfg.icpo.prompt_suffix == params.train_prompt_suffix
         assert cfg.icpo.demo_path == str(root / "data" / "demos.parquet")
         assert cfg.reward.custom_reward_function.path == ov.REWARD_PATH
 
