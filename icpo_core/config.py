@@ -336,6 +336,9 @@ class TrainParams(_Section):
     # local engine: the trainer's forward/backward precision (fp32 master weights and AdamW state either way).
     # auto: bf16 autocast on CUDA, fp32 on CPU; bfloat16: autocast on CPU too; float32: never
     autocast: Literal["auto", "bfloat16", "float32"] = "auto"
+    # local engine: the math-verify grader of the rollouts (worker processes, seconds per response)
+    grade_workers: int = Field(default=2, ge=1)
+    grade_timeout_s: Float = Field(default=5.0, gt=0)
     lora: LoraParams = LoraParams()
     verl: VerlParams = VerlParams()
 

@@ -3,7 +3,7 @@
 One function builds the whole command line for every run (GRPO and ICPO alike go through
 ``python -m icpo_core.engines.verl.launcher``; GRPO is ``n_off: 0``, where the ICPO manager passes generation
 through and the stock verl loss is used). For the paper profiles the resolved values equal the released
-scripts' (DESIGN.md section 5; tests/engines/verl checks them on the composed hydra config).
+scripts' (docs/method.md, "Paper-scale settings"; tests/engines/verl checks them on the composed hydra config).
 
 No verl / torch import here: ``icpo verl-cmd`` prints instantly.
 """
@@ -31,7 +31,8 @@ LAUNCHER_MODULE = "icpo_core.engines.verl.launcher"
 MANAGER_FQN = "icpo_core.engines.verl.manager.ICPOAgentLoopManager"
 REWARD_PATH = "pkg://icpo_core.engines.verl.reward"
 
-# Released-script settings that params.yaml does not expose (icpo_anchor.md section 3.1).
+# Settings of the official code's launch scripts that params.yaml does not expose (docs/method.md, "Paper-scale
+# settings").
 RELEASED_FIXED = {
     "actor_rollout_ref.rollout.top_k": -1,
     "actor_rollout_ref.rollout.enforce_eager": True,
