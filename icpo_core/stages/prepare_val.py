@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icpo_core import paths
+from icpo_core.config import Params
+from icpo_core.io_utils import atomic_path, atomic_write_json
 
 if TYPE_CHECKING:
     from icpo_core.bench.loaders import BenchProblem
-    from icpo_core.config import Params
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,8 +71,6 @@ def write_val_sets(params: Params, out_dir: str | Path) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.io_utils import atomic_path, atomic_write_json
-
     params = args.params_obj
     start = time.perf_counter()
     with atomic_path(args.out_dir) as tmp:
