@@ -281,7 +281,7 @@ class VerlParams(_Section):
 
 
 class VllmParams(_Section):
-    """Knobs of an offline vLLM engine (CPU build or CUDA), set by ``icpo_core.engines.local.vllm_engine``."""
+    """Knobs of an offline vLLM engine (CPU build or CUDA), set by ``icpo_core.rollout.vllm_engine``."""
 
     # auto: bfloat16 on CUDA and on CPUs with bf16 instructions, else float32 (vllm_engine.resolve_dtype)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -357,6 +357,9 @@ class TrainParams(_Section):
     # local engine: the trainer's forward/backward precision (fp32 master weights and AdamW state either way).
     # auto: bf16 autocast on CUDA, fp32 on CPU; bfloat16: autocast on CPU too; float32: never
     autocast: Literal["auto", "bfloat16", "float32"] = "auto"
+    # local engine: the math-verify grader of the rollouts (worker processes, seconds per response)
+    grade_workers: int = Field(default=2, ge=1)
+    grade_timeout_s: Float = Field(default=5.0, gt=0)
     lora: LoraParams = LoraParams()
     verl: VerlParams = VerlParams()
 
@@ -586,6 +589,14 @@ class Params(_Section):
         if not 0 <= seed <= SEED_MAX:
             raise ParamsError(f"--seed: must be an integer in 0 .. {SEED_MAX} (got {seed})")
         return self.model_copy(update={"seed": seed})
+
+    @property
+    def train_prompt_suffix(self) -> str:
+        """The suffix the training prompts carry (IEF demo problems get the same one): ``data.synthetic``'s for
+        the synthetic set, else ``data.train``'s."""
+        if self.data.train.source == "synthetic":
+            return self.data.synthetic.prompt_suffix
+        return self.data.train.prompt_suffix
 
     def run_algorithm(self, run: str) -> AlgorithmParams:
         """The algorithm params of one run: ``algorithm`` with ``runs.<run>`` applied."""

@@ -33,7 +33,9 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from icpo_core.engines.local.data import load_prompts
-    from icpo_core.engines.local.rollout import eos_token_ids, generate, left_pad, response_mask_from
+    from icpo_core.engines.local.rollout import generate
+    from icpo_core.rollout.eos import eos_token_ids
+    from icpo_core.rollout.tokens import left_pad, response_mask_from
 
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()

@@ -58,15 +58,13 @@ def main() -> int:
     trainers: dict[str, LocalTrainer] = {}
     startup: dict[str, float] = {}
     rows: dict[str, list[dict]] = {k: [] for k in setups}
-    with Grader(workers=2, timeout_s=params.bench.grade_timeout_s) as grader:
+    with Grader(workers=params.train.grade_workers, timeout_s=params.train.grade_timeout_s) as grader:
         for key, (run, backend, autocast) in setups.items():
             vllm_cfg = params.train.vllm.model_copy(update={"kv_cache_gib": args.kv_cache_gib})
             update = {"rollout_backend": backend, "vllm": vllm_cfg, "autocast": autocast}
             train = params.train.model_copy(update=update)
             t = LocalTrainer(params.model_copy(update={"train": train}), run, progress=False)
-            t._load()
-            t._grader = grader
-            t.data_pos = 0
+            t.setup(grader=grader)
             t0 = time.perf_counter()
             engine = t.start_rollout_engine()
             startup[key] = round(time.perf_counter() - t0, 1)

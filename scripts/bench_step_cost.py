@@ -45,12 +45,10 @@ def main() -> int:
     if len(set(n_on.values())) != 1:
         raise SystemExit(f"runs must share the group size n_on, got {n_on}")
     trainers = {}
-    with Grader(workers=2, timeout_s=params.bench.grade_timeout_s) as grader:
+    with Grader(workers=params.train.grade_workers, timeout_s=params.train.grade_timeout_s) as grader:
         for r in args.runs:
             t = LocalTrainer(params, r, progress=False)
-            t._load()
-            t._grader = grader
-            t.data_pos = 0
+            t.setup(grader=grader)
             trainers[r] = t
         rows: dict[str, list[dict]] = {r: [] for r in args.runs}
         for step in range(1, args.steps + 2):

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from icpo_core.config import resolve
+from icpo_core.paths import MLFLOW_DIR
+from icpo_core.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from icpo_core.tracking import git_commit as head
+
 FLOW_RUN_TAG = "prefect_flow_run_id"  # from ICPO_TAG_PREFECT_FLOW_RUN_ID
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -35,9 +40,6 @@ def tracking_settings(project_dir: str | Path) -> TrackingSettings:
     """Tracking URI and experiment by the contract: $MLFLOW_TRACKING_URI, else params.yaml
     ``tracking.tracking_uri``, else ``sqlite:///<project>/mlflow/mlflow.db`` (artifacts in ``mlflow/artifacts``)."""
     import yaml
-
-    from icpo_core.config import resolve
-    from icpo_core.paths import MLFLOW_DIR
 
     project = Path(project_dir).resolve()
     tracking: dict[str, Any] = {}
@@ -60,8 +62,6 @@ def tracking_settings(project_dir: str | Path) -> TrackingSettings:
 
 def git_commit(project_dir: str | Path) -> str:
     """HEAD of the checkout (``-dirty`` with uncommitted changes to tracked files), as the stages tag it."""
-    from icpo_core.tracking import git_commit as head
-
     return head(project_dir)
 
 
@@ -103,7 +103,6 @@ def experiment_id(settings: TrackingSettings, create: bool = False) -> str | Non
         return exp.experiment_id
     if not create:
         return None
-    from icpo_core.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
     # a model-training experiment, as every project writer marks it (MLflow's UI view)
     return client.create_experiment(

@@ -272,7 +272,7 @@ def _resolved(raw: dict[str, Any], profile: str):
     [("paper_qwen3_1_7b", "Qwen/Qwen3-1.7B", 64, 2, 1), ("paper_qwen3_8b", "Qwen/Qwen3-8B", 32, 1, 8)],
 )
 def test_paper_profiles_carry_released_hyperparameters(raw, profile, model, mini_batch, micro_batch, tp):
-    """DESIGN.md section 5: the released scripts' settings."""
+    """The released scripts' settings (docs/method.md, "Paper-scale settings")."""
     p = _resolved(raw, profile)
     assert (p.model.source, p.model.name, p.model.save_dtype) == ("hub", model, "bfloat16")
     assert (p.data.train.source, p.data.demos.source) == ("openr1_46k", "math_hub")

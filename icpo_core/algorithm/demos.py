@@ -106,7 +106,7 @@ def build_ief_messages(
 
     - ``chat_turns`` (default): each demo is a prior user turn (demo problem + ``suffix``) followed by an
       assistant turn (its worked solution); then the real question, unchanged. On the offline model this format
-      beats inline text (DESIGN.md section 7).
+      beats inline text (docs/method.md, "Demo format").
     - ``inline``: the released code's text layout put into ONE chat-templated user turn:
       ``Question: <demo problem><suffix>\\nAnswer: <solution>`` blocks joined by three newlines, then
       ``Question: <question>\\nAnswer:``. Not the released prompt byte for byte (that one has no chat template,

@@ -1,11 +1,13 @@
 """Generation backends for benchmarks: ``hf`` (transformers) and ``vllm`` (CUDA or CPU build, lazily imported).
 
 Both render prompts the same way (:func:`render_prompt`: the model's own chat template with the generation
-prompt) and return, per prompt, ``n`` :class:`Completion` objects. Heavy imports stay inside the functions.
+prompt) and return, per prompt, ``n`` :class:`Completion` objects. torch, transformers and vLLM are imported
+where a backend starts (``import torch`` alone takes seconds, and ``icpo validate`` must not pay for it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,7 +15,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from icpo_core.bench.registry import Sampling
+from icpo_core.config import VllmParams
 from icpo_core.errors import UserError
+from icpo_core.rollout.eos import eos_token_ids, eos_token_ids_of_dir
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +96,7 @@ class HFBackend:
         self.model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=dtype).to(device).eval()
         self.batch_size = batch_size
         self.seed = seed
-        self._eos = self._eos_ids()
-
-    def _eos_ids(self) -> set[int]:
-        ids = self.model.generation_config.eos_token_id
-        ids = ids if isinstance(ids, list) else [ids]
-        if self.tokenizer.eos_token_id is not None:
-            ids.append(self.tokenizer.eos_token_id)
-        return {int(i) for i in ids if i is not None}
+        self._eos = set(eos_token_ids(self.model, self.tokenizer))
 
     def render(self, messages: list[dict[str, str]]) -> RenderedPrompt:
         return render_prompt(self.tokenizer, messages)
@@ -160,8 +157,6 @@ class HFBackend:
 
 def prompt_seed(seed: int, ids: Sequence[int]) -> int:
     """A 63-bit seed per (run seed, prompt tokens): a prompt's samples do not depend on its chunk or on resumes."""
-    import hashlib
-
     digest = hashlib.sha256(f"{seed}|{','.join(map(str, ids))}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
@@ -169,7 +164,7 @@ def prompt_seed(seed: int, ids: Sequence[int]) -> int:
 class VLLMBackend:
     """vLLM offline engine (CUDA build or the CPU build): all prompts of a chunk in one call, ``n`` samples each.
 
-    The engine is started by :func:`icpo_core.engines.local.vllm_engine.start_llm` (the environment, in-process
+    The engine is started by :func:`icpo_core.rollout.vllm_engine.start_llm` (the environment, in-process
     mode and no chunked prefill of the CPU build). Each prompt gets its own seed (:func:`prompt_seed`; vLLM seeds
     sample j with seed + j), and texts are decoded with the same tokenizer call as :class:`HFBackend`, so both
     backends return the same format. ``llm`` / ``sampling_params_cls`` / ``tokenizer`` can be injected (tests).
@@ -194,10 +189,11 @@ class VLLMBackend:
         self.model_dir = Path(model_dir)
         self.seed = seed
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(self.model_dir)
-        self._eos = sorted(_eos_ids_of(self.model_dir, self.tokenizer))
+        self._eos = sorted(eos_token_ids_of_dir(self.model_dir, self.tokenizer))
         if llm is None or sampling_params_cls is None:
-            from icpo_core.config import VllmParams
-            from icpo_core.engines.local import vllm_engine
+            from icpo_core.rollout import (
+                vllm_engine,  # imports torch: the bench's hf path and tests need no vLLM
+            )
 
             if device == "auto":
                 import torch
@@ -265,24 +261,10 @@ class VLLMBackend:
         )
 
     def close(self) -> None:
-        from icpo_core.engines.local.vllm_engine import shutdown_llm
+        from icpo_core.rollout.vllm_engine import shutdown_llm
 
         llm, self.llm = self.llm, None
         shutdown_llm(llm)
-
-
-def _eos_ids_of(model_dir: Path, tokenizer: Any) -> set[int]:
-    """EOS ids of the generation config (may be a list) plus the tokenizer's, as :class:`HFBackend` uses."""
-    import json
-
-    ids: list[Any] = []
-    for name in ("generation_config.json", "config.json"):  # transformers falls back to config.json too
-        if (model_dir / name).is_file():
-            e = json.loads((model_dir / name).read_text()).get("eos_token_id")
-            ids += e if isinstance(e, list) else [e]
-            break
-    ids.append(tokenizer.eos_token_id)
-    return {int(i) for i in ids if i is not None}
 
 
 def make_backend(kind: str, model_dir: str | Path, bench: Any, seed: int) -> Backend:

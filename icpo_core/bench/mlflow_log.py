@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from icpo_core.config import Params
+from icpo_core.tracking import ensure_experiment, env_tags, find_run, git_commit, run_tags, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ def metric_items(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _base_tags(params: Params) -> dict[str, str]:
-    from icpo_core.tracking import env_tags, git_commit
-
     tags = {
         "icpo.run": "base",
         "icpo.instance": "base",
@@ -59,8 +58,6 @@ def log_bench(
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
 
-        from icpo_core.tracking import ensure_experiment, find_run, tracking_uri
-
         uri = tracking_uri(params)
         client = MlflowClient(tracking_uri=uri)
         run_id = find_run(params, name)
@@ -70,8 +67,6 @@ def log_bench(
                 tags = _base_tags(params)
             else:
                 # The training run is not in this store (e.g. trained elsewhere): a bench-only run, same tags.
-                from icpo_core.tracking import run_tags
-
                 tags = run_tags(params, run, stage=f"bench@{name}", instance=instance)
             created = client.create_run(exp_id, run_name=name, tags=tags)
             run_id = created.info.run_id

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from icpo_core import paths
 from icpo_core.config import BenchParams, Params, deep_merge
 from icpo_core.errors import UserError
 from icpo_core.rewards import FALLBACKS
@@ -197,3 +198,15 @@ def resolve_benchmarks(
 def default_sampling(bench: BenchParams) -> dict[str, Any]:
     """The run-wide sampling overrides of params (for the metrics JSON)."""
     return {k: getattr(bench, k) for k in ("n", "temperature", "top_p", "top_k", "max_tokens")}
+
+
+def val_benchmark_names(params: Params) -> list[str]:
+    """The resolved benchmark names of ``train.verl.val_benchmarks`` (suites expanded, files named by stem)."""
+    names = params.train.verl.val_benchmarks
+    return [spec.name for spec in resolve_benchmarks(names, params)] if names else []
+
+
+def val_parquet_paths(params: Params, out_dir: str | Path = paths.VAL_DIR) -> list[Path]:
+    """Where ``icpo prepare-val`` writes each validation benchmark (what the verl launch passes as
+    ``data.val_files``): one ``data/val/<name>.parquet`` per resolved ``train.verl.val_benchmarks`` entry."""
+    return [paths.val_parquet(name, out_dir) for name in val_benchmark_names(params)]

@@ -23,6 +23,7 @@ from icpo_core.bench.backends import Backend, Completion
 from icpo_core.bench.loaders import BenchProblem, load_problems
 from icpo_core.bench.metrics import overall_average, summarize_benchmark
 from icpo_core.bench.registry import BenchmarkSpec
+from icpo_core.errors import UserError
 from icpo_core.io_utils import atomic_path, atomic_write_json
 from icpo_core.rewards import Grader
 
@@ -38,8 +39,6 @@ def model_fingerprint(model_dir: str | Path, cache: dict[str, Any] | None = None
     model_dir = Path(model_dir)
     files = sorted(p for p in model_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
     if not files:
-        from icpo_core.errors import UserError
-
         raise UserError(f"{model_dir}: no model files")
     cache = cache if cache is not None else {}
     h = hashlib.sha256()

@@ -141,7 +141,7 @@ def build_train_set(params: Params, out_path: str | Path, tokenizer_dir: str | P
     stats = TrainStats(source=train.source, dataset=name, layout=layout, rows_in=len(norm))
     stats.drop(Counter(norm["drop"]))
     ds = norm.filter(lambda b: [d == "" for d in b["drop"]], batched=True, load_from_cache_file=False)
-    suffix = params.data.synthetic.prompt_suffix if train.source == "synthetic" else train.prompt_suffix
+    suffix = params.train_prompt_suffix
     system = params.data.synthetic.system_prompt if train.source == "synthetic" else None
 
     if train.source in TOKEN_FILTERED and len(ds):

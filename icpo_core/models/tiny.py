@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from icpo_core.data.synthetic import generate_splits
+
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # ids 0, 1, 2 as in SmolLM2
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -19,8 +21,6 @@ TINY_DIMS = {"hidden": 64, "intermediate": 128, "layers": 2, "heads": 4, "kv_hea
 
 
 def _corpus() -> list[str]:
-    from icpo_core.data.synthetic import generate_splits
-
     splits = generate_splits((0, 1, 2, 3), train=40, demo=0, eval=0, seed=1234)
     texts = [p.problem + " " + p.solution for p in splits["train"]]
     return [
@@ -62,29 +62,42 @@ def hf_tokenizer(tok: Any | None = None) -> Any:
     return hf
 
 
-def write_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """A complete HF folder (config, safetensors, tokenizer, chat template) with a random 2-layer Llama."""
+def write_tiny_model(
+    out_dir: str | Path,
+    seed: int = 0,
+    *,
+    hidden: int = TINY_DIMS["hidden"],
+    layers: int = TINY_DIMS["layers"],
+    context: int = 1024,
+) -> Path:
+    """A complete HF folder (fp32 safetensors, generation config, tokenizer, chat template) of a random Llama:
+    4 heads (2 KV heads), MLP width ``2 * hidden``, tied embeddings, eos = pad = ``<|im_end|>``. The project's
+    one tiny-model builder (tests, smoke runs, the tiny project of :mod:`icpo_core.engines.local.tiny`); vLLM's
+    CPU attention needs ``hidden >= 128`` (head_dim 32)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir)
     hf_tok = hf_tokenizer()
-    d = TINY_DIMS
+    ids = {
+        "bos_token_id": hf_tok.bos_token_id,
+        "eos_token_id": hf_tok.eos_token_id,
+        "pad_token_id": hf_tok.pad_token_id,
+    }
     config = LlamaConfig(
         vocab_size=len(hf_tok),
-        hidden_size=d["hidden"],
-        intermediate_size=d["intermediate"],
-        num_hidden_layers=d["layers"],
-        num_attention_heads=d["heads"],
-        num_key_value_heads=d["kv_heads"],
-        max_position_embeddings=d["context"],
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=TINY_DIMS["heads"],
+        num_key_value_heads=TINY_DIMS["kv_heads"],
+        max_position_embeddings=context,
         tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
+        **ids,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    model.generation_config = GenerationConfig(**ids)
     model.save_pretrained(out_dir, safe_serialization=True)
     hf_tok.save_pretrained(out_dir)
     if not (out_dir / "chat_template.jinja").exists():

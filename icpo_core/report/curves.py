@@ -13,6 +13,9 @@ import logging
 import math
 from pathlib import Path
 
+from icpo_core.engines.local.steplog import read_steps
+from icpo_core.io_utils import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 CURVES = (
@@ -22,23 +25,6 @@ CURVES = (
     ("actor/kl", "KL to the reference"),
     ("actor/entropy", "Entropy"),
 )
-
-
-def read_steps(path: Path) -> list[dict]:
-    """Rows of ``metrics/steps_<run>.jsonl`` sorted by step; the last row wins for a repeated step (resume)."""
-    by_step: dict[int, dict] = {}
-    try:
-        with path.open() as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("step"), int | float):
-                    by_step[int(row["step"])] = row
-    except FileNotFoundError:
-        return []
-    return [by_step[s] for s in sorted(by_step)]
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -72,7 +58,8 @@ def seed_band(per_seed_rows: list[list[dict]], key: str) -> dict[str, list]:
 def plot_curves(runs: dict[str, tuple[str, list[Path]]], out_png: Path) -> dict[str, dict[str, int]]:
     """``runs``: run -> (label, steps jsonl of each seed). Writes ``out_png`` (one panel per ``CURVES`` key);
     returns per plotted run ``{"seeds": seeds with steps, "steps": most steps of a seed, "bands": panels where
-    the run has a seed band}``."""
+    the run has a seed band}``. The report plots the study with it, the local trainer one run (its MLflow
+    artifact). matplotlib is imported here: the report stage's other work and the trainer's import skip it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,8 +132,6 @@ def write_plot_data(runs: dict[str, list[Path]], out_dir: Path) -> list[Path]:
     """``<out_dir>/steps_<run>.json`` per run (``plot_data`` of its seeds) as a JSON list, the format DVC plots
     read (DVC 3 reads JSON / YAML / CSV / TSV, not JSON lines). A run without steps gets ``[]``, so the
     top-level ``plots:`` of dvc.yaml always find their files."""
-    from icpo_core.io_utils import atomic_write_text
-
     written = []
     for run, paths_ in runs.items():
         data = plot_data([r for r in (read_steps(p) for p in paths_) if r])

@@ -7,6 +7,11 @@ import logging
 import re
 from typing import Any
 
+from icpo_core.bench.mlflow_log import _base_tags
+from icpo_core.errors import UserError
+from icpo_core.report.table import run_label
+from icpo_core.tracking import PARENT_ENV, ensure_experiment, tracking_uri
+
 log = logging.getLogger(__name__)
 
 _BENCH_METRIC = re.compile(r"^bench/(?P<name>[^/]+)/(?P<key>[^/]+)$")
@@ -48,8 +53,6 @@ def _search_runs(uri: str, experiment: str, filters: list[str], max_results: int
     """The experiment's runs matching the ``key=value`` tag filters, newest first (UserError if none exists)."""
     from mlflow.tracking import MlflowClient
 
-    from icpo_core.errors import UserError
-
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -68,8 +71,6 @@ def search_entries(
     uri: str, experiment: str, filters: list[str], params: Any = None
 ) -> list[tuple[str, str, dict, str]]:
     """(run, label, metrics, source) per MLflow run with bench metrics, newest first per ``icpo.run`` tag."""
-
-    from icpo_core.report.table import run_label
 
     runs = _search_runs(uri, experiment, filters)
     entries = []
@@ -128,9 +129,6 @@ def log_study(params: Any, study: dict[str, Any], files: list[str]) -> str | Non
 
         from mlflow.entities import Metric
         from mlflow.tracking import MlflowClient
-
-        from icpo_core.bench.mlflow_log import _base_tags
-        from icpo_core.tracking import PARENT_ENV, ensure_experiment, tracking_uri
 
         uri = tracking_uri(params)
         client = MlflowClient(tracking_uri=uri)

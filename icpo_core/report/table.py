@@ -14,8 +14,22 @@ from pathlib import Path
 from typing import Any
 
 from icpo_core import paths
+from icpo_core.bench.registry import resolve_benchmarks
 from icpo_core.config import Params
+from icpo_core.report import stats
 from icpo_core.report.power import Power, detectability, paired_power
+from icpo_core.report.stats import (
+    RNG_SEED,
+    Comparison,
+    Estimate,
+    bootstrap_mean,
+    ci_decimals,
+    format_ci,
+    format_p,
+    format_value,
+    per_problem_scores,
+    score_matrix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +171,6 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def table_from_metrics(params: Params, runs: list[str], metrics_dir: Path = paths.METRICS_DIR) -> Table:
     """The table of ``runs`` from ``metrics/bench_<run>.json``; columns follow ``params.bench.benchmarks``."""
-    from icpo_core.bench.registry import resolve_benchmarks
-
     entries = []
     for run in runs:
         path = metrics_dir / paths.bench_metrics(run).name
@@ -349,8 +361,6 @@ class Cell:
         return self.est.mean if self.est is not None else self.mean_only
 
     def decimals(self) -> int:
-        from icpo_core.report.stats import ci_decimals
-
         return ci_decimals(self.est.lo, self.est.hi) if self.est is not None else 1
 
     def to_json(self) -> dict[str, Any]:
@@ -389,8 +399,6 @@ def _rng(*names: str) -> Any:
 
     import numpy as np
 
-    from icpo_core.report.stats import RNG_SEED
-
     return np.random.default_rng([RNG_SEED, zlib.crc32("|".join(names).encode())])
 
 
@@ -411,8 +419,6 @@ class Study:
 
     # ---------------------------------------------------------------------------------------- JSON (DVC metrics)
     def to_json(self, profile: str = "") -> dict[str, Any]:
-        from icpo_core.report import stats
-
         def cmp_json(c: Any) -> dict[str, Any] | None:
             if c is None:
                 return None
@@ -492,8 +498,6 @@ def _decoding(insts: list[InstanceData], bench: str) -> dict[str, Any]:
 
 def _make_cell(run: str, bench: str, insts: list[InstanceData], n_boot: int) -> tuple[Cell, dict]:
     """The cell and its raw per-seed problem scores ``seed -> {problem -> score}`` (fractions)."""
-    from icpo_core.report.stats import bootstrap_mean, per_problem_scores, score_matrix
-
     cell = Cell(run, bench)
     raw: dict[int | None, dict[str, float]] = {}
     counts: dict[int | None, dict[str, list[bool]]] = {}
@@ -533,8 +537,6 @@ def _make_cell(run: str, bench: str, insts: list[InstanceData], n_boot: int) -> 
 
 def _matrices(raw: dict[str, dict], columns: list[str]) -> tuple[list[Any], list[list[str]], list] | None:
     """Per column the matrix over the seeds that have every column (None when a column has no data)."""
-    from icpo_core.report.stats import score_matrix
-
     if not columns or any(not raw.get(c) for c in columns):
         return None
     seeds = [s for s in raw[columns[0]] if all(s in raw[c] for c in columns)]
@@ -560,8 +562,6 @@ def build_study(
     n_perm: int | None = None,
 ) -> Study:
     """Every cell, average and paired comparison of the study (see the module docstring of ``stats``)."""
-    from icpo_core.report import stats
-
     n_boot = n_boot or stats.N_BOOT
     n_perm = n_perm or stats.N_PERM
     cfg = study_config(params, runs, seeds)
@@ -633,8 +633,6 @@ def _compare(
     ra: dict | None, rb: dict | None, a: str, b: str, col: str, n_boot: int, n_perm: int
 ) -> tuple[Any, Any]:
     """(paired ``Comparison``, ``Power``) of one benchmark in percent; (None, None) without common problems."""
-    from icpo_core.report import stats
-
     if not ra or not rb:
         return None, None
     xa, ia = stats.score_matrix(list(ra.values()))
@@ -649,8 +647,6 @@ def _compare(
 
 
 def _columns(params: Any, benches: list[dict[str, Any] | None]) -> list[str]:
-    from icpo_core.bench.registry import resolve_benchmarks
-
     try:
         columns = [s.name for s in resolve_benchmarks(params.bench.benchmarks, params)]
     except Exception:  # a registry problem must not stop the report: fall back to what the files hold
@@ -672,8 +668,6 @@ def _decoding_title(d: dict[str, Any]) -> str:
 
 def summary_markdown(study: Study) -> str:
     """Runs x benchmarks: mean over seeds and problems with its 95 % CI; Avg. = unweighted mean over benchmarks."""
-    from icpo_core.report.stats import format_ci
-
     cols = study.columns
     head = [f"{column_title(c)} ({_decoding_title(study.decoding[c])})" for c in cols]
     lines = [
@@ -692,8 +686,6 @@ def summary_markdown(study: Study) -> str:
 
 def cells_markdown(study: Study) -> str:
     """One row per run and benchmark: decoding, seeds, problems, the score and pass@k with their CIs."""
-    from icpo_core.report.stats import format_ci
-
     lines = [
         "| Benchmark | Method | Run | Decoding | Seeds | Problems | Score [95 % CI] | pass@k [95 % CI] |",
         "|---|---|---|---|---:|---:|---:|---:|",
@@ -718,8 +710,6 @@ def comparison_markdown(study: Study) -> str:
     95 % CI, p-values, and the power figures: the minimum detectable effect at 80 % power for these seeds and
     problems and the seeds per run a ``target_difference``-point difference would need. A CI that spans zero
     reads "not detectable at this size (MDE x points)" before its interval."""
-    from icpo_core.report.stats import format_ci, format_p
-
     t = f"{study.target_difference:g}"
     lines = [
         "| Comparison | Benchmark | Δ points [95 % CI] | p (problems) | p (seeds) | Seeds A / B | Problems | "
@@ -756,8 +746,6 @@ def comparison_markdown(study: Study) -> str:
 
 def spread_markdown(study: Study) -> str:
     """Each seed's score per run and benchmark (at the digits of that cell's CI), min-max and sd over seeds."""
-    from icpo_core.report.stats import format_value
-
     lines = ["| Method | Run | Benchmark | Per seed | Min–max | SD |", "|---|---|---|---|---:|---:|"]
     for run in study.cfg.runs:
         for c in [*study.columns, AVERAGE]:
@@ -781,7 +769,6 @@ def spread_markdown(study: Study) -> str:
 
 def study_from_json(d: dict[str, Any]) -> Study:
     """The ``Study`` a ``reports/study.json`` holds (``icpo compare`` renders the report's tables from it)."""
-    from icpo_core.report.stats import Comparison, Estimate
 
     def est(j: dict[str, Any] | None, n_seeds: int = 0, n_problems: int = 0) -> Estimate | None:
         if not j or j.get("ci_low") is None or j.get("mean") is None:

@@ -9,6 +9,7 @@ import argparse
 import time
 
 from icpo_core import paths
+from icpo_core.io_utils import atomic_path, atomic_write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,7 +19,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.io_utils import atomic_path, atomic_write_json
     from icpo_core.models.base_model import materialise
 
     params = args.params_obj

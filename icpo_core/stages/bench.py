@@ -13,6 +13,7 @@ from pathlib import Path
 
 from icpo_core import paths
 from icpo_core.errors import UserError
+from icpo_core.io_utils import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     from icpo_core.bench.mlflow_log import log_bench
     from icpo_core.bench.registry import resolve_benchmarks
     from icpo_core.bench.runner import BenchRunner
-    from icpo_core.io_utils import atomic_write_json
 
     params = args.params_obj
     run_name = args.run

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import argparse
 
+from icpo_core.errors import UserError
+from icpo_core.io_utils import atomic_write_json
+from icpo_core.tracking import tracking_uri
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -31,11 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.errors import UserError
-    from icpo_core.io_utils import atomic_write_json
     from icpo_core.report.mlflow_runs import latest_study, search_entries
     from icpo_core.report.table import build_table, comparison_markdown, study_from_json, summary_markdown
-    from icpo_core.tracking import tracking_uri
 
     params = args.params_obj
     experiment = args.experiment or params.tracking.experiment

@@ -11,6 +11,8 @@ import time
 from dataclasses import asdict
 
 from icpo_core import paths
+from icpo_core.errors import UserError
+from icpo_core.io_utils import atomic_path, atomic_write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,8 +26,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from icpo_core.data.train_set import TOKEN_FILTERED, build_train_set, write_eval_sets
-    from icpo_core.errors import UserError
-    from icpo_core.io_utils import atomic_path, atomic_write_json
 
     params = args.params_obj
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """``icpo prepare-val``: the in-training validation benchmarks as verl parquet (``data/val/<name>.parquet``).
 
 verl validates every ``train.verl.test_freq`` steps on ``data.val_files``; the released scripts use MATH-500,
-AMC23 and AIME24 (DESIGN.md section 5). ``train.verl.val_benchmarks`` names them (benchmark names, suites or
+AMC23 and AIME24 (docs/method.md). ``train.verl.val_benchmarks`` names them (benchmark names, suites or
 local files, exactly as ``bench.benchmarks``); every one is loaded through the benchmark registry and loaders
 (:mod:`icpo_core.bench.registry`, :mod:`icpo_core.bench.loaders`), so the prompts carry the same suffix and the
 same gold answers as the ``bench`` stage. Rows follow the training parquet's schema (docs/architecture.md) with
@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icpo_core import paths
+from icpo_core.config import Params
+from icpo_core.io_utils import atomic_path, atomic_write_json
 
 if TYPE_CHECKING:
     from icpo_core.bench.loaders import BenchProblem
-    from icpo_core.config import Params
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,19 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out-dir", default=str(paths.VAL_DIR), help="validation parquet folder (default: %(default)s)"
     )
     p.add_argument("--metrics", default=str(paths.METRICS_DIR / "prepare_val.json"), help="stats JSON")
-
-
-def val_benchmark_names(params: Params) -> list[str]:
-    """The resolved benchmark names of ``train.verl.val_benchmarks`` (suites expanded, files named by stem)."""
-    from icpo_core.bench.registry import resolve_benchmarks
-
-    names = params.train.verl.val_benchmarks
-    return [spec.name for spec in resolve_benchmarks(names, params)] if names else []
-
-
-def val_parquet_paths(params: Params, out_dir: str | Path = paths.VAL_DIR) -> list[Path]:
-    """Where this stage writes each validation benchmark (what the verl launch passes as ``data.val_files``)."""
-    return [paths.val_parquet(name, out_dir) for name in val_benchmark_names(params)]
 
 
 def val_rows(name: str, problems: list[BenchProblem]) -> list[dict[str, Any]]:
@@ -83,8 +71,6 @@ def write_val_sets(params: Params, out_dir: str | Path) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.io_utils import atomic_path, atomic_write_json
-
     params = args.params_obj
     start = time.perf_counter()
     with atomic_path(args.out_dir) as tmp:

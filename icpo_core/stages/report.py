@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from icpo_core import paths
+from icpo_core.io_utils import atomic_path, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ def _method_text(study: Any) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.io_utils import atomic_path, atomic_write_json, atomic_write_text
     from icpo_core.report.curves import plot_curves, write_plot_data
     from icpo_core.report.table import (
         build_study,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from icpo_core.config import ParamsError
 from icpo_core.errors import UserError
 
 
@@ -18,7 +19,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.config import ParamsError
     from icpo_core.engines.verl.overrides import override_list, shell_command
 
     params = args.params_obj

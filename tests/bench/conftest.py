@@ -9,6 +9,6 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from icpo_core.engines.local.tiny import make_tiny_model_dir
+    from icpo_core.models.tiny import write_tiny_model
 
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")

@@ -159,9 +159,9 @@ def test_vllm_missing_is_a_user_error(tiny_model, monkeypatch):
 @pytest.fixture(scope="module")
 def vllm_model(tmp_path_factory):
     """The tiny model with head_dim 64 (vLLM's CPU attention has no head_dim-16 kernels)."""
-    from icpo_core.engines.local.tiny import make_tiny_model_dir
+    from icpo_core.models.tiny import write_tiny_model
 
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_vllm") / "model", hidden=256)
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_vllm") / "model", hidden=256)
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    from icpo_core.engines.local.tiny import make_tiny_model_dir
+    from icpo_core.models.tiny import write_tiny_model
 
     root = tmp_path_factory.mktemp("proj")
-    make_tiny_model_dir(root / "models/base")
+    write_tiny_model(root / "models/base")
     shutil.copytree(root / "models/base", root / "runs/icpo/merged")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["study"]["ablations"] = ["icpo_rs", "icpo_no_errs", "icpo_released"]  # the report lists them

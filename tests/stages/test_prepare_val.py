@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from icpo_core.bench.registry import val_parquet_paths
 from icpo_core.cli import main
 from icpo_core.config import load_params
 from icpo_core.data.schema import TRAIN_SCHEMA, check_schema
 from icpo_core.engines.verl import overrides as ov
-from icpo_core.stages.prepare_val import val_parquet_paths
 
 TRAIN_SUFFIX = " Let's think step by step and output the final answer within \\boxed{}."
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from icpo_core.engines.local.rollout import left_pad
+from icpo_core.rollout.tokens import left_pad
 
 
 @dataclass

@@ -4,7 +4,7 @@
   at EOS). The sampler is ``model.generate`` itself (no custom decode loop): :func:`generate` only pads, seeds and
   splits the output into response tokens and a response mask (every token up to and including the first EOS).
 - ``vllm``: a colocated offline vLLM engine that the trainer pushes its weights into after every optimizer step
-  (:mod:`icpo_core.engines.local.vllm_engine`).
+  (:mod:`icpo_core.rollout.vllm_engine`, shared with the bench).
 
 :func:`make_rollout_engine` picks one from ``train.rollout_backend``; when vLLM cannot be imported or started it
 falls back to ``hf`` with one warning naming the cause.
@@ -14,68 +14,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from transformers import GenerationConfig
+
+from icpo_core.errors import UserError
+from icpo_core.rollout.eos import eos_token_ids
+from icpo_core.rollout.tokens import Rollouts, left_pad, response_mask_from
+from icpo_core.rollout.vllm_engine import VLLMRolloutEngine, VLLMUnavailable
+
+__all__ = [
+    "HFRolloutEngine",
+    "RolloutEngine",
+    "Rollouts",
+    "eos_token_ids",
+    "generate",
+    "left_pad",
+    "make_rollout_engine",
+    "response_mask_from",
+]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Rollouts:
-    """Generated responses of a batch of prompts (row i answers prompt i).
-
-    ``response_ids`` is right-padded with ``pad_token_id``; ``response_mask`` is 1 on generated tokens up to
-    and including the first EOS.
-    """
-
-    response_ids: torch.Tensor  # [N, T] long, on CPU
-    response_mask: torch.Tensor  # [N, T] long, on CPU
-    texts: list[str]  # decoded responses, special tokens skipped
-    prefill_tokens: int  # real (non-pad) prompt tokens that were prefilled
-    gen_tokens: int  # generated tokens (sum of response_mask)
-    # [N, T] float: the engine's log-prob of each sampled token (vLLM, when asked for)
-    logprobs: torch.Tensor | None = None
-
-    @property
-    def lengths(self) -> list[int]:
-        return self.response_mask.sum(-1).tolist()
-
-
-def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into ``(ids, attention_mask)`` of shape [N, max_len]."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, width - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids, mask
-
-
-def response_mask_from(tokens: torch.Tensor, eos_ids: Sequence[int]) -> torch.Tensor:
-    """1 for every token up to and including the first EOS of each row (all ones when a row has no EOS)."""
-    is_eos = torch.zeros_like(tokens, dtype=torch.bool)
-    for e in eos_ids:
-        is_eos |= tokens == e
-    # Number of EOS tokens strictly before each position: the position belongs to the response while it is 0.
-    eos_before = torch.cumsum(is_eos.long(), dim=-1) - is_eos.long()
-    return (eos_before == 0).long()
-
-
-def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """EOS ids from the generation config (may be a list) plus the tokenizer's EOS."""
-    ids: list[int] = []
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for e in gen_eos if isinstance(gen_eos, list) else [gen_eos]:
-        if e is not None and e not in ids:
-            ids.append(int(e))
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(int(tokenizer.eos_token_id))
-    return ids
 
 
 @torch.no_grad()
@@ -97,8 +58,6 @@ def generate(
     longest prompt. ``temperature == 0`` means greedy. ``seed`` re-seeds torch's RNG first (generate samples
     from the global generator), which makes a step's rollouts reproducible, also after a resume.
     """
-    from transformers import GenerationConfig
-
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = eos_token_ids(model, tokenizer)
     sampling = temperature > 0
@@ -231,11 +190,7 @@ def make_rollout_engine(
     if backend == "hf":
         return HFRolloutEngine(model, tokenizer, autocast_dtype=autocast_dtype)
     if backend != "vllm":
-        from icpo_core.errors import UserError
-
         raise UserError(f"train.rollout_backend: unknown backend '{backend}' (vllm | hf)")
-    from icpo_core.engines.local.vllm_engine import VLLMRolloutEngine, VLLMUnavailable
-
     try:
         return VLLMRolloutEngine(
             model_dir,

@@ -20,30 +20,32 @@ def _clean(v: Any) -> Any:
 
 
 def read_steps(path: str | Path) -> list[dict[str, Any]]:
-    """Complete lines only (a line cut by a kill is ignored)."""
+    """The rows of a step log sorted by step, the last line winning for a repeated step (a resumed verl run); a
+    line cut by a kill, or one without ``step``, is ignored. A missing file has no rows."""
     path = Path(path)
     if not path.is_file():
         return []
-    rows = []
+    by_step: dict[int, dict[str, Any]] = {}
     for line in path.read_text().splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
+        if (
+            isinstance(row, dict)
+            and isinstance(row.get("step"), int | float)
+            and not isinstance(row["step"], bool)
+        ):
+            by_step[int(row["step"])] = row
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def reset(path: str | Path, keep_through_step: int | None) -> list[dict[str, Any]]:
     """Keep one line per step ``<= keep_through_step`` (none when None), rewrite the file atomically."""
     path = Path(path)
-    by_step: dict[int, dict[str, Any]] = {}
-    if keep_through_step is not None:
-        for row in read_steps(path):
-            if int(row["step"]) <= keep_through_step:
-                by_step[int(row["step"])] = row
-    rows = [by_step[s] for s in sorted(by_step)]
+    rows = (
+        [] if keep_through_step is None else [r for r in read_steps(path) if r["step"] <= keep_through_step]
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     return rows

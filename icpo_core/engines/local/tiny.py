@@ -1,4 +1,5 @@
-"""A tiny random causal LM (the tokenizer of ``icpo_core.models.tiny``) and a tiny project, built offline in ~1 s.
+"""A tiny project (the random model of :func:`icpo_core.models.tiny.write_tiny_model`, data, params.yaml), built
+offline in ~1 s.
 
 Used by the tests and by smoke runs of the local engine: it exercises the same code paths as the real model
 (chat template, left padding, EOS stop, tied embeddings, verl merge) at a size where a training step takes
@@ -9,37 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
 
-def make_tiny_model_dir(path: str | Path, *, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
-    """Write a Hugging Face folder (fp32 safetensors + tokenizer + chat template) of a random Llama."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    from icpo_core.models.tiny import hf_tokenizer
-
-    path = Path(path)
-    tok = hf_tokenizer()  # the project's one tiny tokenizer (byte-level BPE, ChatML, eos = pad = <|im_end|>)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
-    )
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+from icpo_core.models.tiny import write_tiny_model
 
 
 def make_tiny_project(
@@ -51,12 +26,8 @@ def make_tiny_project(
     n_problems: int = 24,
 ) -> Path:
     """A project folder a tiny training can run in: models/base, data/*.parquet (contract schemas), params.yaml."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import yaml
-
     root = Path(root)
-    make_tiny_model_dir(root / "models" / "base")
+    write_tiny_model(root / "models" / "base")
     suffix = " Put your final answer within \\boxed{}."
     train_rows, demo_rows = [], []
     for i in range(n_problems):

@@ -31,6 +31,7 @@ import copy
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from icpo_core import paths, tracking
 from icpo_core.algorithm import (
@@ -69,6 +72,8 @@ from icpo_core.engines.local.logprobs import (
 from icpo_core.engines.local.rollout import RolloutEngine, make_rollout_engine
 from icpo_core.errors import DataError, UserError
 from icpo_core.io_utils import atomic_write_json
+from icpo_core.report.curves import plot_curves
+from icpo_core.rewards import Grader
 
 log = logging.getLogger(__name__)
 
@@ -224,11 +229,30 @@ class LocalTrainer:
         self.summary_path = self.root / paths.train_summary(self.name)
         self.rollout_engine: RolloutEngine | None = None  # train.rollout_backend, started once per run
         self.rollout_backend_used: str | None = None  # what actually generated (vllm may fall back to hf)
+        self._grader: Grader | None = None  # math-verify workers (train() starts them; setup(grader=) shares)
+        self.data_pos = 0  # position in the seeded epoch order (resumable state)
 
     # -------------------------------------------------------------------------------------- setup
-    def _load(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def setup(
+        self, *, grader: Grader | None = None, rollout_engine: RolloutEngine | None = None
+    ) -> LocalTrainer:
+        """Load what a step needs (base model, tokenizer, optimizer, prompts, demo pool); returns the trainer.
 
+        After it :meth:`train_step` / :meth:`rollout_step` / :meth:`update` can be called directly (benchmark
+        scripts, tests), from data position 0. ``grader``: a started :class:`Grader` to grade with (else
+        :meth:`train` starts one from ``train.grade_workers`` / ``train.grade_timeout_s``; a ``reward_fn`` needs
+        none); ``rollout_engine``: an engine already running (else ``train.rollout_backend`` starts on first use).
+        """
+        self._load()
+        self.data_pos = 0
+        if grader is not None:
+            self._grader = grader
+        if rollout_engine is not None:
+            self.rollout_engine = rollout_engine
+            self.rollout_backend_used = rollout_engine.name
+        return self
+
+    def _load(self) -> None:
         model_dir = self.root / paths.BASE_MODEL_DIR
         if not (model_dir / "config.json").is_file():
             raise DataError(
@@ -250,12 +274,11 @@ class LocalTrainer:
             lr=self.train_cfg.lr,
             weight_decay=self.train_cfg.weight_decay,
         )
-        synthetic = self.params.data.train.source == "synthetic"
-        default_suffix = (
-            self.params.data.synthetic.prompt_suffix if synthetic else self.params.data.train.prompt_suffix
-        )
         self.prompts = load_prompts(
-            self.root / paths.TRAIN_PARQUET, self.tokenizer, self.train_cfg.max_prompt_length, default_suffix
+            self.root / paths.TRAIN_PARQUET,
+            self.tokenizer,
+            self.train_cfg.max_prompt_length,
+            self.params.train_prompt_suffix,
         )
         self.traces: dict[tuple[int, ...], ExpertTrace] = {}
         if self.algo.off_policy == "expert_trace":
@@ -302,7 +325,7 @@ class LocalTrainer:
         self.prompts = kept
 
     def start_rollout_engine(self) -> RolloutEngine:
-        """The run's rollout engine (``train.rollout_backend``), started once after :meth:`_load`.
+        """The run's rollout engine (``train.rollout_backend``), started once after :meth:`setup`.
 
         A vLLM engine starts from models/base, so the current weights are pushed right away when they differ
         (a resumed run); ``vllm`` that cannot start falls back to ``hf`` with one warning.
@@ -330,6 +353,10 @@ class LocalTrainer:
     def _rewards(self, texts: Sequence[str], golds: Sequence[str]) -> list[float]:
         if self.reward_fn is not None:
             return [float(r) for r in self.reward_fn(texts, golds)]
+        if self._grader is None:
+            raise RuntimeError(
+                "no grader: call setup(grader=...) (or train()) before a step without reward_fn"
+            )
         return [v.reward for v in self._grader.grade(list(texts), list(golds))]
 
     # -------------------------------------------------------------------------------------- one step
@@ -616,16 +643,14 @@ class LocalTrainer:
 
     def train(self, stop_after: int | None = None) -> dict[str, Any]:
         """Run (or resume) the training; ``stop_after`` ends this call after that many new steps (tests)."""
-        from tqdm import tqdm
-
         wall0 = time.time()
-        total = self.train_cfg.steps
+        tc = self.train_cfg
+        total = tc.steps
         self.ckpt_root.mkdir(parents=True, exist_ok=True)
         ckpt.prune(self.ckpt_root, None)  # temporaries of a killed checkpoint write
         fingerprint = config_fingerprint(self.params, self.run, self.root)
         start = self._resume_point(fingerprint)
-        self._load()
-        self.data_pos = 0
+        self.setup()
         if start is not None:
             state = ckpt.load_checkpoint(self.ckpt_root, start, model=self.model, optimizer=self.optimizer)
             self.data_pos = int(state["data_pos"])
@@ -651,13 +676,11 @@ class LocalTrainer:
             tracker.log_metrics(pending)
             pending.clear()
 
-        grader = None
-        if self.reward_fn is None:
-            from icpo_core.rewards import Grader
-
+        grader = None  # the one this call starts (and closes)
+        if self.reward_fn is None and self._grader is None:
             # wait=True: the workers import math-verify now, not in the middle of the first step.
-            grader = Grader(workers=2, timeout_s=self.params.bench.grade_timeout_s).start(wait=True)
-        self._grader = grader
+            grader = Grader(workers=tc.grade_workers, timeout_s=tc.grade_timeout_s).start(wait=True)
+            self._grader = grader
         bar = tqdm(
             total=total, initial=start, desc=f"train {self.name}", unit="step", disable=not self.progress
         )
@@ -684,6 +707,7 @@ class LocalTrainer:
             bar.close()
             if grader is not None:
                 grader.close()
+                self._grader = None
             if self.rollout_engine is not None:
                 self.rollout_engine.close()
                 self.rollout_engine = None
@@ -737,8 +761,6 @@ class LocalTrainer:
     def _log_final_artifacts(self, tracker: tracking.Tracker, summary: dict[str, Any]) -> None:
         if not tracker.active:
             return
-        import tempfile
-
         tracker.log_dict(summary, "summary/train_summary.json")
         compute = {
             f"compute/{k}": summary[f"compute_{k}"] for k in COMPUTE_KEYS if summary.get(f"compute_{k}")
@@ -748,39 +770,8 @@ class LocalTrainer:
         tracker.log_artifact(self.steps_path, "curves")
         with tempfile.TemporaryDirectory() as tmp:
             png = Path(tmp) / f"curves_{self.name}.png"
-            if plot_curves(steplog.read_steps(self.steps_path), png, title=self.name):
+            if plot_curves({self.run: (self.name, [self.steps_path])}, png):
                 tracker.log_artifact(png, "curves")
-
-
-def plot_curves(rows: list[dict[str, Any]], out: Path, title: str) -> bool:
-    """Reward / acceptance / KL curves of one run as a PNG (the MLflow artifact)."""
-    if not rows:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in rows]
-    panels = [
-        ("reward", [StepMetrics.REWARD_ON_POLICY, StepMetrics.REWARD_OVERALL, StepMetrics.IEF_REWARD]),
-        ("IEF acceptance", ["icpo/accept_rate"]),
-        ("actor", ["actor/kl", "actor/entropy"]),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3))
-    for ax, (name, keys) in zip(axes, panels, strict=True):
-        for k in keys:
-            ys = [r.get(k) for r in rows]
-            if any(y is not None for y in ys):
-                ax.plot(steps, [float("nan") if y is None else y for y in ys], marker=".", label=k)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return True
 
 
 def train_local(

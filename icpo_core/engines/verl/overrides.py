@@ -3,7 +3,7 @@
 One function builds the whole command line for every run (GRPO and ICPO alike go through
 ``python -m icpo_core.engines.verl.launcher``; GRPO is ``n_off: 0``, where the ICPO manager passes generation
 through and the stock verl loss is used). For the paper profiles the resolved values equal the released
-scripts' (DESIGN.md section 5; tests/engines/verl checks them on the composed hydra config).
+scripts' (docs/method.md, "Paper-scale settings"; tests/engines/verl checks them on the composed hydra config).
 
 No verl / torch import here: ``icpo verl-cmd`` prints instantly.
 """
@@ -21,8 +21,9 @@ from typing import Any
 
 from icpo_core import paths
 from icpo_core.algorithm.losses import effective_entropy_coeff
-from icpo_core.config import AlgorithmParams, Params, ParamsError
-from icpo_core.stages.prepare_val import val_parquet_paths
+from icpo_core.bench.registry import val_parquet_paths
+from icpo_core.config import Params, ParamsError
+from icpo_core.engines.verl import preflight
 
 _PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")  # hydra-safe unquoted values (identifiers, dotted names)
 VERL_ADV_EPS = 1e-6  # the epsilon verl's advantage estimators always run with
@@ -30,7 +31,8 @@ LAUNCHER_MODULE = "icpo_core.engines.verl.launcher"
 MANAGER_FQN = "icpo_core.engines.verl.manager.ICPOAgentLoopManager"
 REWARD_PATH = "pkg://icpo_core.engines.verl.reward"
 
-# Released-script settings that params.yaml does not expose (icpo_anchor.md section 3.1).
+# Settings of the official code's launch scripts that params.yaml does not expose (docs/method.md, "Paper-scale
+# settings").
 RELEASED_FIXED = {
     "actor_rollout_ref.rollout.top_k": -1,
     "actor_rollout_ref.rollout.enforce_eager": True,
@@ -77,23 +79,6 @@ def _abs(path: str | Path, root: Path) -> str:
     return str(p if p.is_absolute() else (root / p).resolve())
 
 
-def ief_prompt_length(params: Params, algo: AlgorithmParams) -> int:
-    """Rollout prompt budget: the plain prompt plus k demos of up to the same length each.
-
-    verl left-truncates any prompt longer than ``rollout.prompt_length`` (demos first), so IEF prompts need
-    room; GRPO keeps ``max_prompt_length``. After the prompt restore the extra padding costs the actor nothing.
-    """
-    base = params.train.max_prompt_length
-    return base if algo.n_off == 0 else base * (1 + algo.k_demos)
-
-
-def prompt_suffix(params: Params) -> str:
-    """The suffix the training prompts carry (demo problems get the same one)."""
-    if params.data.train.source == "synthetic":
-        return params.data.synthetic.prompt_suffix
-    return params.data.train.prompt_suffix
-
-
 def verl_overrides(
     params: Params,
     run: str,
@@ -118,7 +103,7 @@ def verl_overrides(
         )
     t, v = params.train, params.train.verl
     icpo = algo.n_off > 0
-    prompt_len = ief_prompt_length(params, algo)
+    prompt_len = preflight.ief_prompt_length(params, algo)
     # the prepare_val stage's benchmarks (data/val/<name>.parquet), then any extra parquet files
     val_files = [_abs(f, root) for f in [*val_parquet_paths(params), *v.val_files]]
     ov: dict[str, Any] = {
@@ -194,7 +179,7 @@ def verl_overrides(
     for key, value in algo.model_dump().items():
         ov[f"icpo.{key}"] = value
     ov["icpo.demo_path"] = _abs(paths.DEMOS_PARQUET, root)
-    ov["icpo.prompt_suffix"] = prompt_suffix(params)
+    ov["icpo.prompt_suffix"] = params.train_prompt_suffix
     ov["icpo.seed"] = params.seed
     if v.nnodes > 1:
         ov["+ray_kwargs.ray_init.address"] = "auto"  # join the cluster started with `ray start` on every node
@@ -324,8 +309,6 @@ def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
 
 def run_preflight(params: Params, run: str, root: str | Path = ".") -> None:
     """The checks of :mod:`.preflight` for one ICPO run (GRPO needs neither the plugin nor demos)."""
-    from icpo_core.engines.verl import preflight
-
     if params.run_algorithm(run).n_off > 0:
         preflight.check_plugin()
         preflight.check_ief_prompt_budget(params, run, root)
@@ -341,7 +324,6 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
     """
     from icpo_core.engines.local.checkpoint import latest_step
     from icpo_core.engines.verl.metrics import export_steps, metrics_dir
-    from icpo_core.engines.verl.preflight import steps_done
 
     run_preflight(params, run, root)
     name = instance or run
@@ -365,7 +347,7 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
     export_steps(name, root)
     if code == 0 and start < params.train.steps:
         written = [f for f in log_dir.glob("*.jsonl") if before.get(f) != f.stat().st_mtime_ns]
-        new = [s for s in steps_done(written) if s > start]
+        new = [s for s in preflight.steps_done(written) if s > start]
         if not new:
             print(
                 f"error: verl exited 0 but trained no step of runs.{run} (checkpoint at step {start} of "

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from icpo_core import paths
-from icpo_core.config import Params
+from icpo_core.config import AlgorithmParams, Params
 from icpo_core.errors import UserError
 
 PLUGIN_GROUP = "verl.plugins"
@@ -51,6 +51,16 @@ def check_plugin(python: str = sys.executable, timeout_s: float = 300.0) -> None
         )
 
 
+def ief_prompt_length(params: Params, algo: AlgorithmParams) -> int:
+    """Rollout prompt budget: the plain prompt plus k demos of up to the same length each.
+
+    verl left-truncates any prompt longer than ``rollout.prompt_length`` (demos first), so IEF prompts need
+    room; GRPO keeps ``max_prompt_length``. After the prompt restore the extra padding costs the actor nothing.
+    """
+    base = params.train.max_prompt_length
+    return base if algo.n_off == 0 else base * (1 + algo.k_demos)
+
+
 def _token_len(tokenizer, messages: list[dict[str, str]]) -> int:
     ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     if hasattr(ids, "keys"):
@@ -69,7 +79,6 @@ def longest_ief_prompt(params: Params, run: str, root: str | Path = ".") -> tupl
     from transformers import AutoTokenizer
 
     from icpo_core.algorithm import DemoPool, build_ief_messages
-    from icpo_core.engines.verl.overrides import ief_prompt_length, prompt_suffix
 
     root = Path(root)
     algo = params.run_algorithm(run)
@@ -80,7 +89,7 @@ def longest_ief_prompt(params: Params, run: str, root: str | Path = ".") -> tupl
     if not plain:
         return 0, budget
     longest_plain = max(plain, key=lambda x: x[0])[1]
-    suffix = prompt_suffix(params)
+    suffix = params.train_prompt_suffix
     pool = DemoPool.from_parquet(root / paths.DEMOS_PARQUET)
     fmt = algo.demo_format
 

@@ -9,9 +9,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from icpo_core.engines.local.tiny import make_tiny_model_dir
+    from icpo_core.models.tiny import write_tiny_model
 
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="session")
@@ -52,9 +52,9 @@ VLLM_TINY_HIDDEN = 256
 @pytest.fixture(scope="session")
 def vllm_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama that vLLM's CPU build can run (head_dim 64), with tied embeddings."""
-    from icpo_core.engines.local.tiny import make_tiny_model_dir
+    from icpo_core.models.tiny import write_tiny_model
 
-    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_vllm") / "model", hidden=VLLM_TINY_HIDDEN)
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_vllm") / "model", hidden=VLLM_TINY_HIDDEN)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +66,7 @@ def vllm_engine(vllm_model_dir: Path):
     from transformers import AutoTokenizer
 
     from icpo_core.config import TrainVllmParams
-    from icpo_core.engines.local.vllm_engine import VLLMRolloutEngine
+    from icpo_core.rollout.vllm_engine import VLLMRolloutEngine
 
     tok = AutoTokenizer.from_pretrained(vllm_model_dir)
     engine = VLLMRolloutEngine(
@@ -83,11 +83,11 @@ def vllm_engine(vllm_model_dir: Path):
 @pytest.fixture
 def vllm_project(tiny_project):
     """Factory like ``tiny_project`` whose models/base is the vLLM-compatible tiny model."""
-    from icpo_core.engines.local.tiny import make_tiny_model_dir
+    from icpo_core.models.tiny import write_tiny_model
 
     def make(name: str = "proj", **kwargs):
         root, params = tiny_project(name, **kwargs)
-        make_tiny_model_dir(root / "models" / "base", hidden=VLLM_TINY_HIDDEN)
+        write_tiny_model(root / "models" / "base", hidden=VLLM_TINY_HIDDEN)
         return root, params
 
     return make

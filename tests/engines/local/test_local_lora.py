@@ -68,7 +68,7 @@ def test_lora_trains_only_the_adapters_without_a_reference_copy(tiny_project, mo
 
     monkeypatch.setattr(trainer_mod.copy, "deepcopy", spy)
     trainer = LocalTrainer(params, "icpo", root=root, reward_fn=parity_reward, progress=False)
-    trainer._load()
+    trainer.setup()
     assert params.run_algorithm("icpo").use_kl_loss
     assert trainer.ref_model is None and copied == []  # no second copy of the weights
     optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
@@ -93,7 +93,7 @@ def test_lora_trains_only_the_adapters_without_a_reference_copy(tiny_project, mo
 def test_reference_log_probs_are_the_base_models(tiny_project):
     root, params = tiny_project(train={"lora": LORA})
     trainer = LocalTrainer(params, "grpo", root=root, reward_fn=parity_reward, progress=False)
-    trainer._load()
+    trainer.setup()
     randomise_adapters(trainer.model, seed=5, scale=0.2)
     batch, _ = trainer.rollout_step(1, trainer.prompts[:2])
     base_lp = batched_log_probs(_plain(root / "models" / "base"), batch.seqs, 64)

@@ -49,7 +49,7 @@ def test_update_gradient_matches_the_stated_normalisation(tiny_project, released
         train={"micro_batch_size": 3, "grad_clip": 1e9, "max_response_length": 16},
     )
     trainer = LocalTrainer(params, "icpo", root=root, reward_fn=parity_reward, progress=False)
-    trainer._load()
+    trainer.setup()
     batch, _ = trainer.rollout_step(1, trainer.prompts[:2])
     # The random model never stops early: cut the loss masks to unequal lengths (long and short micro-batches),
     # which is what makes the two conventions differ.
@@ -76,7 +76,7 @@ def test_released_demo_format_reaches_generation_without_chat_template(tiny_proj
 
     root, params = tiny_project(algorithm={"n_on": 2, "n_off": 1, "demo_format": "released"})
     trainer = LocalTrainer(params, "icpo", root=root, reward_fn=parity_reward, progress=False)
-    trainer._load()
+    trainer.setup()
     row = trainer.prompts[0]
     prompts = trainer.generation_prompts([row], np.random.default_rng(0))
     assert [list(p) for p in prompts[:2]] == [list(row.prompt_ids)] * 2  # on-policy: the chat-templated q

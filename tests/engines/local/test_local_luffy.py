@@ -24,7 +24,7 @@ def test_luffy_groups_are_rollouts_plus_the_expert_trace_with_mean_only_advantag
         False,
     )
     trainer = LocalTrainer(params, "luffy", root=root, reward_fn=parity_reward, progress=False)
-    trainer._load()
+    trainer.setup()
     rows = trainer.prompts[:2]
     batch, m = trainer.rollout_step(1, rows)
 
@@ -75,14 +75,14 @@ def test_luffy_without_targets_is_a_clear_data_error(tiny_project):
     )
     trainer = LocalTrainer(params, "luffy", root=root, reward_fn=parity_reward, progress=False)
     with pytest.raises(DataError, match="no row has a `target`"):
-        trainer._load()
+        trainer.setup()
 
 
 @pytest.mark.parametrize("run", ["grpo_random_reward", "grpo_format_reward"])
 def test_reward_controls_train_on_their_reward_and_log_the_verifiers(tiny_project, run):
     root, params = tiny_project(algorithm={"n_on": 8}, train={"prompts_per_step": 2}, runs=RUNS)
     trainer = LocalTrainer(params, run, root=root, reward_fn=parity_reward, progress=False)
-    trainer._load()
+    trainer.setup()
     batch, m = trainer.rollout_step(1, trainer.prompts[:2])
     texts = [
         trainer.tokenizer.decode(

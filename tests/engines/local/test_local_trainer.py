@@ -33,7 +33,7 @@ def _fixed_batch_loss(trainer: LocalTrainer, batch) -> float:
 def test_updates_reduce_loss_on_a_fixed_batch(tiny_project, run):
     root, params = tiny_project(algorithm={"n_on": 4}, train={"lr": 3e-3})
     trainer = LocalTrainer(params, run, root=root, reward_fn=parity_reward, progress=False)
-    trainer._load()
+    trainer.setup()
     rows = trainer.prompts[:2]
     batch, metrics = trainer.rollout_step(1, rows)
     assert batch.advantages.abs().sum() > 0, "the toy reward must give a learning signal"
@@ -54,7 +54,7 @@ def test_updates_reduce_loss_on_a_fixed_batch(tiny_project, run):
 def test_icpo_mixing_and_acceptance_metrics(tiny_project):
     root, params = tiny_project(algorithm={"n_on": 4, "n_off": 2}, train={"prompts_per_step": 4})
     trainer = LocalTrainer(params, "icpo", root=root, reward_fn=parity_reward, progress=False)
-    trainer._load()
+    trainer.setup()
     batch, m = trainer.rollout_step(1, trainer.prompts[:4])
     n_prompts, n_on, n_off = 4, params.run_algorithm("icpo").n_on, params.run_algorithm("icpo").n_off
     assert m["icpo/ief_generated"] == n_prompts * n_off
@@ -128,7 +128,7 @@ def test_bf16_autocast_on_cpu_trains_with_fp32_master_weights(tiny_project):
     update still lowers the loss, and weights and optimizer state stay fp32."""
     root, params = tiny_project(algorithm={"n_on": 4}, train={"lr": 3e-3, "autocast": "bfloat16"})
     trainer = LocalTrainer(params, "grpo", root=root, reward_fn=parity_reward, progress=False)
-    trainer._load()
+    trainer.setup()
     assert trainer.autocast is torch.bfloat16
     batch, _ = trainer.rollout_step(1, trainer.prompts[:2])
     fp32_ref = batched_log_probs(trainer.ref_model, batch.seqs, 64)

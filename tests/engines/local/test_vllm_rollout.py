@@ -15,11 +15,11 @@ import pytest
 import torch
 from local_helpers import parity_reward, randomise_adapters
 
-from icpo_core.engines.local import vllm_engine as ve
 from icpo_core.engines.local.data import chat_ids
 from icpo_core.engines.local.logprobs import batched_log_probs, build_sequences
 from icpo_core.engines.local.rollout import HFRolloutEngine, generate, make_rollout_engine
 from icpo_core.engines.local.trainer import LocalTrainer, train_local
+from icpo_core.rollout import vllm_engine as ve
 
 LOGPROB_ATOL = 1e-3
 
@@ -162,12 +162,11 @@ def test_a_step_with_vllm_equals_a_step_with_hf_on_greedy_rollouts(vllm_project,
     results = {}
     for backend in ("hf", "vllm"):
         trainer = LocalTrainer(params, "icpo", root=root, reward_fn=parity_reward, progress=False)
-        trainer._load()
+        trainer.setup(rollout_engine=vllm_engine if backend == "vllm" else None)
         # the same seeded move of every weight in both trainers: continuations that differ across prompts
         trainer.model.load_state_dict(_perturbed(trainer.model, seed=6, scale=0.1).state_dict())
         if backend == "vllm":
             vllm_engine.push_weights(trainer.model)  # the session engine takes this run's weights
-            trainer.rollout_engine = vllm_engine
         else:
             assert trainer.start_rollout_engine().name == "hf"
         batch, metrics = trainer.rollout_step(1, trainer.prompts[:4])
@@ -221,10 +220,8 @@ def test_a_lora_step_with_vllm_equals_a_lora_step_with_hf(vllm_project, vllm_eng
     results = {}
     for backend in ("hf", "vllm"):
         trainer = LocalTrainer(params, "icpo", root=root, reward_fn=parity_reward, progress=False)
-        trainer._load()
+        trainer.setup(rollout_engine=vllm_engine if backend == "vllm" else None)
         randomise_adapters(trainer.model, seed=6, scale=0.1)
-        if backend == "vllm":
-            trainer.rollout_engine = vllm_engine
         engine = trainer.start_rollout_engine()
         assert engine.name == backend
         engine.push_weights(trainer.model)  # what train_step does after each update (hf: nothing)

