@@ -22,7 +22,20 @@ verl 0.9.1 knows the platforms cuda / npu / rocm only. Everything here acts only
    for ``vllm``; ``PlatformCPU.rollout_env_vars`` gives that server the vLLM-CPU environment
    (:func:`rollout_env_vars`).
 
-:func:`install` applies all three (idempotent). Callers: the CPU tests, and ``verl.plugins`` (:mod:`.plugin`) when
+4. The pieces ``RayPPOTrainer.init_workers`` needs on a CPU-only Ray cluster, handed to verl by the task runner
+   (:class:`~.launcher.ICPOTaskRunner`) when there is no CUDA:
+
+   - :func:`cpu_resource_pool_manager`: verl's ``ResourcePoolManager.create_resource_pool`` hard-codes
+     ``RayResourcePool(use_gpu=True)`` and ``_check_resource_available`` counts only ``GPU`` / ``NPU`` ("Total
+     available GPUs 0 is less than total desired GPUs 1"); the CPU manager builds the same pools with
+     ``use_gpu=False`` (bundles of logical CPUs) and checks CPUs;
+   - :func:`cpu_worker_class`: ``TrainingWorker.__init__`` calls ``initialize_global_process_group_ray``, whose
+     backend string is ``cpu:gloo,cpu:gloo`` on this platform (torch: "Duplicate device type cpu"); the
+     subclass of ``ActorRolloutRefWorker`` starts the gloo group first (verl skips the call when a group exists);
+   - :func:`register_fsdp_engines` registers, for the device ``cpu``, FSDP engines whose forward-only (reference)
+     modules are built without ``CPUOffloadPolicy(pin_memory=True)``, which needs an accelerator.
+
+:func:`install` applies 1-3 (idempotent). Callers: the CPU tests, and ``verl.plugins`` (:mod:`.plugin`) when
 ``VERL_PLATFORM=cpu`` is set, so that Ray workers started by verl get the same platform.
 """
 
@@ -214,18 +227,94 @@ def rollout_env_vars() -> dict[str, str]:
     return {k: os.environ.get(k, v) for k, v in defaults.items()}
 
 
+def _unpinned(engine_cls: type) -> type:
+    """``engine_cls`` whose forward-only (reference) FSDP module is built like a trainable one.
+
+    verl gives every forward-only engine ``CPUOffloadPolicy(pin_memory=True)`` (FSDP2) or
+    ``CPUOffload(offload_params=True)`` (FSDP1), to keep the reference weights in host memory between calls;
+    ``pin_memory()`` raises without an accelerator ("Cannot access accelerator device when none is available"),
+    and on a CPU the weights already are in host memory. Only the module build sees ``forward_only=False``.
+    """
+    import dataclasses
+
+    class CPUEngine(engine_cls):
+        def _build_fsdp_module(self, module):
+            cfg = self.engine_config
+            if not cfg.forward_only:
+                return super()._build_fsdp_module(module)
+            self.engine_config = dataclasses.replace(cfg, forward_only=False)
+            try:
+                return super()._build_fsdp_module(module)
+            finally:
+                self.engine_config = cfg
+
+    CPUEngine.__name__ = CPUEngine.__qualname__ = f"CPU{engine_cls.__name__}"
+    return CPUEngine
+
+
 def register_fsdp_engines() -> None:
     """verl's FSDP / FSDP2 engines (actor LM head, critic value head) registered for the device ``cpu``."""
     from verl.workers.engine.base import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
     for model_type, engine in (
-        ("language_model", FSDPEngineWithLMHead),
-        ("value_model", FSDPEngineWithValueHead),
+        ("language_model", _unpinned(FSDPEngineWithLMHead)),
+        ("value_model", _unpinned(FSDPEngineWithValueHead)),
     ):
         for backend in ("fsdp", "fsdp2"):
             if PLATFORM not in EngineRegistry._engines.get(model_type, {}).get(backend, {}):
                 EngineRegistry.register(model_type=model_type, backend=backend, device=PLATFORM)(engine)
+
+
+def init_gloo_from_env() -> None:
+    """Start the default process group over gloo from the env verl's worker group sets (RANK, WORLD_SIZE,
+    MASTER_ADDR, MASTER_PORT), unless one exists."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "gloo", rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1))
+        )
+
+
+def cpu_worker_class() -> type:
+    """verl's ``ActorRolloutRefWorker`` that starts the gloo process group itself (module docstring, 4)."""
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    class CPUActorRolloutRefWorker(ActorRolloutRefWorker):
+        def __init__(self, *args, **kwargs):
+            init_gloo_from_env()
+            super().__init__(*args, **kwargs)
+
+    return CPUActorRolloutRefWorker
+
+
+def cpu_resource_pool_manager(resource_pool_spec: dict[str, list[int]], mapping: dict) -> Any:
+    """verl's ``ResourcePoolManager`` whose pools are CPU bundles and whose check counts CPUs (docstring, 4)."""
+    import ray
+    from verl.single_controller.ray.base import RayResourcePool, ResourcePoolManager
+
+    class CPUResourcePoolManager(ResourcePoolManager):
+        def create_resource_pool(self):
+            for name, process_on_nodes in self.resource_pool_spec.items():
+                self.resource_pool_dict[name] = RayResourcePool(
+                    process_on_nodes=process_on_nodes,
+                    use_gpu=False,
+                    max_colocate_count=self.max_colocate_count,
+                    name_prefix=name,
+                )
+            self._check_resource_available()
+
+        def _check_resource_available(self):
+            free = sum(n.get("CPU", 0) for n in ray._private.state.available_resources_per_node().values())
+            need = self.get_n_gpus() * self.max_colocate_count
+            if free < need:
+                raise ValueError(
+                    f"the Ray cluster has {free:g} free CPUs, the worker pools need {need} (one bundle of "
+                    f"{self.max_colocate_count} logical CPUs per rank); is another run's Ray cluster holding them?"
+                )
+
+    return CPUResourcePoolManager(resource_pool_spec=resource_pool_spec, mapping=mapping)
 
 
 _installed = False

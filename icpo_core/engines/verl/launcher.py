@@ -14,8 +14,38 @@ from verl.trainer.main_ppo import run_ppo
 from verl.trainer.main_ppo_v0 import BaseTaskRunner
 
 
+def _cpu(config) -> bool:
+    """A CPU run (``trainer.device=cpu``, set by :func:`.overrides.cpu_overrides`): not ``torch.cuda``, which
+    reads False in this GPU-less Ray actor on a GPU node too."""
+    return str(config.trainer.get("device", "cuda")) == "cpu"
+
+
 class ICPOTaskRunner(BaseTaskRunner):
-    """verl 0.9.1's ``main_ppo_v0.TaskRunner.run`` with ``RayICPOTrainer`` (pinned to that version)."""
+    """verl 0.9.1's ``main_ppo_v0.TaskRunner.run`` with ``RayICPOTrainer`` (pinned to that version).
+
+    On a CPU run two of verl's task-runner steps are replaced by those of :mod:`.cpu_shims`: the actor worker
+    class (gloo started by the worker) and the resource-pool manager (CPU bundles).
+    """
+
+    def add_actor_rollout_worker(self, config):
+        actor_rollout_cls, ray_worker_group_cls = super().add_actor_rollout_worker(config)
+        if not _cpu(config):
+            return actor_rollout_cls, ray_worker_group_cls
+        from icpo_core.engines.verl import cpu_shims
+
+        cpu_cls = cpu_shims.cpu_worker_class()
+        for role, remote in list(self.role_worker_mapping.items()):
+            if getattr(remote, "__ray_actor_class__", None) is actor_rollout_cls:
+                self.role_worker_mapping[role] = ray.remote(cpu_cls)
+        return cpu_cls, ray_worker_group_cls
+
+    def init_resource_pool_mgr(self, config):
+        manager = super().init_resource_pool_mgr(config)
+        if not _cpu(config):
+            return manager
+        from icpo_core.engines.verl import cpu_shims
+
+        return cpu_shims.cpu_resource_pool_manager(manager.resource_pool_spec, manager.mapping)
 
     def build_trainer(self, config):
         """Everything up to (not including) ``init_workers``: workers, pools, datasets, the trainer."""

