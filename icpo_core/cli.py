@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("merge", "merge a run's last checkpoint into a Hugging Face folder (verl.model_merger)"),
     "bench": ("bench", "LIMO-style benchmark of a run's merged model (or `base`)"),
     "grade": ("grade", "grade an existing predictions JSONL with math-verify"),
+    "sync-mlflow": (
+        "sync_mlflow",
+        "send MLflow the training steps it misses (after an outage), from the step log",
+    ),
     "report": ("report", "GRPO-vs-ICPO comparison table and training curves"),
     "compare": ("compare", "print the comparison table from MLflow runs"),
 }

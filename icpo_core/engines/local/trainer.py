@@ -521,8 +521,6 @@ class LocalTrainer:
             tracking.write_run_id(id_file, run_id, uri, fingerprint=fingerprint)
             if run_id != stored:
                 tracker.log_dict(tracking.run_config(self.params, self.run), "config/run_config.json")
-        if resumed and run_id and run_id != stored:
-            tracker.set_tags({"icpo.resumed_without_mlflow_history": "true"})
         return tracker
 
     def train(self, stop_after: int | None = None) -> dict[str, Any]:
@@ -547,6 +545,8 @@ class LocalTrainer:
         start = start or 0
         history = steplog.reset(self.steps_path, start if start else None)
         tracker = self._start_tracking(fingerprint, resumed=start > 0)
+        if start:  # steps a kill or an outage kept from MLflow (never one it holds): every step exactly once
+            tracker.replay(history, through=start)
         pending: list[tuple[int, dict[str, float]]] = []  # MLflow lags to the last checkpoint: no duplicates
 
         def save(step: int) -> None:
@@ -599,13 +599,17 @@ class LocalTrainer:
                 self.rollout_engine.close()
                 self.rollout_engine = None
             if status == "FAILED":
-                tracker.finish("FAILED")
+                tracker.finish("FAILED", sync_hint=self._sync_hint())
         summary = self._summary(history, start, step, time.time() - wall0, tracker.run_id, fingerprint)
         atomic_write_json(self.summary_path, summary)
         if status == "FINISHED":
             self._log_final_artifacts(tracker, summary)
-            tracker.finish("FINISHED")
+            tracker.finish("FINISHED", sync_hint=self._sync_hint())
         return summary
+
+    def _sync_hint(self) -> str:
+        seed = f" --seed {self.params.seed}" if self.instance else ""
+        return f"icpo sync-mlflow --run {self.run}{seed}"
 
     def _summary(
         self, history: list[dict], start: int, step: int, wall: float, run_id: str | None, fingerprint: str
