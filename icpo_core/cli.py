@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -73,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except UserError as e:
         print(f"icpo {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(
+            f"icpo {args.command}: error: disk full writing {e.filename or 'an output'}: free some space and "
+            "rerun (a training resumes from its last complete checkpoint)",
+            file=sys.stderr,
+        )
         return 2
 
 

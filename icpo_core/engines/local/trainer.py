@@ -65,7 +65,7 @@ from icpo_core.engines.local.logprobs import (
 )
 from icpo_core.engines.local.rollout import RolloutEngine, make_rollout_engine
 from icpo_core.errors import DataError, UserError
-from icpo_core.io_utils import atomic_write_json
+from icpo_core.io_utils import atomic_write_json, check_free_space
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,11 @@ def _file_digest(path: Path, whole: bool = True) -> str:
 def config_fingerprint(params: Params, run: str, root: Path) -> str:
     """What a checkpoint must match to be resumed: the run's config and its inputs.
 
-    Checkpointing / logging knobs (save_freq, max_ckpt_to_keep, device, verl) are left out: changing them does
+    Checkpointing / logging knobs (save_freq, keep_checkpoints, device, verl) are left out: changing them does
     not change what the steps compute. The base weights enter by size (hashing 0.5 GB each start is slow).
     """
     cfg = tracking.run_config(params, run)
-    for key in ("save_freq", "max_ckpt_to_keep", "device", "verl"):
+    for key in ("save_freq", "keep_checkpoints", "device", "verl"):
         cfg["train"].pop(key, None)
     cfg["inputs"] = {
         "train": _file_digest(root / paths.TRAIN_PARQUET),
@@ -536,9 +536,18 @@ class LocalTrainer:
         self._load()
         self.data_pos = 0
         if start is not None:
-            state = ckpt.load_checkpoint(self.ckpt_root, start, model=self.model, optimizer=self.optimizer)
+            # a finished run's last checkpoint has no optimizer state (nothing is left to train)
+            optimizer = self.optimizer if start < total else None
+            state = ckpt.load_checkpoint(self.ckpt_root, start, model=self.model, optimizer=optimizer)
             self.data_pos = int(state["data_pos"])
             log.info("%s: resuming from checkpoint step %d of %d", self.name, start, total)
+        if (start or 0) < total:  # room for the checkpoints still to write, before any work is done
+            check_free_space(
+                self.ckpt_root,
+                ckpt.estimate_bytes(self.model) + ckpt.estimate_bytes(self.model, with_optimizer=False),
+                f"train {self.name} (its next checkpoints)",
+                "free some space (`dvc gc -w` drops DVC's cached copies of old outputs) and rerun",
+            )
         engine = self.start_rollout_engine()
         if start is not None:
             engine.push_weights(self.model)  # the engine started from models/base
@@ -557,7 +566,8 @@ class LocalTrainer:
                 optimizer=self.optimizer,
                 tokenizer=self.tokenizer,
                 resume_state={"data_pos": self.data_pos, "fingerprint": fingerprint, "total_steps": total},
-                max_to_keep=self.train_cfg.max_ckpt_to_keep,
+                max_to_keep=self.train_cfg.keep_checkpoints,
+                with_optimizer=step < total,  # a resume needs it; the finished run's last checkpoint does not
             )
             tracker.log_metrics(pending)
             pending.clear()
