@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -34,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("merge", "merge a run's last checkpoint into a Hugging Face folder (verl.model_merger)"),
     "bench": ("bench", "LIMO-style benchmark of a run's merged model (or `base`)"),
     "grade": ("grade", "grade an existing predictions JSONL with math-verify"),
+    "sync-mlflow": (
+        "sync_mlflow",
+        "send MLflow the training steps it misses (after an outage), from the step log",
+    ),
     "report": ("report", "GRPO-vs-ICPO comparison table and training curves"),
     "compare": ("compare", "print the comparison table from MLflow runs"),
 }
@@ -71,6 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except UserError as e:
         print(f"icpo {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(
+            f"icpo {args.command}: error: disk full writing {e.filename or 'an output'}: free some space and "
+            "rerun (a training resumes from its last complete checkpoint)",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -352,7 +352,9 @@ class TrainParams(_Section):
     temperature: Float = Field(default=1.0, gt=0)
     top_p: Float = Field(default=1.0, gt=0, le=1)
     save_freq: int = Field(default=4, ge=1)
-    max_ckpt_to_keep: int = Field(default=1, ge=1)
+    # checkpoints kept per run (verl trainer.max_actor_ckpt_to_keep); the last one of a finished run has no
+    # optimizer state (local engine: nothing resumes from it). The old key max_ckpt_to_keep is read as this one.
+    keep_checkpoints: int = Field(default=1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # local engine: the trainer's forward/backward precision (fp32 master weights and AdamW state either way).
     # auto: bf16 autocast on CUDA, fp32 on CPU; bfloat16: autocast on CPU too; float32: never
@@ -362,6 +364,22 @@ class TrainParams(_Section):
     grade_timeout_s: Float = Field(default=5.0, gt=0)
     lora: LoraParams = LoraParams()
     verl: VerlParams = VerlParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keep_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_ckpt_to_keep" in data:
+            if "keep_checkpoints" in data:
+                raise ValueError(
+                    "train.max_ckpt_to_keep is the old name of train.keep_checkpoints: set only one"
+                )
+            data = {("keep_checkpoints" if k == "max_ckpt_to_keep" else k): v for k, v in data.items()}
+        return data
+
+    @property
+    def max_ckpt_to_keep(self) -> int:
+        """verl's name of :attr:`keep_checkpoints`."""
+        return self.keep_checkpoints
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:

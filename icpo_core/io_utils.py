@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -11,7 +12,46 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from icpo_core.errors import DataError
+from icpo_core.errors import DataError, UserError
+
+GB = 1024**3
+
+
+class DiskFullError(UserError):
+    """A write ran out of disk space; the message names the file, the free space and the fix."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT, as an OSError or as the RuntimeError torch's writer turns it into."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or (
+        isinstance(err, RuntimeError) and "file write failed" in text
+    )
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the filesystem holding ``path`` (its nearest existing parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def check_free_space(path: str | Path, need: int, what: str, fix: str) -> None:
+    """Stop before writing when ``path``'s disk has less than ``need`` bytes free (one line: need, free, fix)."""
+    free = free_bytes(path)
+    if free < need:
+        raise DiskFullError(
+            f"{what} needs ~{need / GB:.2f} GB free at {path}, only {free / GB:.2f} GB free; {fix}"
+        )
+
+
+def disk_full_error(err: BaseException, path: str | Path, fix: str) -> DiskFullError:
+    return DiskFullError(
+        f"disk full while writing {path} ({free_bytes(path) / GB:.2f} GB free; nothing partial was kept); {fix}"
+    )
 
 
 def _fsync_dir(path: Path) -> None:

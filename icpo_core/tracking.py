@@ -5,8 +5,9 @@
 - Tags: ``icpo.run``, ``icpo.method``, ``icpo.variant``, ``icpo.engine``, ``icpo.profile``, ``icpo.dvc_stage``,
   ``git_commit``, plus every ``ICPO_TAG_<NAME>=value`` environment variable as tag ``<name>`` (lowercased);
   nested under ``ICPO_MLFLOW_PARENT_RUN_ID`` when that is set.
-- Failures (server down, bad URI) warn once and turn the tracker into a no-op: the JSONL metrics on disk are the
-  source of truth, so training never stops for MLflow.
+- Failures never stop training: a server that cannot be reached at the start warns once and the tracker is a
+  no-op; an outage mid-run warns once, metrics are buffered and replayed when it is back (:class:`Tracker`).
+  The step log on disk is the source of truth: ``icpo sync-mlflow`` replays what MLflow still misses.
 
 Everything goes through ``MlflowClient`` with explicit run ids (no fluent global "active run"), so a stage can
 hold a run open while other code logs elsewhere.
@@ -229,27 +230,59 @@ def run_config(params: Params, run: str) -> dict[str, Any]:
 
 
 def _prepare_http_env(uri: str) -> None:
-    # MLflow retries refused connections with exponential backoff for minutes by default; keep the first
-    # failure fast so an unreachable server costs seconds, not the run. Users can still override both.
+    # MLflow retries refused connections with exponential backoff for minutes by default; keep each call short
+    # so an unreachable server costs seconds per step, not the run. Users can still override all three.
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
-class Tracker:
-    """One MLflow run, created or re-attached; every call is a no-op after the first failure (warned once)."""
+def metric_rows(steps: list[Mapping[str, Any]]) -> list[tuple[int, dict[str, float]]]:
+    """Step-log rows (``{"step": N, name: value | None}``) -> ``[(N, {name: value})]`` for :meth:`Tracker.log_metrics`."""
+    return [(int(r["step"]), {k: v for k, v in r.items() if k != "step"}) for r in steps]
 
-    def __init__(self, uri: str, experiment: str, *, root: str | Path = "."):
+
+# every step of both engines logs it (a step's metrics go in one batch): the last step MLflow holds
+STEP_KEY = "perf/step_time_s"
+
+
+class Tracker:
+    """One MLflow run, created or re-attached; training never stops or waits long for MLflow.
+
+    - ``start`` fails (server down, bad URI): one warning, the tracker is a no-op for the run.
+    - A later call fails (an outage mid-run): one warning; metrics are kept in memory (whole steps, with their
+      original timestamps, so a batch that did reach the server is not stored twice) and replayed by the next
+      ``log_metrics`` or ``finish`` once the server answers; while it is down a call is tried at most once per
+      ``retry_after_s``, each bounded by MLflow's HTTP timeout / retries (set short by :func:`_prepare_http_env`).
+    - What is still missing at the end is in the step log on disk: ``icpo sync-mlflow`` replays it
+      (:meth:`replay`), as does a resumed training.
+    """
+
+    def __init__(self, uri: str, experiment: str, *, root: str | Path = ".", retry_after_s: float = 10.0):
         self.uri = uri
         self.experiment = experiment
         self.root = Path(root)
+        self.retry_after_s = retry_after_s
         self.run_id: str | None = None
         self._client: Any = None
-        self._failed = False
+        self._failed = False  # start failed: no run for this training
+        self._down_since: float | None = None  # monotonic time of the first failure of this outage
+        self._last_try = 0.0
+        self._buffer: list[list[Any]] = []  # unsent metrics, one list per step, in step order
+        self.outages = 0
 
     @property
     def active(self) -> bool:
         return self.run_id is not None and not self._failed
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    @property
+    def buffered_steps(self) -> list[int]:
+        return [int(ms[0].step) for ms in self._buffer if ms]
 
     def _fail(self, what: str, err: BaseException) -> None:
         if not self._failed:
@@ -262,6 +295,52 @@ class Tracker:
                 str(err).splitlines()[0][:300] if str(err) else "",
             )
         self._failed = True
+
+    def _outage(self, what: str, err: BaseException) -> None:
+        import time
+
+        self._last_try = time.monotonic()
+        if self._down_since is None:
+            self._down_since = self._last_try
+            self.outages += 1
+            log.warning(
+                "MLflow (%s) unreachable during %s: %s: %s -- training continues; metrics are buffered and "
+                "replayed when it is back (retried every %.0f s; the step log on disk is complete)",
+                self.uri,
+                what,
+                type(err).__name__,
+                str(err).splitlines()[0][:300] if str(err) else "",
+                self.retry_after_s,
+            )
+
+    def _back(self) -> None:
+        if self._down_since is not None:
+            import time
+
+            log.info(
+                "MLflow (%s) is back after %.0f s; replaying %d buffered steps",
+                self.uri,
+                time.monotonic() - self._down_since,
+                len(self._buffer),
+            )
+        self._down_since = None
+
+    def _may_try(self) -> bool:
+        import time
+
+        return self._down_since is None or time.monotonic() - self._last_try >= self.retry_after_s
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> bool:
+        """One client call with the outage rules; True when it went through."""
+        if not self.active or not self._may_try():
+            return False
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:
+            self._outage(what, e)
+            return False
+        self._back()
+        return True
 
     def _experiment_id(self) -> str:
         return ensure_experiment(self._client, self.experiment, self.uri, self.root)
@@ -304,58 +383,92 @@ class Tracker:
             return None
 
     def log_metrics(self, rows: list[tuple[int, Mapping[str, float]]]) -> None:
-        """Log ``[(step, {name: value})]`` in batches."""
-        if not self.active or not rows:
+        """Log ``[(step, {name: value})]``: buffered, then sent in batches of whole steps (a step is never split)."""
+        if not self.active:
             return
-        try:
-            import time
+        import time
 
-            from mlflow.entities import Metric
+        from mlflow.entities import Metric
 
-            now = int(time.time() * 1000)
+        now = int(time.time() * 1000)
+        for step, metrics in rows:
             items = [
                 Metric(k, float(v), now, int(step))
-                for step, metrics in rows
                 for k, v in metrics.items()
-                if isinstance(v, int | float) and v == v  # drop NaN (MLflow rejects it on some stores)
+                if isinstance(v, int | float)
+                and v == v  # drop NaN / null (MLflow rejects NaN on some stores)
             ]
-            for s in range(0, len(items), _MAX_METRICS_PER_BATCH):
-                self._client.log_batch(self.run_id, metrics=items[s : s + _MAX_METRICS_PER_BATCH])
+            if items:
+                self._buffer.append(items)
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send the buffered steps (oldest first); True when nothing is left."""
+        while self._buffer and self.active and self._may_try():
+            batch: list[Any] = []
+            n = 0
+            while n < len(self._buffer) and (
+                not batch or len(batch) + len(self._buffer[n]) <= _MAX_METRICS_PER_BATCH
+            ):
+                batch.extend(self._buffer[n])
+                n += 1
+            if not self._call("log_metrics", self._client.log_batch, self.run_id, metrics=batch):
+                return False
+            del self._buffer[:n]
+        return not self._buffer
+
+    def last_logged_step(self, key: str = STEP_KEY) -> int | None:
+        """The highest step MLflow holds for ``key`` (0: none), or None when it cannot be asked."""
+        if not self.active:
+            return None
+        try:
+            history = self._client.get_metric_history(self.run_id, key)
         except Exception as e:
-            self._fail("log_metrics", e)
+            self._outage("get_metric_history", e)
+            return None
+        return max((int(m.step) for m in history), default=0)
+
+    def replay(self, steps: list[Mapping[str, Any]], through: int | None = None) -> int:
+        """Log the step-log rows MLflow misses (steps after its last logged one, up to ``through``); returns
+        how many steps were queued (sent unless MLflow went down again). A step it holds is never sent again."""
+        last = self.last_logged_step()
+        if last is None:
+            return 0
+        todo = [r for r in steps if int(r["step"]) > last and (through is None or int(r["step"]) <= through)]
+        self.log_metrics(metric_rows(todo))
+        return len(todo)
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
-        if not self.active:
-            return
-        try:
-            self._client.log_dict(self.run_id, obj, artifact_file)
-        except Exception as e:
-            self._fail("log_dict", e)
+        if self.active:
+            self._call("log_dict", self._client.log_dict, self.run_id, obj, artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if not self.active:
-            return
-        try:
-            self._client.log_artifact(self.run_id, str(path), artifact_path)
-        except Exception as e:
-            self._fail("log_artifact", e)
+        if self.active:
+            self._call("log_artifact", self._client.log_artifact, self.run_id, str(path), artifact_path)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if not self.active:
             return
-        try:
-            for k, v in tags.items():
-                self._client.set_tag(self.run_id, k, v)
-        except Exception as e:
-            self._fail("set_tags", e)
+        for k, v in tags.items():
+            if not self._call("set_tags", self._client.set_tag, self.run_id, k, v):
+                return
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", *, sync_hint: str = "icpo sync-mlflow") -> None:
         if not self.active:
             return
-        try:
-            self._client.set_terminated(self.run_id, status=status)
-        except Exception as e:
-            self._fail("finish", e)
+        self._last_try = 0.0  # one more try at the end, whatever the retry interval
+        if not self.flush():
+            log.warning(
+                "MLflow (%s) still unreachable: %d steps (%s..%s) are only in the step log on disk; run `%s` "
+                "when the server is back",
+                self.uri,
+                len(self._buffer),
+                self.buffered_steps[0],
+                self.buffered_steps[-1],
+                sync_hint,
+            )
+            return
+        self._call("finish", self._client.set_terminated, self.run_id, status=status)
 
 
 def run_id_path(run: str) -> Path:

@@ -60,7 +60,7 @@ def arm_params(params: Any, args: argparse.Namespace, arm: str) -> Any:
     update: dict[str, Any] = {
         "steps": args.steps,
         "save_freq": args.steps,
-        "max_ckpt_to_keep": 1,
+        "keep_checkpoints": 1,
         "lora": lora,
     }
     if args.rollout_backend:

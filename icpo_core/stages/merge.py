@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
+import zipfile
+from pathlib import Path
 
 from icpo_core import paths
-from icpo_core.errors import UserError
-from icpo_core.io_utils import atomic_path
+from icpo_core.errors import DataError, UserError
+from icpo_core.io_utils import atomic_path, check_free_space, disk_full_error, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,35 @@ def run(args: argparse.Namespace) -> int:
     dtype = "bfloat16" if params.model.save_dtype == "bfloat16" else "keep"
     from icpo_core.engines.local.merger import merge_checkpoint
 
+    model_file = actor / f"model_{ckpt.WORLD}.pt"
+    if not model_file.is_file():
+        raise UserError(
+            f"{model_file}: checkpoint has no model file; delete {actor.parent} and rerun the training"
+        )
+    # the merged folder is about the size of the full weights (the base model's for adapters-only checkpoints)
+    need = max(
+        model_file.stat().st_size,
+        _folder_bytes(paths.BASE_MODEL_DIR) if (actor / "lora_train_meta.json").is_file() else 0,
+    )
+    check_free_space(target.parent, need + 32 * 1024**2, f"merge {name}", "free some space and rerun")
     log.info("merging %s -> %s with verl's FSDP model merger (dtype: %s)", actor, target, dtype)
-    with atomic_path(target) as tmp:
-        merge_checkpoint(actor, tmp, dtype, base_dir=paths.BASE_MODEL_DIR)
+    try:
+        with atomic_path(target) as tmp:
+            merge_checkpoint(actor, tmp, dtype, base_dir=paths.BASE_MODEL_DIR)
+    except Exception as e:
+        if is_disk_full(e):
+            raise disk_full_error(e, target, "free some space and rerun") from None
+        if isinstance(e, EOFError | pickle.UnpicklingError | zipfile.BadZipFile) or (
+            isinstance(e, RuntimeError) and "PytorchStreamReader" in str(e)
+        ):
+            raise DataError(
+                f"{model_file}: damaged checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); delete "
+                f"{actor.parent} and rerun the training (it resumes from an older checkpoint or from scratch)"
+            ) from None
+        raise
     log.info("%s: merged step %d into %s", name, step, target)
     return 0
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())

@@ -14,6 +14,11 @@ This is what verl's ``FSDPCheckpointManager`` writes with one rank, so ``python 
 --backend fsdp`` reads the local engine's checkpoints as it reads verl's. The ``icpo`` entry of the extra
 state holds what a resume needs beyond verl's keys: step, data position, config fingerprint.
 
+Disk: a finished run's last checkpoint is written without ``optim_*.pt`` (``with_optimizer=False``: nothing resumes
+from it, and AdamW's state is twice the weights); the free space is checked against :func:`estimate_bytes` before
+a write, and a write that still meets a full disk leaves no folder behind (:class:`~icpo_core.io_utils.DiskFullError`
+naming the fix). A checkpoint file that cannot be read raises a :class:`~icpo_core.errors.DataError` naming it.
+
 A LoRA policy (a peft model) is saved as verl saves one with ``save_lora_only``: the model file holds only the
 adapter tensors (peft names), the optimizer file their AdamW state, and ``lora_train_meta.json`` the rank and
 alpha the merge needs; the base weights stay in models/base.
@@ -33,7 +38,15 @@ import numpy as np
 import torch
 
 from icpo_core.engines.local import lora
-from icpo_core.io_utils import atomic_path, atomic_write_text
+from icpo_core.errors import DataError
+from icpo_core.io_utils import (
+    atomic_path,
+    atomic_write_text,
+    check_free_space,
+    disk_full_error,
+    free_bytes,
+    is_disk_full,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +125,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+_SLACK = 8 * 1024**2  # config, tokenizer, RNG state, filesystem overhead
+
+
+def estimate_bytes(model: torch.nn.Module, *, with_optimizer: bool = True) -> int:
+    """Bytes of one checkpoint: the saved tensors (adapters only for LoRA) plus AdamW's two moments of the
+    trainable ones when ``with_optimizer``."""
+    if lora.is_peft(model):
+        saved = sum(v.numel() * v.element_size() for v in lora.adapter_state_dict(model).values())
+    else:
+        seen: set[int] = set()
+        saved = 0
+        for v in model.state_dict().values():
+            if v.untyped_storage().data_ptr() not in seen:  # tied weights are saved once
+                seen.add(v.untyped_storage().data_ptr())
+                saved += v.numel() * v.element_size()
+    optim = sum(2 * p.numel() * 4 for p in lora.trainable_parameters(model)) if with_optimizer else 0
+    return saved + optim + _SLACK
+
+
 def save_checkpoint(
     root: str | Path,
     step: int,
@@ -121,29 +153,53 @@ def save_checkpoint(
     tokenizer: Any,
     resume_state: dict[str, Any],
     max_to_keep: int | None,
+    with_optimizer: bool = True,
 ) -> Path:
-    """Write ``global_step_<step>`` atomically, then point the marker at it and prune old ones."""
+    """Write ``global_step_<step>`` atomically, then point the marker at it and prune old ones.
+
+    ``with_optimizer=False`` leaves out the AdamW state (a finished run's last checkpoint). The free space is
+    checked first; a full disk mid-write raises :class:`~icpo_core.io_utils.DiskFullError` and leaves the
+    previous checkpoints as they were."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    with atomic_path(root / f"global_step_{step}") as tmp:
-        actor = tmp / "actor"
-        actor.mkdir(parents=True)
-        if lora.is_peft(model):
-            state_dict = lora.adapter_state_dict(model)
-            (actor / lora.META_FILE).write_text(json.dumps(lora.train_meta(model), indent=4))
-        else:
-            state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save(state_dict, actor / f"model_{WORLD}.pt")
-        torch.save(optimizer.state_dict(), actor / f"optim_{WORLD}.pt")
-        extra = {"lr_scheduler": None, "rng": get_rng_state(), "icpo": dict(resume_state, step=step)}
-        torch.save(extra, actor / f"extra_state_{WORLD}.pt")
-        (actor / "fsdp_config.json").write_text(json.dumps({"FSDP_version": 1, "world_size": 1}, indent=4))
-        hf = actor / "huggingface"
-        model.config.save_pretrained(hf)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(hf)
-        tokenizer.save_pretrained(hf)
-    atomic_write_text(root / LATEST_FILE, f"{step}\n")
+    prev = latest_step(root)
+    fix = (
+        f"free some space (or lower train.keep_checkpoints) and rerun: training resumes from step {prev}"
+        if prev is not None
+        else "free some space and rerun"
+    )
+    need = estimate_bytes(model, with_optimizer=with_optimizer)
+    check_free_space(root, need, f"checkpoint step {step}", fix)
+    target = root / f"global_step_{step}"
+    try:
+        with atomic_path(target) as tmp:
+            actor = tmp / "actor"
+            actor.mkdir(parents=True)
+            if lora.is_peft(model):
+                state_dict = lora.adapter_state_dict(model)
+                (actor / lora.META_FILE).write_text(json.dumps(lora.train_meta(model), indent=4))
+            else:
+                state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            torch.save(state_dict, actor / f"model_{WORLD}.pt")
+            if with_optimizer:
+                torch.save(optimizer.state_dict(), actor / f"optim_{WORLD}.pt")
+            extra = {"lr_scheduler": None, "rng": get_rng_state(), "icpo": dict(resume_state, step=step)}
+            torch.save(extra, actor / f"extra_state_{WORLD}.pt")
+            (actor / "fsdp_config.json").write_text(
+                json.dumps({"FSDP_version": 1, "world_size": 1}, indent=4)
+            )
+            hf = actor / "huggingface"
+            model.config.save_pretrained(hf)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(hf)
+            tokenizer.save_pretrained(hf)
+        atomic_write_text(root / LATEST_FILE, f"{step}\n")
+    except Exception as e:
+        # torch's writer reports a full disk as assorted RuntimeErrors ("iostream error", "unexpected pos"):
+        # a checkpoint that does not fit in what is free (the partial one is gone by now) is a full disk too
+        if is_disk_full(e) or free_bytes(root) < need:
+            raise disk_full_error(e, target, fix) from None
+        raise
     prune(root, max_to_keep)
     return actor_dir(root, step)
 
@@ -169,17 +225,43 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load weights / optimizer / RNG of ``global_step_<step>`` in place; returns the ``icpo`` resume state."""
     actor = actor_dir(root, step)
-    extra = torch.load(actor / f"extra_state_{WORLD}.pt", map_location="cpu", weights_only=False)
+    extra = _load_file(actor / f"extra_state_{WORLD}.pt", weights_only=False)
     if model is not None:
-        state = torch.load(actor / f"model_{WORLD}.pt", map_location="cpu", weights_only=True)
-        load_model_state(model, state, actor)
+        state = _load_file(actor / f"model_{WORLD}.pt")
+        try:
+            load_model_state(model, state, actor)
+        except (RuntimeError, ValueError) as e:
+            raise _damaged(
+                actor / f"model_{WORLD}.pt", f"weights do not fit the model ({str(e)[:120]})"
+            ) from None
     if optimizer is not None:
-        optimizer.load_state_dict(
-            torch.load(actor / f"optim_{WORLD}.pt", map_location="cpu", weights_only=True)
-        )
+        try:
+            optimizer.load_state_dict(_load_file(actor / f"optim_{WORLD}.pt"))
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise _damaged(
+                actor / f"optim_{WORLD}.pt", f"not this optimizer's state ({str(e)[:120]})"
+            ) from None
     if restore_rng and extra.get("rng"):
         set_rng_state(extra["rng"])
     return dict(extra.get("icpo") or {})
+
+
+def _damaged(path: Path, why: str) -> DataError:
+    step_dir = path.parent.parent
+    return DataError(
+        f"{path}: damaged checkpoint ({why}); delete {step_dir} to resume from an older checkpoint "
+        f"(or from scratch when it is the only one)"
+    )
+
+
+def _load_file(path: Path, weights_only: bool = True) -> Any:
+    """``torch.load`` of one checkpoint file; a missing, truncated or corrupt file is a :class:`DataError`."""
+    if not path.is_file():
+        raise _damaged(path, "file missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # zip / unpickling errors of a cut or overwritten file
+        raise _damaged(path, f"cannot be read: {type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str | Path = "") -> None:

@@ -71,7 +71,7 @@ def make_tiny_project(
             "max_prompt_length": 256,
             "max_response_length": 12,
             "save_freq": 2,
-            "max_ckpt_to_keep": 2,
+            "keep_checkpoints": 2,
             "device": "cpu",
             "rollout_backend": "hf",
             **(train or {}),

@@ -71,7 +71,7 @@ from icpo_core.engines.local.logprobs import (
 )
 from icpo_core.engines.local.rollout import RolloutEngine, make_rollout_engine
 from icpo_core.errors import DataError, UserError
-from icpo_core.io_utils import atomic_write_json
+from icpo_core.io_utils import atomic_write_json, check_free_space
 from icpo_core.report.curves import plot_curves
 from icpo_core.rewards import Grader
 
@@ -115,11 +115,11 @@ def _file_digest(path: Path, whole: bool = True) -> str:
 def config_fingerprint(params: Params, run: str, root: Path) -> str:
     """What a checkpoint must match to be resumed: the run's config and its inputs.
 
-    Checkpointing / logging knobs (save_freq, max_ckpt_to_keep, device, verl) are left out: changing them does
+    Checkpointing / logging knobs (save_freq, keep_checkpoints, device, verl) are left out: changing them does
     not change what the steps compute. The base weights enter by size (hashing 0.5 GB each start is slow).
     """
     cfg = tracking.run_config(params, run)
-    for key in ("save_freq", "max_ckpt_to_keep", "device", "verl"):
+    for key in ("save_freq", "keep_checkpoints", "device", "verl"):
         cfg["train"].pop(key, None)
     cfg["inputs"] = {
         "train": _file_digest(root / paths.TRAIN_PARQUET),
@@ -637,8 +637,6 @@ class LocalTrainer:
             tracking.write_run_id(id_file, run_id, uri, fingerprint=fingerprint)
             if run_id != stored:
                 tracker.log_dict(tracking.run_config(self.params, self.run), "config/run_config.json")
-        if resumed and run_id and run_id != stored:
-            tracker.set_tags({"icpo.resumed_without_mlflow_history": "true"})
         return tracker
 
     def train(self, stop_after: int | None = None) -> dict[str, Any]:
@@ -652,15 +650,26 @@ class LocalTrainer:
         start = self._resume_point(fingerprint)
         self.setup()
         if start is not None:
-            state = ckpt.load_checkpoint(self.ckpt_root, start, model=self.model, optimizer=self.optimizer)
+            # a finished run's last checkpoint has no optimizer state (nothing is left to train)
+            optimizer = self.optimizer if start < total else None
+            state = ckpt.load_checkpoint(self.ckpt_root, start, model=self.model, optimizer=optimizer)
             self.data_pos = int(state["data_pos"])
             log.info("%s: resuming from checkpoint step %d of %d", self.name, start, total)
+        if (start or 0) < total:  # room for the checkpoints still to write, before any work is done
+            check_free_space(
+                self.ckpt_root,
+                ckpt.estimate_bytes(self.model) + ckpt.estimate_bytes(self.model, with_optimizer=False),
+                f"train {self.name} (its next checkpoints)",
+                "free some space (`dvc gc -w` drops DVC's cached copies of old outputs) and rerun",
+            )
         engine = self.start_rollout_engine()
         if start is not None:
             engine.push_weights(self.model)  # the engine started from models/base
         start = start or 0
         history = steplog.reset(self.steps_path, start if start else None)
         tracker = self._start_tracking(fingerprint, resumed=start > 0)
+        if start:  # steps a kill or an outage kept from MLflow (never one it holds): every step exactly once
+            tracker.replay(history, through=start)
         pending: list[tuple[int, dict[str, float]]] = []  # MLflow lags to the last checkpoint: no duplicates
 
         def save(step: int) -> None:
@@ -671,7 +680,8 @@ class LocalTrainer:
                 optimizer=self.optimizer,
                 tokenizer=self.tokenizer,
                 resume_state={"data_pos": self.data_pos, "fingerprint": fingerprint, "total_steps": total},
-                max_to_keep=self.train_cfg.max_ckpt_to_keep,
+                max_to_keep=self.train_cfg.keep_checkpoints,
+                with_optimizer=step < total,  # a resume needs it; the finished run's last checkpoint does not
             )
             tracker.log_metrics(pending)
             pending.clear()
@@ -712,13 +722,17 @@ class LocalTrainer:
                 self.rollout_engine.close()
                 self.rollout_engine = None
             if status == "FAILED":
-                tracker.finish("FAILED")
+                tracker.finish("FAILED", sync_hint=self._sync_hint())
         summary = self._summary(history, start, step, time.time() - wall0, tracker.run_id, fingerprint)
         atomic_write_json(self.summary_path, summary)
         if status == "FINISHED":
             self._log_final_artifacts(tracker, summary)
-            tracker.finish("FINISHED")
+            tracker.finish("FINISHED", sync_hint=self._sync_hint())
         return summary
+
+    def _sync_hint(self) -> str:
+        seed = f" --seed {self.params.seed}" if self.instance else ""
+        return f"icpo sync-mlflow --run {self.run}{seed}"
 
     def _summary(
         self, history: list[dict], start: int, step: int, wall: float, run_id: str | None, fingerprint: str
