@@ -6,6 +6,10 @@
 - :func:`check_ief_prompt_budget`: verl's agent loop left-truncates any prompt longer than
   ``rollout.prompt_length`` with a warning only, and IEF prompts put the demos first, so an over-long IEF
   prompt would silently lose its demos. The longest IEF prompt the data can build is measured and refused.
+- :func:`check_verl_version`: the launcher, the task runner and the ICPO loss mirror verl 0.9.1 internals
+  (``RayPPOTrainer`` is marked for removal upstream), so any other installed verl is refused before launch.
+- :func:`attention_warning`: without flash-attn on a GPU the launch falls back to SDPA and unpadded sequences
+  (:data:`.overrides.SDPA_FALLBACK`); the warning says so and how to install it.
 - :func:`steps_done`: which steps a launch logged, so a run that exits 0 having trained nothing (verl's
   resume-at-a-boundary bug class) is reported as a failure.
 """
@@ -49,6 +53,33 @@ def check_plugin(python: str = sys.executable, timeout_s: float = 300.0) -> None
             f"`import verl` did not register the `icpo` advantage estimator / policy loss (verl swallows plugin "
             f"import errors; try `python -c 'import {PLUGIN_MODULE}'`): {detail}; {fix}"
         )
+
+
+def check_verl_version(installed: str | None = None) -> None:
+    """Refuse a launch unless the installed verl is exactly the pinned version."""
+    from icpo_core.engines.verl.overrides import VERL_VERSION
+
+    if installed is None:
+        try:
+            installed = metadata.version("verl")
+        except metadata.PackageNotFoundError:
+            installed = None
+    if installed != VERL_VERSION:
+        raise UserError(
+            f"train.engine verl needs verl=={VERL_VERSION} (the ICPO hooks mirror its internals), found "
+            f"{installed or 'no verl'}; reinstall the project's pins (`make setup-gpu`, or `pip install -e .`)"
+        )
+
+
+def attention_warning(on_cpu: bool, flash_attn: bool) -> str | None:
+    """The warning of a GPU launch without flash-attn (None on CPU, where SDPA is the setting, or with it)."""
+    if on_cpu or flash_attn:
+        return None
+    return (
+        "warning: flash-attn is not installed: verl runs with SDPA attention and use_remove_padding=false "
+        "(slower, more memory than the released flash_attention_2 + packed sequences). Install it with "
+        "`make setup-gpu FLASH_ATTN=1` (verl's flash-attn extra, flash-attn 2.8.3 for torch 2.11)"
+    )
 
 
 def _token_len(tokenizer, messages: list[dict[str, str]]) -> int:
