@@ -53,9 +53,8 @@ RELEASED_FIXED = {
 # The released scripts ran verl 0.5's FSDP1; the ICPO loss is tested on FSDP2 (the CPU tests, world sizes 1 and
 # 2), and FSDP1's sync_module_states cannot run on a CPU, so every verl run uses FSDP2 (the reference follows).
 STRATEGY = {"actor_rollout_ref.actor.strategy": "fsdp2"}
-VERL_VERSION = (
-    "0.9.1"  # the exact pin (pyproject.toml): RayPPOTrainer and the hooked internals change upstream
-)
+# the exact pin (pyproject.toml): RayPPOTrainer and the hooked internals change upstream
+VERL_VERSION = "0.9.1"
 
 
 def _fmt(value: Any) -> str:
@@ -82,9 +81,8 @@ def _fmt(value: Any) -> str:
 
 _FP32 = {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
 CPU_RAY_CPUS = 16  # logical CPUs of the local Ray cluster: scheduling slots, not cores (cpu_overrides)
-CPU_WEIGHT_BUCKET_MB = (
-    256  # the weight push's shared-memory bucket (verl's default 2 GB; /dev/shm is small in CI)
-)
+# the weight push's shared-memory bucket (verl's default 2 GB; /dev/shm is small in CI)
+CPU_WEIGHT_BUCKET_MB = 256
 
 
 def on_cpu(params: Params) -> bool:
