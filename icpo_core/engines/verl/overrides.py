@@ -52,6 +52,9 @@ RELEASED_FIXED = {
     "data.shuffle": True,
     "trainer.critic_warmup": 0,
 }
+# The released scripts ran verl 0.5's FSDP1; the ICPO loss is tested on FSDP2 (the CPU tests, world sizes 1 and
+# 2), and FSDP1's sync_module_states cannot run on a CPU, so every verl run uses FSDP2 (the reference follows).
+STRATEGY = {"actor_rollout_ref.actor.strategy": "fsdp2"}
 
 
 def _fmt(value: Any) -> str:
@@ -78,9 +81,8 @@ def _fmt(value: Any) -> str:
 
 _FP32 = {"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"}
 CPU_RAY_CPUS = 16  # logical CPUs of the local Ray cluster: scheduling slots, not cores (cpu_overrides)
-CPU_WEIGHT_BUCKET_MB = (
-    256  # the weight push's shared-memory bucket (verl's default 2 GB; /dev/shm is small in CI)
-)
+# the weight push's shared-memory bucket (verl's default 2 GB; /dev/shm is small in CI)
+CPU_WEIGHT_BUCKET_MB = 256
 
 
 def on_cpu(params: Params) -> bool:
@@ -135,6 +137,21 @@ def cpu_overrides(params: Params, prompt_len: int) -> dict[str, Any]:
         f"{ar}.rollout.agent.num_workers": 1,
         "reward.num_workers": 1,
     }
+
+
+# verl's model config defaults attn_implementation to flash_attention_2, and use_remove_padding (released: true)
+# packs sequences for flash-attn's varlen kernel; without flash-attn both fail at the first forward.
+SDPA_FALLBACK = {
+    "+actor_rollout_ref.model.override_config.attn_implementation": "sdpa",
+    "actor_rollout_ref.model.use_remove_padding": False,
+}
+
+
+def flash_attn_available() -> bool:
+    """Whether the ``flash_attn`` package is importable (found, not imported: no torch / CUDA start-up here)."""
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
 
 
 def cpu_env(params: Params) -> dict[str, str]:
@@ -250,10 +267,13 @@ def verl_overrides(
         "trainer.project_name": params.tracking.experiment,
         "trainer.experiment_name": run,
         **RELEASED_FIXED,
+        **STRATEGY,
         "hydra.run.dir": _abs(paths.run_dir(name) / "hydra", root),
     }
     if on_cpu(params):
         ov.update(cpu_overrides(params, prompt_len))
+    elif not flash_attn_available():
+        ov.update(SDPA_FALLBACK)
     ov.update(lora_overrides(params))
     for key, value in algo.model_dump().items():
         ov[f"icpo.{key}"] = value
@@ -388,7 +408,13 @@ def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
 
 
 def run_preflight(params: Params, run: str, root: str | Path = ".") -> None:
-    """The checks of :mod:`.preflight` for one ICPO run (GRPO needs neither the plugin nor demos)."""
+    """The checks of :mod:`.preflight`: the verl pin and the attention fallback for every run, the plugin and the
+    IEF prompt budget for ICPO runs (GRPO needs neither)."""
+    preflight.check_verl_version()
+    cpu = on_cpu(params)
+    warning = preflight.attention_warning(cpu, cpu or flash_attn_available())
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     if params.run_algorithm(run).n_off > 0:
         preflight.check_plugin()
         preflight.check_ief_prompt_budget(params, run, root)

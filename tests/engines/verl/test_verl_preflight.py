@@ -102,3 +102,14 @@ def test_a_finished_run_may_do_no_step(tmp_path, monkeypatch):
     (actor / "extra_state_world_size_1_rank_0.pt").write_bytes(b"")
     _fake_verl(monkeypatch, "pass")
     assert ov.launch(params, "icpo", tmp_path) == 0
+
+
+def test_verl_pin_and_flash_attn_warning():
+    from icpo_core.engines.verl import preflight
+
+    preflight.check_verl_version()  # the installed verl is the pin
+    with pytest.raises(UserError, match=r"verl==0\.9\.1.*found 0\.10\.0"):
+        preflight.check_verl_version("0.10.0")
+    assert "flash-attn is not installed" in preflight.attention_warning(on_cpu=False, flash_attn=False)
+    assert preflight.attention_warning(on_cpu=False, flash_attn=True) is None
+    assert preflight.attention_warning(on_cpu=True, flash_attn=False) is None
