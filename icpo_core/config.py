@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -440,6 +441,16 @@ class BenchParams(SamplingOverrides):
         return v
 
 
+def _two_runs(pair: list[str]) -> list[str]:
+    if len(pair) != 2 or pair[0] == pair[1]:
+        raise ValueError(f"needs two different runs [A, B] (the report shows A - B), got {pair}")
+    return pair
+
+
+# one comparison of the report: [A, B], two different run names
+RunPair = Annotated[list[Name], AfterValidator(_two_runs)]
+
+
 class ReportParams(_Section):
     runs: list[NonEmptyStr] = [
         "base",
@@ -453,7 +464,7 @@ class ReportParams(_Section):
         "icpo_released",
     ]
     # comparisons beyond "every run - GRPO", e.g. [[icpo, luffy]]: the paper's ICPO vs the expert-guided baseline
-    pairs: list[list[Name]] = [["icpo", "luffy"]]
+    pairs: list[RunPair] = [["icpo", "luffy"]]
     # points: the report states how many seeds per run a difference of this size would need (80 % power)
     target_difference: float = Field(5.0, gt=0)
 
@@ -464,22 +475,17 @@ class ReportParams(_Section):
             raise ValueError("needs at least one run ('base' or a name from runs)")
         return v
 
-    @field_validator("pairs")
-    @classmethod
-    def _two_runs(cls, v: list[list[str]]) -> list[list[str]]:
-        for pair in v:
-            if len(pair) != 2 or pair[0] == pair[1]:
-                raise ValueError(
-                    f"each entry is two different runs [A, B] (the report shows A - B), got {pair}"
-                )
-        return v
-
 
 class StudyParams(_Section):
     """What ``dvc repro`` trains, merges and benches: ``runs`` at every seed of ``seeds``, ``ablations`` at
     ``ablation_seeds`` (one DVC stage per run x seed either way)."""
 
-    runs: list[Name] = ["grpo", "icpo"]  # dvc.yaml trains each at every seed of `seeds`
+    runs: list[Name] = [
+        "grpo",
+        "icpo",
+        "luffy",
+        "grpo_random_reward",
+    ]  # dvc.yaml trains each at every seed of `seeds`
     ablations: list[Name] = []
     ablation_seeds: list[Seed] = [0]
 
@@ -546,7 +552,6 @@ class Params(_Section):
     seeds: list[Seed] = [
         0,
         1,
-        2,
     ]  # training seeds of the study: data order, demo draws, sampling, new weights
     study: StudyParams = StudyParams()
     model: ModelParams = ModelParams()

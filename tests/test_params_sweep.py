@@ -51,6 +51,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("model.revision", "string"): "any branch, tag or commit of the hub repository",
     ("tracking.tracking_uri", "string"): "MLflow takes a bare word as a local store folder",
     ("study.ablations", "empty_list"): "a study of the main runs only (DVC expands no ablation stage)",
+    ("report.pairs", "empty_list"): "only the comparisons with GRPO",
     ("data.synthetic.system_prompt", "null"): "no system turn (the embedded_strict profile)",
     ("data.synthetic.system_prompt", "string"): "any system turn text",
 }
