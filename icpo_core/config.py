@@ -480,12 +480,7 @@ class StudyParams(_Section):
     """What ``dvc repro`` trains, merges and benches: ``runs`` at every seed of ``seeds``, ``ablations`` at
     ``ablation_seeds`` (one DVC stage per run x seed either way)."""
 
-    runs: list[Name] = [
-        "grpo",
-        "icpo",
-        "luffy",
-        "grpo_random_reward",
-    ]  # dvc.yaml trains each at every seed of `seeds`
+    runs: list[Name] = ["grpo", "icpo"]  # dvc.yaml trains each at every seed of `seeds`
     ablations: list[Name] = []
     ablation_seeds: list[Seed] = [0]
 
@@ -552,6 +547,7 @@ class Params(_Section):
     seeds: list[Seed] = [
         0,
         1,
+        2,
     ]  # training seeds of the study: data order, demo draws, sampling, new weights
     study: StudyParams = StudyParams()
     model: ModelParams = ModelParams()
