@@ -17,6 +17,7 @@ def params():
         {
             "runs": {"grpo": {"n_off": 0}, "icpo_rs": {"n_off": 1, "reward_shaping": True}},
             "report": {"runs": ["base"]},
+            "study": {"runs": ["grpo", "icpo_rs"], "ablations": []},
             "tracking": {"experiment": "exp-test"},
         }
     )

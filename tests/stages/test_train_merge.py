@@ -50,7 +50,7 @@ def _steps(root: Path, run: str) -> list[int]:
 
 
 def test_sigkill_then_resume_has_every_step_once(tmp_path):
-    root = make_tiny_project(tmp_path / "p", train={"steps": 12, "save_freq": 3, "max_ckpt_to_keep": 2})
+    root = make_tiny_project(tmp_path / "p", train={"steps": 12, "save_freq": 3, "keep_checkpoints": 2})
     # The child's output goes to a file, not a pipe: a full pipe nobody reads would stall it.
     with open(tmp_path / "killed.log", "w") as out:
         proc = subprocess.Popen(

@@ -11,6 +11,7 @@ import torch
 from local_helpers import parity_reward, randomise_adapters
 
 from icpo_core.config import LoraParams
+from icpo_core.errors import DataError
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local import lora
 from icpo_core.engines.local import trainer as trainer_mod
@@ -134,10 +135,9 @@ def test_lora_run_resumes_to_the_same_result(tiny_project):
     assert sum(v.numel() for v in wa.values()) == full["trainable_params"]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert any(wa[k].abs().max() > 0 for k in wa if ".lora_B." in k)
-    oa = torch.load(actor_a / "optim_world_size_1_rank_0.pt")
-    ob = torch.load(actor_b / "optim_world_size_1_rank_0.pt")
-    assert len(oa["state"]) == len(wa)
-    assert all(torch.equal(oa["state"][i]["exp_avg_sq"], ob["state"][i]["exp_avg_sq"]) for i in oa["state"])
+    # a finished run's last checkpoint leaves out the AdamW state (nothing resumes from it): equal weights after
+    # two resumed steps are what shows the resumed AdamW state was the uninterrupted run's
+    assert not (actor_a / "optim_world_size_1_rank_0.pt").exists()
     assert json.loads((actor_a / lora.META_FILE).read_text()) == {
         "r": 4,
         "lora_alpha": 8,
@@ -155,7 +155,7 @@ def test_a_full_checkpoint_is_refused_by_a_lora_model(tiny_model_dir, tmp_path):
         resume_state={}, max_to_keep=1,
     )  # fmt: skip
     peft_model = lora.wrap(_plain(tiny_model_dir), LoraParams(**LORA), seed=0)
-    with pytest.raises(ValueError, match="not the adapters of this LoRA model"):
+    with pytest.raises(DataError, match="not the adapters of this LoRA model"):
         ckpt.load_checkpoint(tmp_path, 1, model=peft_model)
 
 

@@ -36,11 +36,12 @@ STEPS = 2
 
 
 def _project(root: Path) -> Path:
-    from icpo_core.engines.local.tiny import make_tiny_model_dir, make_tiny_project
+    from icpo_core.engines.local.tiny import make_tiny_project
+    from icpo_core.models.tiny import write_tiny_model
 
     make_tiny_project(root)  # models/base, data/train.parquet, data/demos.parquet
     shutil.rmtree(root / "models/base")
-    make_tiny_model_dir(root / "models/base", hidden=256)  # 4 heads of 64
+    write_tiny_model(root / "models/base", hidden=256)  # 4 heads of 64
     (root / "data/val").mkdir()
     (root / "data/eval").mkdir()
     with (root / "data/eval/synthetic_l0.jsonl").open("w") as f:
@@ -58,7 +59,7 @@ def _project(root: Path) -> Path:
                 "device": "cpu",
                 "steps": STEPS,
                 "save_freq": 1,
-                "max_ckpt_to_keep": 2,
+                "keep_checkpoints": 2,
                 "prompts_per_step": 2,
                 "ppo_mini_batch_prompts": 2,
                 "lr": 1e-3,
@@ -76,6 +77,9 @@ def _project(root: Path) -> Path:
     )
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    registry = root / "icpo_core/bench/benchmarks.yaml"  # a dependency of the bench stages (data, not code)
+    registry.parent.mkdir(parents=True)
+    shutil.copy(REPO / "icpo_core/bench/benchmarks.yaml", registry)
     subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=root, check=True)
     subprocess.run([str(BIN / "dvc"), "config", "core.analytics", "false"], cwd=root, check=True)
     return root
@@ -145,7 +149,7 @@ def _mlflow_steps(root: Path, instance: str, key: str = "actor/pg_loss") -> list
 
 
 @pytest.mark.timeout(1800)
-def test_verl_fit_on_cpu_grpo_icpo_kill_resume_merge_bench(tmp_path):
+def test_verl_fit_on_cpu_grpo_icpo_kill_resume_merge_bench_report(tmp_path):
     root = _project(tmp_path / "p")
     mark = uuid.uuid4().hex
     env, log = _env(mark), tmp_path / "dvc.log"
@@ -193,3 +197,9 @@ def test_verl_fit_on_cpu_grpo_icpo_kill_resume_merge_bench(tmp_path):
     assert _repro(root, "bench@icpo-0", env, log) == 0, log.read_text()[-4000:]
     bench = json.loads((root / "metrics/bench_icpo_s0.json").read_text())
     assert bench, bench
+
+    # and the comparison: GRPO's merged model and the base benched, the report over both verl runs
+    for stage in ("merge@grpo-0", "bench@grpo-0", "bench_base", "report"):
+        assert _repro(root, stage, env, log) == 0, log.read_text()[-4000:]
+    report = (root / "reports/report.md").read_text()
+    assert "grpo" in report and "icpo" in report, report[:2000]
