@@ -11,13 +11,13 @@ import torch
 from local_helpers import parity_reward, randomise_adapters
 
 from icpo_core.config import LoraParams
-from icpo_core.errors import DataError
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local import lora
 from icpo_core.engines.local import trainer as trainer_mod
 from icpo_core.engines.local.logprobs import batched_log_probs
 from icpo_core.engines.local.merger import merge_checkpoint
 from icpo_core.engines.local.trainer import LocalTrainer, train_local
+from icpo_core.errors import DataError
 
 LORA = {"enabled": True, "rank": 4, "alpha": 8}
 
