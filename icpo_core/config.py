@@ -171,7 +171,7 @@ class SyntheticParams(_Section):
     levels: list[Level] = [0, 1]
     train_per_level: int = Field(default=200, gt=0)
     demos_per_level: int = Field(default=100, gt=0)
-    eval_per_level: int = Field(default=200, gt=0)
+    eval_per_level: int = Field(default=150, gt=0)
     prompt_suffix: str = " Put your final answer within \\boxed{}."
     # a system turn before every synthetic prompt (training, IEF, the held-out levels); null: none
     system_prompt: NonEmptyStr | None = (
@@ -480,7 +480,12 @@ class StudyParams(_Section):
     """What ``dvc repro`` trains, merges and benches: ``runs`` at every seed of ``seeds``, ``ablations`` at
     ``ablation_seeds`` (one DVC stage per run x seed either way)."""
 
-    runs: list[Name] = ["grpo", "icpo"]  # dvc.yaml trains each at every seed of `seeds`
+    runs: list[Name] = [
+        "grpo",
+        "icpo",
+        "luffy",
+        "grpo_random_reward",
+    ]  # dvc.yaml: each at every seed of `seeds`
     ablations: list[Name] = []
     ablation_seeds: list[Seed] = [0]
 
@@ -544,11 +549,7 @@ class Params(_Section):
     seed: int = Field(
         default=0, ge=0, le=SEED_MAX
     )  # data: synthetic problems and splits, fixed across the study
-    seeds: list[Seed] = [
-        0,
-        1,
-        2,
-    ]  # training seeds of the study: data order, demo draws, sampling, new weights
+    seeds: list[Seed] = [0, 1]  # training seeds of the study: data order, demo draws, sampling, new weights
     study: StudyParams = StudyParams()
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()

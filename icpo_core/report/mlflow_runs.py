@@ -3,6 +3,7 @@ table entries (``icpo compare``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any
@@ -13,6 +14,13 @@ from icpo_core.report.table import run_label
 from icpo_core.tracking import PARENT_ENV, ensure_experiment, tracking_uri
 
 log = logging.getLogger(__name__)
+
+# The experiment's saved view "study": MLflow's runs page with the runs grouped by the ``icpo.variant`` tag (grpo,
+# icpo, luffy, ... over their seeds; base) and the charts drawn from the groups' averages with the min-max band
+# of the seeds. MLflow's UI reads a saved view from the experiment tag ``mlflow.sharedViewState.<key>`` (what its
+# "Share" button writes; plain JSON is accepted) when the URL carries ``viewStateShareKey=<key>``.
+STUDY_VIEW_KEY = "study"
+STUDY_VIEW_TAG = f"mlflow.sharedViewState.{STUDY_VIEW_KEY}"
 
 _BENCH_METRIC = re.compile(r"^bench/(?P<name>[^/]+)/(?P<key>[^/]+)$")
 
@@ -117,6 +125,31 @@ def study_metrics(study: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def study_view_state() -> dict[str, Any]:
+    """The saved view of :data:`STUDY_VIEW_KEY`: group by ``icpo.variant`` (the run of ``runs:``), average over
+    the group's seeds in tables and charts, hide the study's parent and report runs (they have no variant to
+    group: the filter keeps only runs with one that is not ``report``) and empty charts."""
+    return {
+        "searchFilter": "tags.`icpo.variant` != 'report'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": True,
+        "groupBy": {
+            "aggregateFunction": "average",
+            "groupByKeys": [{"mode": "tag", "groupByData": "icpo.variant"}],
+        },
+        "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True,
+        "runListHidden": False,
+    }
+
+
+def study_view_path(experiment_id: str) -> str:
+    """The UI path (after the server's address) of the saved study view of an experiment."""
+    return (
+        f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={STUDY_VIEW_KEY}"
+    )
+
+
 def log_study(params: Any, study: dict[str, Any], files: list[str]) -> str | None:
     """One MLflow run ``report`` (tag ``icpo.run=report``; a child of the study's parent run when
     ``ICPO_MLFLOW_PARENT_RUN_ID`` is set): the study's metrics (``study_metrics``), the summary as an MLflow
@@ -142,6 +175,7 @@ def log_study(params: Any, study: dict[str, Any], files: list[str]) -> str | Non
             "icpo.study_seeds": ",".join(str(s) for s in study.get("seeds") or []),
         }
         run_id = client.create_run(exp_id, run_name="report", tags=tags).info.run_id
+        client.set_experiment_tag(exp_id, STUDY_VIEW_TAG, json.dumps(study_view_state()))
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in study_metrics(study).items()]
         targets = [run_id]
@@ -167,6 +201,10 @@ def log_study(params: Any, study: dict[str, Any], files: list[str]) -> str | Non
             client.log_dict(parent, study, "report/study.json")
         client.set_terminated(run_id)
         log.info("MLflow: report logged to run %s", run_id)
+        log.info(
+            "MLflow: the runs grouped by method: `mlflow ui`, then open http://127.0.0.1:5000/%s",
+            study_view_path(exp_id),
+        )
         return run_id
     except Exception as e:
         log.warning("MLflow logging of the report skipped: %s: %s", type(e).__name__, str(e)[:300])

@@ -293,6 +293,21 @@ def test_study_logged_to_mlflow_and_compare_prints_it(project, monkeypatch, caps
     assert not any(k.startswith("study/icpo_no_errs/") and k.endswith("/mean") for k in flat)  # n/a: left out
     files = [str(project / "reports" / f) for f in ("report.md", "study.json")]
     assert log_study(params, study, files) is not None
+    # the saved "study" view: what the UI opens at the URL the report prints (runs grouped by variant)
+    from mlflow.tracking import MlflowClient
+
+    from icpo_core.report.mlflow_runs import STUDY_VIEW_TAG
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db")
+    exp = client.get_experiment_by_name(params.tracking.experiment)
+    view = json.loads(exp.tags[STUDY_VIEW_TAG])
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "icpo.variant"}]
+    for tags in ({"icpo.variant": "grpo"}, {"icpo.variant": "base"}, {"icpo.kind": "study"}):
+        client.create_run(
+            exp.experiment_id, tags=tags
+        )  # a GRPO run, the base run, a study parent (no variant)
+    shown = client.search_runs([exp.experiment_id], filter_string=view["searchFilter"])
+    assert sorted(r.data.tags["icpo.variant"] for r in shown) == ["base", "grpo"]  # no report, no parent
     capsys.readouterr()
     ns = argparse.Namespace(
         params_obj=params, experiment=None, filter=[], benchmarks=None, per_run=False, json_out="cmp.json"
