@@ -60,6 +60,8 @@ VIEWS = {
     "landing": "",  # the bare experiment URL: where a new browser lands by itself
     "runs": "/runs?workflowType=machine_learning",  # the runs table
     "chart": "/runs?workflowType=machine_learning&compareRunsMode=CHART",  # the runs' metric charts
+    # the saved view `icpo report` writes: runs grouped by variant, charts of the groups (seed mean and band)
+    "study": "/runs?workflowType=machine_learning&viewStateShareKey=study&compareRunsMode=CHART",
 }
 CHROMIUM_FLAGS = [
     "--headless",
@@ -294,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.out.resolve(),
                 args.window_size,
                 expected,
-                args.view == "chart",
+                args.view in ("chart", "study"),
                 args.page_timeout,
             )
         finally:

@@ -69,6 +69,13 @@ def _project(root: Path) -> Path:
                     "val_benchmarks": [],
                     "ppo_micro_batch_size_per_gpu": 4,
                     "log_prob_micro_batch_size_per_gpu": 4,
+                    # the weight push: the random model earns no reward, so an entropy bonus moves the weights
+                    # at every update, and vLLM returns its log-probs so that verl compares them with the
+                    # actor's (training/rollout_probs_diff_*): stale weights in vLLM show up there
+                    "extra_overrides": [
+                        "actor_rollout_ref.actor.entropy_coeff=0.05",
+                        "actor_rollout_ref.rollout.calculate_log_probs=true",
+                    ],
                 },
             },
             "bench": {"backend": "hf", "benchmarks": ["synthetic_l0"], "max_tokens": 6, "grade_workers": 1},
@@ -148,6 +155,36 @@ def _mlflow_steps(root: Path, instance: str, key: str = "actor/pg_loss") -> list
     return sorted(m.step for m in client.get_metric_history(info["run_id"], key))
 
 
+def _max_prob_change(root: Path, instance: str) -> float:
+    """How far step 1's update moved token probabilities: the largest |p_step1 - p_base| of the tokens of the
+    training prompts (teacher-forced), step 1's checkpoint merged with the project's merger."""
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from icpo_core.engines.local.merger import merge_checkpoint
+
+    merged = root / f"runs/{instance}/step1_probe"
+    merge_checkpoint(root / f"runs/{instance}/checkpoints/global_step_1/actor", merged)
+    tok = AutoTokenizer.from_pretrained(root / "models/base")
+    rows = pq.read_table(root / "data/train.parquet").to_pylist()[:4]
+    texts = [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows]
+
+    def probs(folder: Path) -> list[torch.Tensor]:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        out = []
+        with torch.no_grad():
+            for t in texts:
+                ids = tok(t, return_tensors="pt").input_ids
+                lp = model(ids).logits[0, :-1].log_softmax(-1)
+                out.append(lp.gather(-1, ids[0, 1:, None]).exp().squeeze(-1))
+        return out
+
+    return max(
+        (a - b).abs().max().item() for a, b in zip(probs(merged), probs(root / "models/base"), strict=True)
+    )
+
+
 @pytest.mark.timeout(1800)
 def test_verl_fit_on_cpu_grpo_icpo_kill_resume_merge_bench_report(tmp_path):
     root = _project(tmp_path / "p")
@@ -161,6 +198,12 @@ def test_verl_fit_on_cpu_grpo_icpo_kill_resume_merge_bench_report(tmp_path):
     assert _mlflow_steps(root, "grpo_s0") == [1, 2]
     grpo = [json.loads(x) for x in (root / "metrics/steps_grpo_s0.jsonl").read_text().splitlines()]
     assert all(r["icpo/ief_generated"] == 0 for r in grpo)
+    # step 1 changed the weights; step 2's rollouts came from the pushed weights: vLLM's token probabilities
+    # equal the actor's (fp32 on both sides) far more closely than the update moved them
+    assert grpo[0]["actor/grad_norm"] > 0
+    moved = _max_prob_change(root, "grpo_s0")
+    assert moved > 1e-3, moved
+    assert grpo[1]["training/rollout_probs_diff_max"] < moved / 10, (grpo[1], moved)
 
     # ICPO: killed (whole process group) right after the step-1 checkpoint
     tracker = root / "runs/icpo_s0/checkpoints/latest_checkpointed_iteration.txt"
