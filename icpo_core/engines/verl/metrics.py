@@ -31,7 +31,19 @@ RENAMES = {
     "perf/throughput": "perf/tokens_per_s",
     "perf/total_num_tokens": "perf/gen_tokens",
 }
-KEEP_PREFIXES = ("reward/", "icpo/", "adv/", "actor/", "response/", "perf/", "critic/score", "val-core/")
+# training/rollout_*: verl's comparison of the rollout engine's token probabilities with the actor's (with
+# rollout.calculate_log_probs): the check that the weights pushed to vLLM are the actor's
+KEEP_PREFIXES = (
+    "reward/",
+    "icpo/",
+    "adv/",
+    "actor/",
+    "response/",
+    "perf/",
+    "critic/score",
+    "val-core/",
+    "training/rollout_",
+)
 
 
 METRICS_DIR_ENV = "ICPO_VERL_METRICS_DIR"
