@@ -337,18 +337,21 @@ def response_texts(batch: DataProto, tokenizer: Any, rows: Sequence[int]) -> lis
 
 def apply_reward_control(
     batch: DataProto,
-    order: Sequence[int],
+    uids: np.ndarray,
+    off_policy: Sequence[bool],
     algo: AlgorithmParams,
     rng: np.random.Generator,
     tokenizer: Any = None,
 ) -> dict[str, float]:
     """Replace the verifier's ``rm_scores`` by ``algorithm.reward``'s control reward (:func:`control_rewards`),
-    drawn over the rows in ``order`` (:func:`group_major_order`) from ``rng`` (:func:`control_rng` of the step),
-    so trajectory i of a step gets the flip it gets on the local engine. ``format`` decodes the responses with
-    ``tokenizer``. Returns ``reward/verifier_on_policy``, what the verifier said of the on-policy rows (the
-    off-policy flag ``icpo_ief`` marks the others; absent: all rows). ``verifier`` changes nothing."""
+    drawn from ``rng`` (:func:`~icpo_core.algorithm.control_rewards.control_rng` of the step) over the rows in
+    :func:`group_major_order` (``uids[i]`` / ``off_policy[i]``: row i's group and whether it is an IEF or trace
+    row), so trajectory i of a step gets the flip it gets on the local engine. ``format`` decodes the responses
+    with ``tokenizer``. Returns ``reward/verifier_on_policy``, the verifier's mean over the on-policy rows (the
+    local engine logs it for controls). ``verifier`` changes nothing."""
     if algo.reward == "verifier":
         return {}
+    order = group_major_order(uids, off_policy)
     scores = batch.batch["rm_scores"].sum(-1).float()
     verifier = [float(scores[i]) for i in order]
     if algo.reward == "format" and tokenizer is None:
@@ -357,6 +360,5 @@ def apply_reward_control(
     new = control_rewards(verifier, texts, algo.reward, rng, algo.random_reward_p)
     for i, r in zip(order, new, strict=True):
         set_row_reward(batch, i, r)
-    off = batch.batch[IEF_KEY].bool() if IEF_KEY in batch.batch.keys() else None  # noqa: SIM118
-    on = [float(scores[i]) for i in order if off is None or not off[i]]
+    on = [float(scores[i]) for i in order if not off_policy[i]]
     return {"reward/verifier_on_policy": float(np.mean(on)) if on else math.nan}

@@ -39,7 +39,6 @@ from icpo_core.engines.verl.batch_ops import (
     apply_reward_control,
     expand_with_ief,
     expert_trace_rows,
-    group_major_order,
     insert_expert_traces,
     mix_generated,
     on_policy_metrics,
@@ -165,9 +164,8 @@ class ICPOAgentLoopManager(AgentLoopManager):
         """The reward control of the run on ``out``'s rows (nothing for ``reward: verifier``)."""
         if self.algo.reward == "verifier":
             return {}
-        order = group_major_order(uids, off_policy)
         tok = self.policy_tokenizer if self.algo.reward == "format" else None
-        return apply_reward_control(out, order, self.algo, control_rng(self.seed, step), tok)
+        return apply_reward_control(out, uids, off_policy, self.algo, control_rng(self.seed, step), tok)
 
     async def _generate_with_traces(self, prompts: DataProto, uids: np.ndarray, step: int) -> DataProto:
         """LUFFY: ``n_on - n_off`` rollouts per group from vLLM, the ``n_off`` expert-trace rows built here."""
