@@ -16,7 +16,16 @@ from icpo_core.config import load_params, parse_params
 from icpo_core.engines.verl import overrides as ov
 
 ROOT = Path(__file__).resolve().parents[3]
-RUNS = ["grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
+RUNS = [
+    "grpo",
+    "icpo",
+    "icpo_rs",
+    "icpo_no_errs",
+    "icpo_released",
+    "luffy",
+    "grpo_random_reward",
+    "grpo_format_reward",
+]
 PROFILES = ["embedded", "paper_qwen3_1_7b", "paper_qwen3_8b"]
 
 # The released Qwen3 scripts' values (docs/method.md, "Paper-scale settings").
@@ -149,6 +158,8 @@ def test_paper_profiles_equal_released_scripts(composed, profile):
     for run in RUNS:
         cfg = cfgs[profile, run]
         for key, want in {**RELEASED, **PER_MODEL[profile]}.items():
+            if run == "luffy" and key == "algorithm.norm_adv_by_std_in_grpo":
+                want = False  # LUFFY's own setting (runs.luffy), not the ICPO scripts'
             assert _get(cfg, key) == want, (profile, run, key)
         assert cfg.data.val_files == [str(root / "data" / "val" / f"{b}.parquet") for b in RELEASED_VAL]
     # the only deliberate differences: IEF prompt room, entropy bonus only on the released run
@@ -156,7 +167,12 @@ def test_paper_profiles_equal_released_scripts(composed, profile):
     assert grpo.actor_rollout_ref.rollout.prompt_length == 4096
     assert grpo.actor_rollout_ref.rollout.max_num_batched_tokens == 12288  # released value
     assert icpo.actor_rollout_ref.rollout.prompt_length == 8192
-    assert [cfgs[profile, r].actor_rollout_ref.actor.entropy_coeff for r in RUNS] == [0, 0, 0, 0, 0.001]
+    luffy = cfgs[profile, "luffy"]
+    assert luffy.actor_rollout_ref.rollout.prompt_length == 4096  # traces are responses, not prompt room
+    assert luffy.icpo.off_policy == "expert_trace" and luffy.icpo.clip_on_policy is False
+    assert cfgs[profile, "grpo_random_reward"].icpo.reward == "random"
+    entropy = {r: cfgs[profile, r].actor_rollout_ref.actor.entropy_coeff for r in RUNS}
+    assert entropy == {r: 0.001 if r == "icpo_released" else 0 for r in RUNS}
 
 
 def test_every_run_composes_with_its_method(composed):
@@ -172,7 +188,9 @@ def test_every_run_composes_with_its_method(composed):
         assert cfg.trainer.experiment_name == run
         assert cfg.trainer.default_local_dir == str(root / "runs" / run / "checkpoints")
         assert cfg.trainer.max_actor_ckpt_to_keep == params.train.max_ckpt_to_keep
-        assert cfg.data.train_files == [str(root / "data" / "train.parquet")]
+        # LUFFY reads the training parquet without target-less rows, written at launch into the run's folder
+        train = root / ("runs/luffy/expert_trace_train.parquet" if run == "luffy" else "data/train.parquet")
+        assert cfg.data.train_files == [str(train)]
         val = [str(root / "data" / "val" / f"{b}.parquet") for b in params.train.verl.val_benchmarks]
         assert val and cfg.data.val_files == val  # every profile validates (embedded: a synthetic level)
         assert cfg.trainer.test_freq == params.train.verl.test_freq and cfg.trainer.val_before_train is True
