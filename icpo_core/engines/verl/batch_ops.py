@@ -239,8 +239,9 @@ def insert_expert_traces(
     A trace row copies a rollout of its group (the same plain prompt, prompt tensors and non-tensor fields) and
     replaces the response in verl's layout: ``responses`` right-padded with ``pad_token_id`` to the rollout's
     response width, ``response_mask`` / the response half of ``attention_mask`` set on the trace tokens,
-    ``input_ids`` = prompt + response, ``position_ids`` from the mask, the reward on its last token. Rollout
-    log-probs are dropped (a trace has none); verl computes old / ref log-probs of every row itself.
+    ``input_ids`` = prompt + response, ``position_ids`` from the mask, the reward on its last token (and in the
+    reward loop's ``acc`` field). Rollout log-probs are dropped (a trace has none); verl computes old / ref
+    log-probs of every row itself.
     """
     from verl import DataProto
     from verl.utils.model import compute_position_id_with_mask
@@ -267,6 +268,8 @@ def insert_expert_traces(
             b["position_ids"][j] = compute_position_id_with_mask(b["attention_mask"][j : j + 1])[0]
         b["rm_scores"][j] = 0.0
         b["rm_scores"][j, max(len(ids) - 1, 0)] = float(rewards[j])
+    if "acc" in rows.non_tensor_batch:  # the reward loop's per-row verifier score (a float compute_score)
+        rows.non_tensor_batch["acc"][:] = np.asarray(rewards, dtype=rows.non_tensor_batch["acc"].dtype)
     order = np.empty(len(uids), dtype=np.int64)
     order[generated] = np.arange(len(generated))
     order[slots] = len(generated) + np.arange(len(slots))

@@ -253,6 +253,7 @@ def test_luffy_step_inserts_expert_traces(monkeypatch, tmp_path, demos_parquet):
     assert int(b["response_mask"][7].sum()) == 8 and tok.eos_token_id not in b["responses"][7].tolist()
     scores = b["rm_scores"].sum(-1)
     assert scores[flag].tolist() == [1.0, 0.0, 1.0]
+    assert out.non_tensor_batch["acc"].tolist() == scores.tolist()  # verl's reward info follows the rows
     assert (scores[~flag] == 0).all()  # the fake server's rollouts are wrong
     m = mgr.last_metrics
     assert m["luffy/trace_truncated"] == 1.0

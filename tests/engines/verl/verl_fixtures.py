@@ -155,8 +155,9 @@ def fake_generate(tokenizer, prompt_len: int = 48, resp_len: int = 8):
                 "raw_prompt": batch.non_tensor_batch["raw_prompt"].copy(),
                 "__num_turns__": np.full(n, 2),
                 "multi_modal_inputs": np.array([{} for _ in range(n)], dtype=object),
+                "acc": scores.sum(-1).double().numpy(),  # the reward loop's extra info of a float score
             },
-            meta_info={"reward_extra_keys": []},
+            meta_info={"reward_extra_keys": ["acc"]},
         )
         return out
 
