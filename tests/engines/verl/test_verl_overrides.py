@@ -203,6 +203,15 @@ def test_every_run_composes_with_its_method(composed):
         assert cfg.reward.custom_reward_function.path == ov.REWARD_PATH
 
 
+def test_luffy_actor_loss_drops_the_on_policy_clip(composed):
+    """The loss RayICPOTrainer installs on LUFFY's actor workers has no PPO clip on the rollouts."""
+    from icpo_core.engines.verl.trainer import make_actor_loss
+
+    cfgs, _ = composed
+    assert make_actor_loss(cfgs["embedded", "luffy"]).keywords["clip_on_policy"] is False
+    assert make_actor_loss(cfgs["embedded", "icpo"]).keywords["clip_on_policy"] is True
+
+
 def test_validation_multinode_and_extra_overrides(tmp_path):
     from hydra import compose, initialize_config_dir
 
