@@ -229,6 +229,7 @@ def test_luffy_step_inserts_expert_traces(monkeypatch, tmp_path, demos_parquet):
     flag = out.batch["icpo_ief"].bool()
     assert flag.tolist() == [False, False, False, True] * N_PROMPTS  # the trace in the group's last slot
     assert "rollout_log_probs" not in out.batch.keys()  # noqa: SIM118
+    assert out.meta_info == {"reward_extra_keys": ["acc"]}  # the agent loop's meta info, as generated
     b = out.batch
     width = b["prompts"].shape[1]
     for g in range(N_PROMPTS):
