@@ -274,7 +274,9 @@ def insert_expert_traces(
     order[generated] = np.arange(len(generated))
     order[slots] = len(generated) + np.arange(len(slots))
     final = DataProto.concat([out, rows]).select_idxs(order)
-    final.meta_info = dict(out.meta_info)  # the generation's meta info (timing, reward keys), never merged twice
+    final.meta_info = dict(
+        out.meta_info
+    )  # the generation's meta info (timing, reward keys), never merged twice
     flag = torch.zeros(len(uids), dtype=torch.float32)
     flag[torch.as_tensor(slots)] = 1.0
     final.batch[IEF_KEY] = flag
