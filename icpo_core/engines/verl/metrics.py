@@ -31,7 +31,17 @@ RENAMES = {
     "perf/throughput": "perf/tokens_per_s",
     "perf/total_num_tokens": "perf/gen_tokens",
 }
-KEEP_PREFIXES = ("reward/", "icpo/", "adv/", "actor/", "response/", "perf/", "critic/score", "val-core/")
+KEEP_PREFIXES = (
+    "reward/",
+    "icpo/",
+    "luffy/",
+    "adv/",
+    "actor/",
+    "response/",
+    "perf/",
+    "critic/score",
+    "val-core/",
+)
 
 
 METRICS_DIR_ENV = "ICPO_VERL_METRICS_DIR"
