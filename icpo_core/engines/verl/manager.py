@@ -7,8 +7,8 @@ the expert bonus and the prompt restore (:mod:`.batch_ops`) and returns B * N_on
 flag. Validation batches and GRPO runs (``icpo.n_off: 0``) pass straight through, with reward metrics.
 
 LUFFY (``icpo.off_policy: expert_trace``): vLLM is asked for only ``n_on - n_off`` samples per prompt (the first
-rows of each group; generating N_on and dropping N_off would spend a sixth to an eighth of the rollout on samples
-LUFFY never trains), the other ``n_off`` slots get the row's expert trace (the ``target`` column, tokenised once
+rows of each group; generating N_on and dropping N_off would spend N_off of every N_on samples, 1 in 8 at the
+paper's sizes, on rollouts LUFFY never trains), the other ``n_off`` slots get the row's expert trace (the ``target`` column, tokenised once
 with the policy's chat template, graded once by the training verifier: :class:`.expert_traces.TraceBook`), flagged
 ``icpo_ief`` like IEF rows so the loss shapes their tokens with f(p) = p / (p + gamma).
 
