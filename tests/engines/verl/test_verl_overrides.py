@@ -356,6 +356,17 @@ def test_cli_prints_shell_quoted_command(tmp_path):
     assert words[i : i + 3] == ["python", "-m", ov.LAUNCHER_MODULE]
     algo = load_params(ROOT / "params.yaml").run_algorithm("icpo")
     assert f"icpo.n_off={algo.n_off}" in words and f"actor_rollout_ref.rollout.n={algo.n_on}" in words
+    assert "note:" not in r.stderr
+    # LUFFY's command reads the training file `icpo train` writes at launch, and says so
+    r = subprocess.run(
+        [sys.executable, "-m", "icpo_core.cli", "--params", str(ROOT / "params.yaml"), "verl-cmd", "--run", "luffy"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    files = [w for w in shlex.split(r.stdout) if w.startswith("data.train_files=")]
+    assert files == [f'data.train_files=["{ROOT / "runs/luffy/expert_trace_train.parquet"}"]']
+    assert "note: the command reads runs/luffy/expert_trace_train.parquet" in r.stderr
+    assert "icpo train --run luffy" in r.stderr
     r = subprocess.run(
         [sys.executable, "-m", "icpo_core.cli", "--params", str(ROOT / "params.yaml"), "verl-cmd", "--run", "nope"],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
