@@ -101,7 +101,10 @@ class ICPOAgentLoopManager(AgentLoopManager):
         if self._tokenizer is None:
             from verl.utils import hf_tokenizer
 
-            tok = hf_tokenizer(str(self._model_cfg["path"]), trust_remote_code=True)
+            tok = hf_tokenizer(
+                str(self._model_cfg["path"]),
+                trust_remote_code=bool(self._model_cfg.get("trust_remote_code", False)),
+            )
             template = self._model_cfg.get("custom_chat_template")
             if template:
                 tok.chat_template = template

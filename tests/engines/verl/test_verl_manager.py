@@ -372,3 +372,18 @@ def test_format_reward_control(monkeypatch, train_parquet, demos_parquet):
         rm["ground_truth"] = "7"
     out = mgr.generate_sequences(gb)
     assert out.batch["rm_scores"].sum(-1)[out.batch["icpo_ief"].bool()].tolist() == [1.0] * 6
+
+
+def test_policy_tokenizer_is_the_models_with_its_custom_template(tmp_path, tokenizer, demos_parquet):
+    """Without a given tokenizer the manager loads the policy's (``model.path``), as verl's agent loop does."""
+    from icpo_core.engines.verl.manager import ICPOAgentLoopManager
+
+    tokenizer.save_pretrained(tmp_path / "model")
+    cfg = _config(demos_parquet, **LUFFY)
+    cfg.actor_rollout_ref.model = {"path": str(tmp_path / "model"), "custom_chat_template": "{{ 'x' }}"}
+    mgr = ICPOAgentLoopManager.__new__(ICPOAgentLoopManager)
+    mgr._setup_icpo(cfg)
+    tok = mgr.policy_tokenizer
+    assert tok.chat_template == "{{ 'x' }}" and tok.eos_token_id == tokenizer.eos_token_id
+    assert mgr.policy_tokenizer is tok  # loaded once
+    assert mgr.trace_book.max_response_length == 8  # rollout.response_length
