@@ -12,6 +12,11 @@ model is not from learning to be right (format, length, sampling-temperature eff
 
 Everything downstream (groups, advantages, the loss) is unchanged: a control is GRPO (or ICPO) fed a different
 reward. What differs from GRPO: only the reward.
+
+Both engines replace the rewards at the same point (after grading, before :func:`~icpo_core.algorithm.plan_step`)
+with the same generator, :func:`control_rng` (1-based step), over the step's trajectories in the same order
+(prompt by prompt: its on-policy rows, then its off-policy rows), so the i-th trajectory of a step gets the same
+coin flip on either engine.
 """
 
 from __future__ import annotations
@@ -20,7 +25,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from icpo_core.algorithm.step import step_seed
 from icpo_core.rewards import last_boxed
+
+CONTROL_STREAM = 3  # the step_seed stream of the control rewards (1: mixing / demos, 2: sampling)
+
+
+def control_rng(seed: int, step: int) -> np.random.Generator:
+    """The generator of step ``step``'s (1-based) control rewards: independent of every other draw of the step."""
+    return np.random.default_rng(step_seed(seed, step, CONTROL_STREAM))
 
 
 def control_rewards(

@@ -108,6 +108,11 @@ class StepPlan:
     metrics: dict[str, float]
 
 
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A 63-bit seed per (run seed, step, purpose): a step's randomness does not depend on earlier steps."""
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
 def on_policy_rollouts(algo: AlgorithmParams) -> int:
     """On-policy rollouts generated per prompt: ``n_on`` (GRPO, ICPO: accepted IEF rows replace some of them),
     ``n_on - n_off`` for LUFFY, whose ``n_off`` expert traces fill the rest of the group."""

@@ -33,12 +33,9 @@ def run(args: argparse.Namespace) -> int:
     params = args.params_obj
     if args.run not in params.runs:
         raise UserError(f"unknown run '{args.run}': params.yaml runs has {sorted(params.runs)}")
-    algo = params.run_algorithm(args.run)  # validate the run's overrides before anything heavy
-    if params.train.engine == "verl" and (algo.off_policy != "ief" or algo.reward != "verifier"):
-        raise UserError(
-            f"run '{args.run}' (off_policy: {algo.off_policy}, reward: {algo.reward}) runs on the local engine only: "
-            "the verl manager does not insert expert traces or replace rewards yet; use -S train.engine=local"
-        )
+    params.run_algorithm(
+        args.run
+    )  # validate the run's overrides before anything heavy (every run: both engines)
     if args.seed is not None:
         params = params.with_seed(args.seed)
     # a study instance <run>_s<seed> (a child of the study's MLflow run), or the plain run outside the study

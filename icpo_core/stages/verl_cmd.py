@@ -6,7 +6,9 @@ Copy it to a GPU node, or let ``icpo train`` run it when ``train.engine: verl``.
 from __future__ import annotations
 
 import argparse
+import sys
 
+from icpo_core import paths
 from icpo_core.config import ParamsError
 from icpo_core.errors import UserError
 
@@ -19,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.engines.verl.overrides import override_list, shell_command
+    from icpo_core.engines.verl.overrides import override_list, shell_command, train_file
 
     params = args.params_obj
     if args.run not in params.runs:
@@ -31,4 +33,11 @@ def run(args: argparse.Namespace) -> int:
             print(shell_command(params, args.run))
     except ParamsError as e:
         raise UserError(str(e)) from None
+    data = train_file(params, args.run, args.run)
+    if data != paths.TRAIN_PARQUET:
+        print(
+            f"note: the command reads {data} ({paths.TRAIN_PARQUET} without the rows that have no `target`); "
+            f"`icpo train --run {args.run}` writes it before it launches",
+            file=sys.stderr,
+        )
     return 0

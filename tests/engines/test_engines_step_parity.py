@@ -2,7 +2,9 @@
 
 Local: :func:`plan_local_step` (the rollout layout the local trainer trains from). verl: ``mix_generated`` on a real
 verl ``DataProto`` (on-policy rows, then the IEF rows, rewards in ``rm_scores``), as the agent-loop manager calls it.
-Every run of params.yaml goes through both: GRPO, ICPO, ICPO-dagger, -ERRS and the released-code switches.
+Every run of params.yaml goes through both: GRPO, ICPO, ICPO-dagger, -ERRS, the released-code switches, LUFFY (verl:
+``insert_expert_traces`` + ``plan_expert_traces``) and the reward controls (local: ``control_rewards`` over the
+prompt-major rollouts; verl: ``apply_reward_control`` on the batch), with the same control generator.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from icpo_core.config import load_params
+from icpo_core.algorithm.control_rewards import control_rewards, control_rng
+from icpo_core.config import AlgorithmParams, load_params
 from icpo_core.engines.local.steplog import _clean
 from icpo_core.engines.local.trainer import plan_local_step
 
@@ -29,11 +32,31 @@ def _rewards(n_on: int, n_off: int, seed: int) -> list[list[float]]:
     return groups
 
 
+CONTROL_SEED = 11
+
+
+class _Tok:
+    """The format control's reader: a response whose (row-id) token is even has a boxed answer."""
+
+    pad_token_id = 0
+
+    @staticmethod
+    def decode(ids, skip_special_tokens=True) -> str:
+        return "so \\boxed{1}" if int(ids[0]) % 2 == 0 else "no answer"
+
+
+def _local_rewards(groups: list[list[float]], tokens: list[int], algo) -> list[float]:
+    """What the local trainer trains on: the verifier's rewards (prompt-major), or the run's control of them."""
+    flat = [r for g in groups for r in g]
+    texts = [_Tok.decode([t]) for t in tokens]
+    return control_rewards(flat, texts, algo.reward, control_rng(CONTROL_SEED, STEP), algo.random_reward_p)
+
+
 def _verl_step(groups: list[list[float]], algo, rng: np.random.Generator):
     """verl's layout: B * N_on on-policy rows (grouped by uid), then the N_off IEF rows of each group."""
     from verl import DataProto
 
-    from icpo_core.engines.verl.batch_ops import mix_generated, on_policy_metrics
+    from icpo_core.engines.verl.batch_ops import apply_reward_control, mix_generated, on_policy_metrics
 
     n_on, n_off = algo.n_on, algo.n_off
     uids = np.repeat(np.array([f"u{g}" for g in range(N_PROMPTS)], dtype=object), n_on)
@@ -61,32 +84,109 @@ def _verl_step(groups: list[list[float]], algo, rng: np.random.Generator):
         },
         non_tensors={"uid": np.concatenate([uids, uids[src]])},
     )
+    n_rows_on = n_on * N_PROMPTS
+    off = [False] * n_rows_on + [True] * len(src)
+    apply_reward_control(out, out.non_tensor_batch["uid"], off, algo, control_rng(CONTROL_SEED, STEP), _Tok())
     if n_off == 0:
         return out, on_policy_metrics(uids, out, algo, STEP, TOTAL), origin
     final, metrics = mix_generated(uids, out, src, algo, STEP, TOTAL, rng)
     return final, metrics, origin
 
 
-# LUFFY (off_policy: expert_trace) runs on the local engine only; verl refuses it before launch
-@pytest.mark.parametrize("run", sorted(r for r in PARAMS.runs if PARAMS.run_algorithm(r).off_policy == "ief"))
-@pytest.mark.parametrize("seed", [0, 1])
-def test_both_engines_train_the_same_rows(run, seed):
-    algo = PARAMS.run_algorithm(run)
-    groups = _rewards(algo.n_on, algo.n_off, seed)
-    local = plan_local_step([r for g in groups for r in g], N_PROMPTS, algo, step=STEP, total_steps=TOTAL,
-                            rng=np.random.default_rng(seed))  # fmt: skip
-    final, verl_metrics, origin = _verl_step(groups, algo, np.random.default_rng(seed))
+def _verl_luffy_step(groups: list[list[float]], algo):
+    """LUFFY on verl: n_on - n_off rollouts per group (the rows vLLM generates), the trace rows inserted."""
+    from verl import DataProto
 
-    per = algo.n_on + algo.n_off
+    from icpo_core.data.expert_traces import ExpertTrace
+    from icpo_core.engines.verl.batch_ops import (
+        apply_reward_control,
+        expert_trace_rows,
+        insert_expert_traces,
+        plan_expert_traces,
+    )
+
+    n_on, n_off, n_gen = algo.n_on, algo.n_off, algo.n_on - algo.n_off
+    uids = np.repeat(np.array([f"u{g}" for g in range(N_PROMPTS)], dtype=object), n_on)
+    generated, slots = expert_trace_rows(uids, algo)
+    n = len(generated)
+    lengths = torch.arange(n) % (RESP_LEN - 1) + 1
+    resp_mask = (torch.arange(RESP_LEN)[None, :] < lengths[:, None]).long()
+    rm = torch.zeros(n, RESP_LEN)
+    rm[torch.arange(n), lengths - 1] = torch.tensor([g[i] for g in groups for i in range(n_gen)])
+    prompts = torch.full((n, PROMPT_LEN), 7)
+    responses = (torch.arange(n)[:, None] + 1).repeat(1, RESP_LEN)
+    out = DataProto.from_dict(
+        tensors={
+            "prompts": prompts,
+            "responses": responses,
+            "input_ids": torch.cat([prompts, responses], 1),
+            "attention_mask": torch.cat([torch.ones(n, PROMPT_LEN, dtype=torch.long), resp_mask], 1),
+            "rm_scores": rm,
+        },
+        non_tensors={"uid": uids[generated]},
+    )
+    origin = {
+        k + 1: (g, "on", i) for k, (g, i) in enumerate((g, i) for g in range(N_PROMPTS) for i in range(n_gen))
+    }
+    traces, trace_rewards = [], []
+    for k, slot in enumerate(slots):
+        g, j = int(slot) // n_on, k % n_off
+        token = 100 + k
+        origin[token] = (g, "off", j)
+        traces.append(ExpertTrace((token,) * (2 + k % 3), "trace", False))
+        trace_rewards.append(groups[g][n_gen + j])
+    final = insert_expert_traces(uids, out, generated, slots, traces, trace_rewards, pad_token_id=0)
+    off = final.batch["icpo_ief"].bool().tolist()
+    apply_reward_control(final, uids, off, algo, control_rng(CONTROL_SEED, STEP), _Tok())
+    metrics = plan_expert_traces(uids, final, algo, STEP, TOTAL)
+    return final, metrics, origin
+
+
+def _variants() -> list[tuple[str, AlgorithmParams]]:
+    """Every run of params.yaml, and ICPO / LUFFY with each reward control."""
+    out = [(r, PARAMS.run_algorithm(r)) for r in sorted(PARAMS.runs)]
+    for base in ("icpo", "luffy"):
+        for reward in ("random", "format"):
+            algo = PARAMS.run_algorithm(base).model_copy(update={"reward": reward, "random_reward_p": 0.4})
+            out.append((f"{base}_{reward}", algo))
+    return out
+
+
+@pytest.mark.parametrize(("run", "algo"), _variants(), ids=[name for name, _ in _variants()])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_both_engines_train_the_same_rows(run, algo, seed):
+    luffy = algo.off_policy == "expert_trace"
+    n_first = (
+        algo.n_on - algo.n_off if luffy else algo.n_on
+    )  # per prompt: on-policy rollouts, then off-policy
+    groups = _rewards(n_first, algo.n_off, seed)
+    if luffy:
+        final, verl_metrics, origin = _verl_luffy_step(groups, algo)
+        on_tok = {(g, i): g * n_first + i + 1 for g in range(N_PROMPTS) for i in range(n_first)}
+        off_base = 100
+    else:
+        final, verl_metrics, origin = _verl_step(groups, algo, np.random.default_rng(seed))
+        on_tok = {(g, i): g * n_first + i for g in range(N_PROMPTS) for i in range(n_first)}
+        off_base = n_first * N_PROMPTS
+    # each local rollout's verl token (the row id its response carries), prompt-major as the local engine lays out
+    tokens = [t for g in range(N_PROMPTS) for t in [*(on_tok[g, i] for i in range(n_first)),
+              *(off_base + g * algo.n_off + j for j in range(algo.n_off))]]  # fmt: skip
+    rewards = _local_rewards(groups, tokens, algo)
+    if algo.reward != "verifier":
+        assert rewards != [r for g in groups for r in g]  # the control did replace the verifier's rewards
+    local = plan_local_step(rewards, N_PROMPTS, algo, step=STEP, total_steps=TOTAL,
+                            rng=np.random.default_rng(seed))  # fmt: skip
+    verl_rows = [origin[int(final.batch["responses"][i, 0])] for i in range(len(final))]
+
+    per = n_first + algo.n_off
     local_rows = [
-        (p, "off" if r % per >= algo.n_on else "on", r % per - (algo.n_on if r % per >= algo.n_on else 0))
+        (p, "off" if r % per >= n_first else "on", r % per - (n_first if r % per >= n_first else 0))
         for p, r in zip(local.prompt_of_row, local.rollout_rows, strict=True)
     ]
     local_set = {
         (row, round(rew, 6), ief)
         for row, rew, ief in zip(local_rows, local.rewards, local.off_policy, strict=True)
     }
-    verl_rows = [origin[int(final.batch["responses"][i, 0])] for i in range(len(final))]
     verl_rewards = final.batch["rm_scores"].sum(-1).tolist()
     verl_ief = (final.batch["icpo_ief"].bool().tolist() if "icpo_ief" in final.batch.keys()  # noqa: SIM118
                 else [False] * len(final))  # fmt: skip

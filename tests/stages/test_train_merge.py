@@ -170,18 +170,36 @@ def test_lora_train_then_merge_gives_a_plain_merged_folder(tmp_path):
     assert any(not torch.equal(base[k], state[k]) for k in base)  # the adapters did change the weights
 
 
-def test_luffy_and_reward_controls_are_refused_on_verl_before_launch(tmp_path, monkeypatch, capsys):
-    """One clear line, exit 2, nothing launched: the verl manager does not insert expert traces yet."""
+def test_luffy_and_reward_controls_launch_on_verl(tmp_path, monkeypatch):
+    """`icpo train` hands LUFFY and the reward controls to the verl launch like any run (no refusal left)."""
+    import icpo_core.engines.verl as verl_engine
     from icpo_core.cli import main
     from icpo_core.engines.local.tiny import make_tiny_project
 
     root = make_tiny_project(
         tmp_path / "p",
         train={"engine": "verl"},
-        runs={"luffy": {"n_off": 1, "off_policy": "expert_trace", "errs": False}},
+        runs={
+            "luffy": {"n_off": 1, "off_policy": "expert_trace", "errs": False},
+            "grpo_random_reward": {"n_off": 0, "reward": "random"},
+            "grpo_format_reward": {"n_off": 0, "reward": "format"},
+        },
     )
     monkeypatch.chdir(root)
-    assert main(["train", "--run", "luffy"]) == 2
-    err = capsys.readouterr().err
-    assert "local engine only" in err and "train.engine=local" in err and "Traceback" not in err
-    assert not (root / "runs").exists()
+    launched = []
+
+    def fake_launch(params, run, root=".", instance=None):
+        launched.append(
+            (run, params.run_algorithm(run).off_policy, params.run_algorithm(run).reward, instance)
+        )
+        return 0
+
+    monkeypatch.setattr(verl_engine, "launch", fake_launch)
+    for run in ("luffy", "grpo_random_reward", "grpo_format_reward"):
+        assert main(["train", "--run", run, "--seed", "1"]) == 0
+    assert launched == [
+        ("luffy", "expert_trace", "verifier", "luffy_s1"),
+        ("grpo_random_reward", "ief", "random", "grpo_random_reward_s1"),
+        ("grpo_format_reward", "ief", "format", "grpo_format_reward_s1"),
+    ]
+    assert (root / "metrics" / "train_luffy_s1.json").is_file()  # the DVC output of a verl run

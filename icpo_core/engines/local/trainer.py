@@ -55,8 +55,8 @@ from icpo_core.algorithm import (
     micro_batch_normalisation,
     plan_step,
 )
-from icpo_core.algorithm.control_rewards import control_rewards
-from icpo_core.algorithm.step import on_policy_rollouts
+from icpo_core.algorithm.control_rewards import control_rewards, control_rng
+from icpo_core.algorithm.step import on_policy_rollouts, step_seed
 from icpo_core.config import AlgorithmParams, Params
 from icpo_core.data.expert_traces import ExpertTrace, expert_trace
 from icpo_core.engines.local import checkpoint as ckpt
@@ -97,11 +97,6 @@ def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     if setting == "bfloat16" or (setting == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
-
-
-def step_seed(seed: int, step: int, stream: int) -> int:
-    """A 63-bit seed per (run seed, step, purpose): a step's randomness does not depend on earlier steps."""
-    return int(np.random.SeedSequence([seed, step, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def _file_digest(path: Path, whole: bool = True) -> str:
@@ -408,7 +403,7 @@ class LocalTrainer:
             verifier,
             texts,
             a.reward,
-            np.random.default_rng(step_seed(self.params.seed, step, 3)),
+            control_rng(self.params.seed, step),
             a.random_reward_p,
         )
         t_reward = time.perf_counter() - t0

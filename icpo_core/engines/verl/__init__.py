@@ -1,9 +1,11 @@
-"""verl engine: paper-scale GRPO / ICPO on Ray with vLLM rollouts (GPU nodes).
+"""verl engine: paper-scale GRPO / ICPO / LUFFY and the reward controls on Ray with vLLM rollouts (GPU nodes).
 
 - :mod:`.overrides`: ``build_command(params, run)`` / ``launch(params, run)``, params.yaml -> hydra overrides;
 - :mod:`.launcher`: ``python -m icpo_core.engines.verl.launcher``, hydra main + ICPO task runner;
 - :mod:`.trainer`: ``RayICPOTrainer`` (a ``RayPPOTrainer`` that installs the ICPO loss, logs ICPO metrics);
-- :mod:`.manager`: ``ICPOAgentLoopManager`` (IEF rows, ERRS, bonus, prompt restore around generation);
+- :mod:`.manager`: ``ICPOAgentLoopManager`` (IEF rows, ERRS, bonus, prompt restore around generation; LUFFY's
+  expert-trace rows; the control rewards);
+- :mod:`.expert_traces`: LUFFY's training file without target-less rows, its traces tokenised and graded once;
 - :mod:`.batch_ops`: those transforms on ``DataProto`` (no Ray, tested on CPU);
 - :mod:`.losses`: the ``icpo`` advantage estimator / policy loss and the actor loss given to ``set_loss_fn``;
 - :mod:`.plugin`: the ``verl.plugins`` entry point registering them on every ``import verl``;

@@ -91,8 +91,12 @@ def icpo_policy_loss_fn(
     *,
     ief_mask: torch.Tensor | None = None,
     gamma: float = 0.1,
+    clip: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Paper section 3.4 loss (dual-clip PPO on-policy, ``-A p/(p+gamma)`` on IEF tokens), verl's signature."""
+    """Paper section 3.4 loss (dual-clip PPO on-policy, ``-A p/(p+gamma)`` on IEF tokens), verl's signature.
+
+    The off-policy rows are IEF rows (ICPO) or expert traces (LUFFY); ``clip=False`` is LUFFY's
+    ``loss_remove_clip`` (``algorithm.clip_on_policy: false``): on-policy tokens get the plain ``-A r``."""
     if ief_mask is None:
         raise ValueError(
             "the 'icpo' policy loss needs the per-row IEF mask, which verl's stock ppo_loss does not pass; "
@@ -117,6 +121,7 @@ def icpo_policy_loss_fn(
         global_batch_size=info.get("global_batch_size"),
         dp_size=info.get("dp_size", 1) or 1,
         loss_scale_factor=info.get("loss_scale_factor"),
+        clip=clip,
     )
 
 
@@ -198,6 +203,7 @@ def icpo_ppo_loss(
     dp_group: Any = None,
     gamma: float = 0.1,
     released_loss_agg: bool = False,
+    clip_on_policy: bool = True,
 ):
     """verl 0.9.1's ``ppo_loss`` with the ICPO policy term: reads ``icpo_ief`` and passes it as ``ief_mask``.
 
@@ -209,6 +215,8 @@ def icpo_ppo_loss(
     :func:`icpo_core.algorithm.micro_batch_normalisation` states it: each term a masked mean over this
     micro-batch's own tokens, times the micro-batch's share of its rank's mini-batch rows (= 1 / number of
     micro-batches), ranks averaged by FSDP's gradient reduction.
+
+    ``clip_on_policy`` (``icpo.clip_on_policy``): false for LUFFY, whose on-policy tokens are not clipped.
     """
     from verl.utils.metric import AggregationType, Metric
     from verl.workers.utils.padding import no_padding_2_padding
@@ -262,6 +270,7 @@ def icpo_ppo_loss(
         config=config,
         ief_mask=ief_mask,
         gamma=gamma,
+        clip=clip_on_policy,
     )
     sums = token_metric_sums(
         log_prob.detach(),

@@ -36,6 +36,7 @@ RENAMES = {
 KEEP_PREFIXES = (
     "reward/",
     "icpo/",
+    "luffy/",
     "adv/",
     "actor/",
     "response/",

@@ -196,14 +196,15 @@ def verl_overrides(
             f"runs.{run}: algorithm.adv_eps must be {VERL_ADV_EPS} with train.engine verl (got {algo.adv_eps})"
         )
     t, v = params.train, params.train.verl
-    icpo = algo.n_off > 0
+    icpo = algo.n_off > 0  # ICPO and LUFFY: off-policy rows, the project's estimator name and loss
     prompt_len = preflight.ief_prompt_length(params, algo)
     # the prepare_val stage's benchmarks (data/val/<name>.parquet), then any extra parquet files
     val_files = [_abs(f, root) for f in [*val_parquet_paths(params), *v.val_files]]
     ov: dict[str, Any] = {
         "algorithm.adv_estimator": "icpo" if icpo else "grpo",
         "algorithm.norm_adv_by_std_in_grpo": algo.norm_adv_by_std,
-        "data.train_files": [_abs(paths.TRAIN_PARQUET, root)],
+        # LUFFY: the training parquet without rows lacking a target, written by launch()
+        "data.train_files": [_abs(train_file(params, run, name), root)],
         # verl always builds a validation set; with no val_benchmarks / val_files it reads a tiny stand-in (the
         # train file) and never validates
         "data.val_files": val_files or [_abs(paths.TRAIN_PARQUET, root)],
@@ -285,6 +286,29 @@ def verl_overrides(
         for key, value in ray_env_vars(env or {}).items():
             ov[f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}"] = value
     return ov
+
+
+def train_file(params: Params, run: str, name: str) -> Path:
+    """verl's ``data.train_files`` (relative): the training parquet, or for LUFFY (``off_policy: expert_trace``)
+    its copy without rows lacking a ``target`` (:func:`.expert_traces.expert_trace_train_path`, written by
+    :func:`launch`)."""
+    if params.run_algorithm(run).off_policy == "expert_trace":
+        from icpo_core.engines.verl.expert_traces import expert_trace_train_path
+
+        return expert_trace_train_path(name)
+    return paths.TRAIN_PARQUET
+
+
+def prepare_train_file(params: Params, run: str, root: str | Path = ".", instance: str | None = None) -> Path:
+    """Write LUFFY's training file (:func:`train_file`) from the training parquet; other runs read it as is."""
+    root = Path(root)
+    path = root / train_file(params, run, instance or run)
+    if params.run_algorithm(run).off_policy == "expert_trace":
+        from icpo_core.engines.verl.expert_traces import write_expert_trace_train
+
+        kept, dropped = write_expert_trace_train(root / paths.TRAIN_PARQUET, path)
+        print(f"LUFFY: {kept} training rows with an expert trace, {dropped} without one dropped", flush=True)
+    return path
 
 
 def lora_overrides(params: Params) -> dict[str, Any]:
@@ -408,8 +432,8 @@ def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
 
 
 def run_preflight(params: Params, run: str, root: str | Path = ".") -> None:
-    """The checks of :mod:`.preflight`: the verl pin and the attention fallback for every run, the plugin and the
-    IEF prompt budget for ICPO runs (GRPO needs neither)."""
+    """The checks of :mod:`.preflight`: the verl pin and the attention fallback for every run, the plugin for runs
+    with off-policy rows (ICPO, LUFFY) and the IEF prompt budget for ICPO runs (GRPO needs neither)."""
     preflight.check_verl_version()
     cpu = on_cpu(params)
     warning = preflight.attention_warning(cpu, cpu or flash_attn_available())
@@ -423,7 +447,7 @@ def run_preflight(params: Params, run: str, root: str | Path = ".") -> None:
 def launch(params: Params, run: str, root: str | Path = ".", instance: str | None = None) -> int:
     """Run the verl command of ``run``, streaming its output; returns its exit code.
 
-    Runs :func:`run_preflight`, opens the run's MLflow run (:func:`open_mlflow_run`; verl attaches to it) and
+    Runs :func:`run_preflight`, writes LUFFY's training file (:func:`prepare_train_file`), opens the run's MLflow run (:func:`open_mlflow_run`; verl attaches to it) and
     afterwards, also after a failure, exports verl's step log to ``metrics/steps_<run>.jsonl``
     (:func:`.metrics.export_steps`). A verl exit 0 that logged no new step while the checkpoint is short of
     ``train.steps`` is reported and returned as exit code 1 (verl can end a resumed run without training).
@@ -432,6 +456,7 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
     from icpo_core.engines.verl.metrics import export_steps, metrics_dir
 
     run_preflight(params, run, root)
+    prepare_train_file(params, run, root, instance)
     name = instance or run
     log_dir = Path(root) / metrics_dir(name)
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -61,10 +61,10 @@ def ief_prompt_length(params: Params, algo: AlgorithmParams) -> int:
     """Rollout prompt budget: the plain prompt plus k demos of up to the same length each.
 
     verl left-truncates any prompt longer than ``rollout.prompt_length`` (demos first), so IEF prompts need
-    room; GRPO keeps ``max_prompt_length``. After the prompt restore the extra padding costs the actor nothing.
+    room; GRPO and LUFFY (its expert traces are responses, not prompts) keep ``max_prompt_length``. After the prompt restore the extra padding costs the actor nothing.
     """
     base = params.train.max_prompt_length
-    return base if algo.n_off == 0 else base * (1 + algo.k_demos)
+    return base if algo.n_off == 0 or algo.off_policy != "ief" else base * (1 + algo.k_demos)
 
 
 def check_verl_version(installed: str | None = None) -> None:
@@ -134,7 +134,7 @@ def longest_ief_prompt(params: Params, run: str, root: str | Path = ".") -> tupl
 def check_ief_prompt_budget(params: Params, run: str, root: str | Path = ".") -> None:
     """Refuse an ICPO launch whose IEF prompts would be left-truncated (their demos cut) by the rollout."""
     algo = params.run_algorithm(run)
-    if algo.n_off == 0 or algo.released_demos_skip_generation:
+    if algo.n_off == 0 or algo.off_policy != "ief" or algo.released_demos_skip_generation:
         return
     longest, budget = longest_ief_prompt(params, run, root)
     if longest > budget:

@@ -22,13 +22,15 @@ from icpo_core.engines.verl.losses import finalize_actor_metrics, icpo_ppo_loss
 
 
 def make_actor_loss(config):
-    """The loss callable the actor workers run: ``icpo_ppo_loss`` bound to the actor config and gamma."""
+    """The loss callable the actor workers run: ``icpo_ppo_loss`` bound to the actor config, gamma, the released
+    aggregation switch and ``clip_on_policy`` (LUFFY: false)."""
     actor_cfg = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
     return partial(
         icpo_ppo_loss,
         config=actor_cfg,
         gamma=float(config.icpo.gamma),
         released_loss_agg=bool(config.icpo.get("released_loss_agg", False)),
+        clip_on_policy=bool(config.icpo.get("clip_on_policy", True)),
     )
 
 

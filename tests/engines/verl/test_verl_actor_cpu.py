@@ -177,9 +177,10 @@ def test_update_actor_matches_icpo_core(actor, tokenizer, train_parquet, demos_p
 # ------------------------------------------------------------------ one algorithm, two engines (issue: equivalence)
 
 
-def _local_trainer(worker, model_dir, n_off: int):
+def _local_trainer(worker, model_dir, n_off: int, run: str | None = None):
     """The local engine's trainer on the same weights as ``worker``, its update path unchanged; SGD as the worker
-    (the comparison is then of gradients: loss, aggregation, micro-batching and clipping of both engines)."""
+    (the comparison is then of gradients: loss, aggregation, micro-batching and clipping of both engines).
+    ``run``: a run of params.yaml (default ``icpo``, or ``grpo`` when ``n_off`` is 0)."""
     import yaml
     from transformers import AutoModelForCausalLM
 
@@ -198,7 +199,7 @@ def _local_trainer(worker, model_dir, n_off: int):
             },
         )
     )  # fmt: skip
-    trainer = LocalTrainer(params, "icpo" if n_off else "grpo", progress=False)
+    trainer = LocalTrainer(params, run or ("icpo" if n_off else "grpo"), progress=False)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     model.load_state_dict(_params(worker), strict=True)
     trainer.model = model
@@ -270,6 +271,57 @@ def _grpo_batch(tokenizer, train_parquet, model):
     return batch
 
 
+LUFFY_ICPO = {
+    "n_off": 1,
+    "off_policy": "expert_trace",
+    "errs": False,
+    "reward_shaping": False,
+    "norm_adv_by_std": False,
+    "clip_on_policy": False,
+}  # fmt: skip  (params.yaml runs.luffy)
+
+
+def _luffy_batch(tokenizer, train_parquet, model):
+    """A LUFFY batch as the manager builds it: n_on - n_off fake rollouts per prompt (distinct, with rewards 0 / 1)
+    plus the expert-trace row (``insert_expert_traces``), LUFFY's advantages (no std normalisation), old
+    log-probs off the current ones so that the PPO clip would bind on some on-policy tokens, ref log-probs."""
+    from icpo_core.config import AlgorithmParams
+    from icpo_core.data.expert_traces import expert_trace
+    from icpo_core.engines.verl.batch_ops import expert_trace_rows, insert_expert_traces, plan_expert_traces
+    from icpo_core.engines.verl.losses import icpo_advantage
+
+    algo = AlgorithmParams(n_on=N_ON, k_demos=1, **LUFFY_ICPO)
+    prompts = load_batch(tokenizer, train_parquet, 2).repeat(N_ON, interleave=True)
+    uids = np.asarray(prompts.non_tensor_batch["uid"])
+    generated, slots = expert_trace_rows(uids, algo)
+    out = fake_generate(tokenizer)(prompts.select_idxs(generated))
+    b = out.batch
+    width, resp_len = b["prompts"].shape[1], b["responses"].shape[1]
+    for k in range(len(out)):
+        b["responses"][k, 0] = 10 + k
+        b["input_ids"][k, width] = 10 + k
+        b["rm_scores"][k] = 0.0
+        b["rm_scores"][k, int(b["response_mask"][k].sum()) - 1] = float(k % 2)
+    nt = prompts.non_tensor_batch
+    traces = [expert_trace(tokenizer, list(nt["raw_prompt"][s]), nt["target"][s], resp_len) for s in slots]
+    batch = insert_expert_traces(
+        uids, out, generated, slots, traces, [1.0] * len(slots), tokenizer.pad_token_id
+    )
+    plan_expert_traces(uids, batch, algo, 1, 10)
+    with torch.no_grad():
+        logp = _response_logp(model, batch.batch)
+    noise = torch.randn(logp.shape, generator=torch.Generator().manual_seed(2))
+    batch.batch["old_log_probs"] = logp + 0.4 * noise
+    batch.batch["ref_log_prob"] = logp + 0.05 * torch.randn(
+        logp.shape, generator=torch.Generator().manual_seed(3)
+    )
+    batch.batch["advantages"], _ = icpo_advantage(
+        batch.batch["rm_scores"], batch.batch["response_mask"], uids, norm_adv_by_std_in_grpo=False
+    )
+    batch.meta_info.update(temperature=1.0, multi_turn=False)
+    return batch
+
+
 def test_old_log_probs_equal_local_trainer(actor, tokenizer, train_parquet, demos_parquet):
     """verl's ``compute_log_prob`` (the old policy of fit()) equals the local trainer's on the same rows."""
     from verl.utils import tensordict_utils as tu
@@ -289,11 +341,12 @@ def test_old_log_probs_equal_local_trainer(actor, tokenizer, train_parquet, demo
     torch.testing.assert_close(verl_lp[mask], local_lp[mask], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "icpo"])
+@pytest.mark.parametrize("algorithm", ["grpo", "icpo", "luffy"])
 def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_parquet, algorithm):
     """From the same weights and rows, one verl ``update_actor`` and one local ``LocalTrainer.update`` move every
     parameter by the same amount (atol 1e-7 on steps of up to ~1e-3: float32 summation order): GRPO with verl's
-    stock loss, ICPO (accepted IEF rows in the batch) with the project's loss installed by ``set_loss_fn``."""
+    stock loss, ICPO (accepted IEF rows in the batch) and LUFFY (expert-trace rows flagged off-policy, no PPO clip
+    on the rollouts: ``clip_on_policy: false``) with the project's loss installed by ``set_loss_fn``."""
     from functools import partial
 
     from omegaconf import OmegaConf
@@ -303,9 +356,15 @@ def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_p
     from icpo_core.engines.verl.trainer import make_actor_loss
 
     worker, cfg, model_dir = actor
-    n_off = N_OFF if algorithm == "icpo" else 0
-    trainer = _local_trainer(worker, model_dir, n_off)
-    if algorithm == "icpo":
+    n_off = {"grpo": 0, "icpo": N_OFF, "luffy": 1}[algorithm]
+    trainer = _local_trainer(worker, model_dir, n_off, run=algorithm)
+    if algorithm == "luffy":
+        batch = _luffy_batch(tokenizer, train_parquet, trainer.model)
+        flag = batch.batch["icpo_ief"].bool()
+        assert flag.tolist() == [False, False, False, True] * 2  # n_on - n_off rollouts, then the trace
+        assert trainer.algo.off_policy == "expert_trace" and not trainer.algo.clip_on_policy
+        worker.set_loss_fn(make_actor_loss(OmegaConf.merge(cfg, {"icpo": LUFFY_ICPO})))
+    elif algorithm == "icpo":
         batch, _ = _icpo_batch(tokenizer, train_parquet, demos_parquet, trainer.model)
         assert 0 < int(batch.batch["icpo_ief"].sum()) < len(batch)
         worker.set_loss_fn(make_actor_loss(cfg))
@@ -328,3 +387,28 @@ def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_p
         torch.testing.assert_close(after[name] - before[name], local_delta, atol=1e-7, rtol=1e-4)
         moved = max(moved, float(local_delta.abs().max()))
     assert moved > 1e-4  # a real step, not two zero updates
+    if algorithm == "luffy":
+        # the LUFFY switches mattered: with the PPO clip on the rollouts, or the trace trained as an on-policy
+        # row, the same SGD step from the same weights moves them otherwise
+        from transformers import AutoModelForCausalLM
+
+        from icpo_core.algorithm import compute_actor_loss
+
+        b = batch.batch
+        args = (b["old_log_probs"], b["ref_log_prob"], None, b["advantages"], b["response_mask"])
+        flag = b["icpo_ief"].bool()
+        for algo, ief in (
+            (trainer.algo.model_copy(update={"clip_on_policy": True}), flag),
+            (trainer.algo, torch.zeros_like(flag)),
+        ):
+            ref = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=torch.float32, attn_implementation="sdpa"
+            )
+            ref.load_state_dict(before, strict=True)
+            loss, _ = compute_actor_loss(_response_logp(ref, b), *args, ief, algo)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+            gap = max(
+                float((-LR * p.grad - (after[n] - before[n])).abs().max()) for n, p in ref.named_parameters()
+            )
+            assert gap > 1e-5

@@ -75,6 +75,30 @@ def test_icpo_ppo_loss_on_verl_data_path(tokenizer, train_parquet):
     assert 0 < m["actor/ief_token_frac"] < 1 and m["actor/ief_prob"] > 0
 
 
+def test_luffy_loss_has_no_on_policy_clip(tokenizer, train_parquet):
+    """``clip_on_policy: false`` (LUFFY) reaches the verl loss: the pure algorithm's unclipped loss, which here
+    differs from the clipped one (old log-probs far from the current ones)."""
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    from icpo_core.algorithm import compute_actor_loss
+    from icpo_core.config import AlgorithmParams
+    from icpo_core.engines.verl.losses import icpo_ppo_loss
+
+    out, td = _actor_data(tokenizer, train_parquet, ief_rows=[3, 7])
+    mo, _ = _fake_model_output(td, requires_grad=False)
+    luffy, _ = icpo_ppo_loss(_actor_cfg(), mo, td, gamma=0.1, clip_on_policy=False)
+    clipped, _ = icpo_ppo_loss(_actor_cfg(), mo, td, gamma=0.1)
+    logp = no_padding_2_padding(mo["log_probs"], td)
+    b = out.batch
+    args = (logp, b["old_log_probs"], b["ref_log_prob"], None, b["advantages"][:, 0], b["response_mask"])
+    algo = AlgorithmParams(
+        n_off=1, off_policy="expert_trace", errs=False, reward_shaping=False, clip_on_policy=False
+    )
+    expected, _ = compute_actor_loss(*args, b["icpo_ief"].bool(), algo)
+    torch.testing.assert_close(luffy, expected)
+    assert abs(float(luffy - clipped)) > 1e-3
+
+
 def test_no_ief_rows_equals_verl_ppo_loss(tokenizer, train_parquet):
     """GRPO is the n_off = 0 case: with no IEF row our loss equals verl's stock ppo_loss (vanilla)."""
     from verl.workers.utils.losses import ppo_loss

@@ -23,13 +23,17 @@ def _config(demos_parquet, **icpo):
         {
             "icpo": base,
             "trainer": {"total_training_steps": 10},
-            "actor_rollout_ref": {"rollout": {"n": N_ON}, "actor": {"optim": {"total_training_steps": 10}}},
+            "actor_rollout_ref": {
+                "rollout": {"n": N_ON, "response_length": 8},
+                "actor": {"optim": {"total_training_steps": 10}},
+            },
         }
     )
 
 
-def _manager(monkeypatch, tokenizer, demos_parquet, n_workers=4, **icpo):
-    """The real manager class, its stock generate_sequences replaced by the fake server (no Ray)."""
+def _manager(monkeypatch, tokenizer, demos_parquet, n_workers=4, score_fn=None, **icpo):
+    """The real manager class, its stock generate_sequences replaced by the fake server (no Ray); ``tokenizer``
+    is also the policy's (LUFFY's traces, the format control), ``score_fn`` the verifier of the traces."""
     from verl.experimental.agent_loop import AgentLoopManager
 
     from icpo_core.engines.verl.manager import ICPOAgentLoopManager
@@ -45,7 +49,7 @@ def _manager(monkeypatch, tokenizer, demos_parquet, n_workers=4, **icpo):
     monkeypatch.setattr(AgentLoopManager, "generate_sequences", fake_stock)
     mgr = ICPOAgentLoopManager.__new__(ICPOAgentLoopManager)
     mgr.agent_loop_workers = [None] * n_workers
-    mgr._setup_icpo(_config(demos_parquet, **icpo))
+    mgr._setup_icpo(_config(demos_parquet, **icpo), tokenizer=tokenizer, score_fn=score_fn)
     return mgr, gen, calls
 
 
@@ -176,3 +180,210 @@ def test_rollout_n_must_match(demos_parquet):
     mgr = ICPOAgentLoopManager.__new__(ICPOAgentLoopManager)
     with pytest.raises(ValueError, match="rollout.n"):
         mgr._setup_icpo(cfg)
+
+
+# ------------------------------------------------------------------ LUFFY (off_policy: expert_trace)
+
+LUFFY = {"off_policy": "expert_trace", "n_off": 1, "errs": False, "reward_shaping": False}
+LONG_TARGET = "1 plus 1 = " + "1 " * 10 + "\\boxed{2}"  # 16 tokens: cut at the 8-token response width
+
+
+def _graded(calls):
+    """The trace verifier: the last boxed answer equals the ground truth (records its calls)."""
+    from icpo_core.rewards import last_boxed
+
+    def score(data_source, text, ground_truth, extra_info):
+        calls.append(text)
+        return float(last_boxed(text) == ground_truth)
+
+    return score
+
+
+def _luffy_parquet(tmp_path, targets):
+    from verl_fixtures import project_rows
+
+    df = project_rows(len(targets))
+    df["target"] = [df["target"][i] if t is None else t for i, t in enumerate(targets)]
+    path = tmp_path / "luffy_train.parquet"
+    df.to_parquet(path)
+    return path
+
+
+def test_luffy_step_inserts_expert_traces(monkeypatch, tmp_path, demos_parquet):
+    from verl_fixtures import boxed_tokenizer
+
+    from icpo_core.data.expert_traces import expert_trace
+
+    tok = boxed_tokenizer()
+    graded: list[str] = []
+    mgr, gen, calls = _manager(monkeypatch, tok, demos_parquet, score_fn=_graded(graded), **LUFFY)
+    assert mgr.pool is None  # LUFFY draws no demos
+    train = _luffy_parquet(tmp_path, [None, LONG_TARGET, None])
+    batch, gen_batch = _rollout_batch(tok, train, step=2)
+    out = mgr.generate_sequences(gen_batch)
+
+    # vLLM was asked for n_on - n_off = 3 rollouts per prompt only (9 rows, padded to the 4 workers: 12)
+    assert calls == [12]
+    assert all(len(m) == 1 for m in gen.seen[:9])
+    assert len(out) == N_PROMPTS * N_ON
+    flag = out.batch["icpo_ief"].bool()
+    assert flag.tolist() == [False, False, False, True] * N_PROMPTS  # the trace in the group's last slot
+    assert "rollout_log_probs" not in out.batch.keys()  # noqa: SIM118
+    assert out.meta_info == {"reward_extra_keys": ["acc"]}  # the agent loop's meta info, as generated
+    b = out.batch
+    width = b["prompts"].shape[1]
+    for g in range(N_PROMPTS):
+        t = g * N_ON + N_ON - 1
+        msgs = list(batch.non_tensor_batch["raw_prompt"][g])
+        want = expert_trace(tok, msgs, batch.non_tensor_batch["target"][g], 8)
+        n = len(want.ids)
+        assert b["responses"][t, :n].tolist() == list(want.ids)
+        assert (b["responses"][t, n:] == tok.pad_token_id).all()
+        assert b["response_mask"][t].tolist() == [1] * n + [0] * (8 - n)
+        assert torch.equal(b["attention_mask"][t, width:], b["response_mask"][t])
+        assert torch.equal(b["input_ids"][t, width:], b["responses"][t])
+        for i in range(g * N_ON, t):  # the same plain prompt as the group's rollouts
+            assert torch.equal(b["prompts"][t], b["prompts"][i])
+            assert torch.equal(b["attention_mask"][t, :width], b["attention_mask"][i, :width])
+        am = b["attention_mask"][t]
+        assert torch.equal(b["position_ids"][t], torch.clip(torch.cumsum(am, 0) - 1, min=0))
+        assert list(out.non_tensor_batch["raw_prompt"][t]) == msgs
+    # row 0's trace is whole (ends in end-of-turn, graded right); row 1's is cut at 8 tokens before its answer
+    assert tok.decode(b["responses"][3, :7].tolist(), skip_special_tokens=True) == "0 plus 0 = 0 \\boxed{0}"
+    assert b["responses"][3, 6] == tok.eos_token_id
+    assert int(b["response_mask"][7].sum()) == 8 and tok.eos_token_id not in b["responses"][7].tolist()
+    scores = b["rm_scores"].sum(-1)
+    assert scores[flag].tolist() == [1.0, 0.0, 1.0]
+    assert out.non_tensor_batch["acc"].tolist() == scores.tolist()  # verl's reward info follows the rows
+    assert (scores[~flag] == 0).all()  # the fake server's rollouts are wrong
+    m = mgr.last_metrics
+    assert m["luffy/trace_truncated"] == 1.0
+    assert m["icpo/ief_generated"] == 3 and m["icpo/ief_accepted"] == 3 and m["icpo/bonus"] == 0.0
+    assert m["reward/expert_region"] == pytest.approx(2 / 3) and m["reward/on_policy"] == 0.0
+    assert m["perf/expert_tokens"] == 7 + 8 + 7
+    assert m["icpo/groups_with_signal"] == pytest.approx(2 / 3)
+
+    # traces are graded once per row, not once per step
+    mgr.generate_sequences(_rollout_batch(tok, train, step=3)[1])
+    assert len(graded) == 3
+
+    # verl's trainer side: the batch unions with the repeated batch; LUFFY's advantages (no std normalisation)
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    import icpo_core.engines.verl.plugin  # noqa: F401
+
+    full = batch.repeat(N_ON, interleave=True).union(out)
+    full.batch["token_level_rewards"] = full.batch["rm_scores"]
+    adv = compute_advantage(
+        full,
+        adv_estimator="icpo",
+        norm_adv_by_std_in_grpo=False,
+        config=OmegaConf.create({"norm_adv_by_std_in_grpo": False}),  # verl passes the algorithm config
+    ).batch["advantages"]
+    per_row = (adv * full.batch["response_mask"]).sum(-1) / full.batch["response_mask"].sum(-1)
+    assert per_row[3].item() == pytest.approx(0.75) and per_row[0].item() == pytest.approx(-0.25)
+    assert per_row[4:8].abs().max().item() < 1e-6  # group 1: every row wrong, no signal
+
+
+def test_luffy_row_without_target_is_refused(monkeypatch, tmp_path, demos_parquet):
+    from verl_fixtures import boxed_tokenizer
+
+    from icpo_core.errors import DataError
+
+    tok = boxed_tokenizer()
+    mgr, _, _ = _manager(monkeypatch, tok, demos_parquet, score_fn=_graded([]), **LUFFY)
+    _, gen_batch = _rollout_batch(tok, _luffy_parquet(tmp_path, [None, "", None]))
+    with pytest.raises(DataError, match="no `target`"):
+        mgr.generate_sequences(gen_batch)
+
+
+# ------------------------------------------------------------------ reward controls (reward: random | format)
+
+
+def test_random_reward_control_flips_the_local_engine_coins(
+    monkeypatch, tokenizer, train_parquet, demos_parquet
+):
+    from icpo_core.algorithm.step import step_seed
+
+    mgr, _, _ = _manager(
+        monkeypatch, tokenizer, demos_parquet, n_off=0, reward="random", random_reward_p=0.5, seed=7
+    )
+    outs = {}
+    for step in (4, 5):
+        out = mgr.generate_sequences(_rollout_batch(tokenizer, train_parquet, step=step)[1])
+        # the local engine's rule: trajectory i of step t gets draw i of default_rng(step_seed(seed, t, 3))
+        want = (np.random.default_rng(step_seed(7, step, 3)).random(12) < 0.5).astype(float)
+        got = out.batch["rm_scores"].sum(-1).numpy()
+        np.testing.assert_array_equal(got, want)
+        # on the last response token, where verl's reward loop puts it
+        last = out.batch["response_mask"].sum(-1) - 1
+        np.testing.assert_array_equal(out.batch["rm_scores"][torch.arange(12), last].numpy(), want)
+        assert mgr.last_metrics["reward/verifier_on_policy"] == 0.0  # what the verifier said (all wrong)
+        assert mgr.last_metrics["reward/on_policy"] == pytest.approx(want.mean())
+        outs[step] = got
+    assert 0 < outs[4].sum() < 12 and not np.array_equal(outs[4], outs[5])
+
+
+def test_controls_follow_the_local_trajectory_order(tokenizer, train_parquet, demos_parquet):
+    """ICPO rows: per prompt its N_on on-policy rows, then its N_off IEF rows (the local rollout layout)."""
+    from icpo_core.algorithm import DemoPool
+    from icpo_core.algorithm.control_rewards import control_rng
+    from icpo_core.config import AlgorithmParams
+    from icpo_core.engines.verl.batch_ops import apply_reward_control, expand_with_ief, group_major_order
+
+    algo = AlgorithmParams(n_on=N_ON, n_off=2, reward="random", random_reward_p=0.3)
+    _, gen_batch = _rollout_batch(tokenizer, train_parquet)
+    uids = np.asarray(gen_batch.non_tensor_batch["uid"])
+    ext, src = expand_with_ief(
+        gen_batch, algo, DemoPool.from_parquet(demos_parquet), SUFFIX, np.random.default_rng(0)
+    )
+    out = fake_generate(tokenizer)(ext)
+    n = len(uids)
+    order = group_major_order(np.concatenate([uids, uids[src]]), [False] * n + [True] * len(src))
+    assert order[:6] == [0, 1, 2, 3, n, n + 1] and order[6:12] == [4, 5, 6, 7, n + 2, n + 3]
+    m = apply_reward_control(
+        out, np.concatenate([uids, uids[src]]), [False] * n + [True] * len(src), algo, control_rng(3, 2)
+    )
+    flips = (control_rng(3, 2).random(len(order)) < 0.3).astype(float)
+    np.testing.assert_array_equal(out.batch["rm_scores"].sum(-1).numpy()[order], flips)
+    assert m == {"reward/verifier_on_policy": 0.0}  # the verifier's IEF rows (right) are not on-policy ones
+
+
+def test_format_reward_control(monkeypatch, train_parquet, demos_parquet):
+    """1 for a response with a \\boxed{} answer, right or wrong: IEF rows (boxed) get 1, plain rows ('99') 0."""
+    from verl_fixtures import boxed_tokenizer
+
+    tok = boxed_tokenizer()
+    mgr, _, _ = _manager(
+        monkeypatch, tok, demos_parquet, n_off=2, reward="format", errs=False, reward_shaping=False
+    )
+    out = mgr.generate_sequences(_rollout_batch(tok, train_parquet, step=2)[1])
+    flag = out.batch["icpo_ief"].bool()
+    assert flag.sum() == N_PROMPTS * 2
+    scores = out.batch["rm_scores"].sum(-1)
+    assert scores.tolist() == [float(f) for f in flag.tolist()]
+
+    # a wrong boxed answer scores 1 too: the fake server's IEF answers, with the ground truth changed
+    mgr, gen, _ = _manager(
+        monkeypatch, tok, demos_parquet, n_off=2, reward="format", errs=False, reward_shaping=False
+    )
+    _, gb = _rollout_batch(tok, train_parquet, step=2)
+    for rm in gb.non_tensor_batch["reward_model"]:
+        rm["ground_truth"] = "7"
+    out = mgr.generate_sequences(gb)
+    assert out.batch["rm_scores"].sum(-1)[out.batch["icpo_ief"].bool()].tolist() == [1.0] * 6
+
+
+def test_policy_tokenizer_is_the_models_with_its_custom_template(tmp_path, tokenizer, demos_parquet):
+    """Without a given tokenizer the manager loads the policy's (``model.path``), as verl's agent loop does."""
+    from icpo_core.engines.verl.manager import ICPOAgentLoopManager
+
+    tokenizer.save_pretrained(tmp_path / "model")
+    cfg = _config(demos_parquet, **LUFFY)
+    cfg.actor_rollout_ref.model = {"path": str(tmp_path / "model"), "custom_chat_template": "{{ 'x' }}"}
+    mgr = ICPOAgentLoopManager.__new__(ICPOAgentLoopManager)
+    mgr._setup_icpo(cfg)
+    tok = mgr.policy_tokenizer
+    assert tok.chat_template == "{{ 'x' }}" and tok.eos_token_id == tokenizer.eos_token_id
+    assert mgr.policy_tokenizer is tok  # loaded once
+    assert mgr.trace_book.max_response_length == 8  # rollout.response_length

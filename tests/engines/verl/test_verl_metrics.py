@@ -32,3 +32,24 @@ def test_export_merges_launches_and_renames(tmp_path):
         {"step": 2, "actor/kl": 0.25, "icpo/accept_rate": 0.5},
         {"step": 3},
     ]
+
+
+def test_luffy_and_control_metrics_reach_the_step_log(tmp_path):
+    """The names the local engine logs for LUFFY and the reward controls survive the export."""
+    d = tmp_path / metrics_dir("luffy")
+    data = {
+        "luffy/trace_truncated": 2.0,
+        "perf/expert_tokens": 16.0,
+        "reward/verifier_on_policy": 0.5,
+        "x/y": 1,
+    }
+    _write(d / "20261122-040000.jsonl", [(1, data)])
+    rows = [json.loads(line) for line in export_steps("luffy", tmp_path).read_text().splitlines()]
+    assert rows == [
+        {
+            "step": 1,
+            "luffy/trace_truncated": 2.0,
+            "perf/expert_tokens": 16.0,
+            "reward/verifier_on_policy": 0.5,
+        }
+    ]

@@ -16,7 +16,16 @@ from icpo_core.config import load_params, parse_params
 from icpo_core.engines.verl import overrides as ov
 
 ROOT = Path(__file__).resolve().parents[3]
-RUNS = ["grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
+RUNS = [
+    "grpo",
+    "icpo",
+    "icpo_rs",
+    "icpo_no_errs",
+    "icpo_released",
+    "luffy",
+    "grpo_random_reward",
+    "grpo_format_reward",
+]
 PROFILES = ["embedded", "paper_qwen3_1_7b", "paper_qwen3_8b"]
 
 # The released Qwen3 scripts' values (docs/method.md, "Paper-scale settings").
@@ -149,6 +158,8 @@ def test_paper_profiles_equal_released_scripts(composed, profile):
     for run in RUNS:
         cfg = cfgs[profile, run]
         for key, want in {**RELEASED, **PER_MODEL[profile]}.items():
+            if run == "luffy" and key == "algorithm.norm_adv_by_std_in_grpo":
+                want = False  # LUFFY's own setting (runs.luffy), not the ICPO scripts'
             assert _get(cfg, key) == want, (profile, run, key)
         assert cfg.data.val_files == [str(root / "data" / "val" / f"{b}.parquet") for b in RELEASED_VAL]
     # the only deliberate differences: IEF prompt room, entropy bonus only on the released run
@@ -156,7 +167,12 @@ def test_paper_profiles_equal_released_scripts(composed, profile):
     assert grpo.actor_rollout_ref.rollout.prompt_length == 4096
     assert grpo.actor_rollout_ref.rollout.max_num_batched_tokens == 12288  # released value
     assert icpo.actor_rollout_ref.rollout.prompt_length == 8192
-    assert [cfgs[profile, r].actor_rollout_ref.actor.entropy_coeff for r in RUNS] == [0, 0, 0, 0, 0.001]
+    luffy = cfgs[profile, "luffy"]
+    assert luffy.actor_rollout_ref.rollout.prompt_length == 4096  # traces are responses, not prompt room
+    assert luffy.icpo.off_policy == "expert_trace" and luffy.icpo.clip_on_policy is False
+    assert cfgs[profile, "grpo_random_reward"].icpo.reward == "random"
+    entropy = {r: cfgs[profile, r].actor_rollout_ref.actor.entropy_coeff for r in RUNS}
+    assert entropy == {r: 0.001 if r == "icpo_released" else 0 for r in RUNS}
 
 
 def test_every_run_composes_with_its_method(composed):
@@ -172,7 +188,9 @@ def test_every_run_composes_with_its_method(composed):
         assert cfg.trainer.experiment_name == run
         assert cfg.trainer.default_local_dir == str(root / "runs" / run / "checkpoints")
         assert cfg.trainer.max_actor_ckpt_to_keep == params.train.max_ckpt_to_keep
-        assert cfg.data.train_files == [str(root / "data" / "train.parquet")]
+        # LUFFY reads the training parquet without target-less rows, written at launch into the run's folder
+        train = root / ("runs/luffy/expert_trace_train.parquet" if run == "luffy" else "data/train.parquet")
+        assert cfg.data.train_files == [str(train)]
         val = [str(root / "data" / "val" / f"{b}.parquet") for b in params.train.verl.val_benchmarks]
         assert val and cfg.data.val_files == val  # every profile validates (embedded: a synthetic level)
         assert cfg.trainer.test_freq == params.train.verl.test_freq and cfg.trainer.val_before_train is True
@@ -183,6 +201,15 @@ def test_every_run_composes_with_its_method(composed):
         assert cfg.icpo.prompt_suffix == params.train_prompt_suffix
         assert cfg.icpo.demo_path == str(root / "data" / "demos.parquet")
         assert cfg.reward.custom_reward_function.path == ov.REWARD_PATH
+
+
+def test_luffy_actor_loss_drops_the_on_policy_clip(composed):
+    """The loss RayICPOTrainer installs on LUFFY's actor workers has no PPO clip on the rollouts."""
+    from icpo_core.engines.verl.trainer import make_actor_loss
+
+    cfgs, _ = composed
+    assert make_actor_loss(cfgs["embedded", "luffy"]).keywords["clip_on_policy"] is False
+    assert make_actor_loss(cfgs["embedded", "icpo"]).keywords["clip_on_policy"] is True
 
 
 def test_validation_multinode_and_extra_overrides(tmp_path):
@@ -329,6 +356,17 @@ def test_cli_prints_shell_quoted_command(tmp_path):
     assert words[i : i + 3] == ["python", "-m", ov.LAUNCHER_MODULE]
     algo = load_params(ROOT / "params.yaml").run_algorithm("icpo")
     assert f"icpo.n_off={algo.n_off}" in words and f"actor_rollout_ref.rollout.n={algo.n_on}" in words
+    assert "note:" not in r.stderr
+    # LUFFY's command reads the training file `icpo train` writes at launch, and says so
+    r = subprocess.run(
+        [sys.executable, "-m", "icpo_core.cli", "--params", str(ROOT / "params.yaml"), "verl-cmd", "--run", "luffy"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    files = [w for w in shlex.split(r.stdout) if w.startswith("data.train_files=")]
+    assert files == [f'data.train_files=["{ROOT / "runs/luffy/expert_trace_train.parquet"}"]']
+    assert "note: the command reads runs/luffy/expert_trace_train.parquet" in r.stderr
+    assert "icpo train --run luffy" in r.stderr
     r = subprocess.run(
         [sys.executable, "-m", "icpo_core.cli", "--params", str(ROOT / "params.yaml"), "verl-cmd", "--run", "nope"],
         capture_output=True, text=True, cwd=ROOT, timeout=60,

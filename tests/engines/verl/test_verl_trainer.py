@@ -78,6 +78,9 @@ def test_hooks_install_loss_and_add_metrics(trainer, monkeypatch):
     tr.init_workers()
     fn = tr.actor_rollout_wg.loss_fn
     assert fn.func is icpo_ppo_loss and fn.keywords["gamma"] == 0.1
+    assert (
+        fn.keywords["clip_on_policy"] is True
+    )  # ICPO keeps the PPO clip; LUFFY's is off (test_verl_overrides)
     assert fn.keywords["config"].kl_loss_type == "low_var_kl" and fn.keywords["config"].clip_ratio_c == 3.0
     pickle.dumps(fn.keywords["config"])
 
