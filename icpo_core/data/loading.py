@@ -195,10 +195,23 @@ def load_table(
 
 def require_columns(ds: datasets.Dataset, needed: Iterable[str], *, source: str, layout: str) -> None:
     """Raise DataError naming ``source`` and the missing columns when ``ds`` lacks any of ``needed``."""
+    require_column_names(ds.column_names, needed, source=source, layout=layout)
+
+
+def require_column_names(columns: list[str], needed: Iterable[str], *, source: str, layout: str) -> None:
+    """:func:`require_columns` for a list of column names (a JSONL file's keys)."""
     needed = list(needed)
-    missing = [c for c in needed if c not in ds.column_names]
+    missing = [c for c in needed if c not in columns]
     if missing:
         raise DataError(
-            f"{source}: missing column(s) {missing} for the {layout} layout; expected {needed}, "
-            f"found {ds.column_names}"
+            f"{source}: missing column(s) {missing} for the {layout} layout; expected {needed}, found {columns}"
         )
+
+
+def dropped_summary(dropped: dict[str, int], first: dict[str, int], unit: str = "row") -> str:
+    """``"bad_json 1 (first: line 3), no_answer 2 (first: line 5)"``, or ``"none"``."""
+    parts = [
+        f"{k} {v}" + (f" (first: {unit} {first[k]})" if k in first else "")
+        for k, v in sorted(dropped.items())
+    ]
+    return ", ".join(parts) or "none"

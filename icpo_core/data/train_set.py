@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icpo_core.data import openr1, schema, synthetic
-from icpo_core.data.loading import JsonlRows, is_jsonl, load_table, read_jsonl
+from icpo_core.data.loading import JsonlRows, dropped_summary, is_jsonl, load_table, read_jsonl
 from icpo_core.errors import DataError
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class TrainStats:
     tokens: dict[str, float] = field(default_factory=dict)
     # reason -> the first dropped row's number in the source (1-based; a JSONL file's line number)
     first_dropped_row: dict[str, int] = field(default_factory=dict)
+    row_unit: str = "row"  # "line" for a JSONL file
 
     def drop(self, reasons: Counter[str]) -> None:
         for reason, n in reasons.items():
@@ -63,15 +64,6 @@ ROW_NEEDS = {
     "marking one of them correct",
     "synthetic": "a generated problem (check data.synthetic)",
 }
-
-
-def dropped_summary(dropped: dict[str, int], first: dict[str, int], unit: str = "row") -> str:
-    """``"bad_json 1 (first: line 3), no_answer 2 (first: line 5)"``, or ``"none"``."""
-    parts = [
-        f"{k} {v}" + (f" (first: {unit} {first[k]})" if k in first else "")
-        for k, v in sorted(dropped.items())
-    ]
-    return ", ".join(parts) or "none"
 
 
 def _synthetic_rows(params: Params) -> list[dict[str, Any]]:
@@ -243,7 +235,7 @@ def build_train_set(params: Params, out_path: str | Path, tokenizer_dir: str | P
     stats = TrainStats(source=train.source, dataset=name, layout=layout, rows_in=len(norm))
     stats.drop(Counter(norm["drop"]))
     stats.first_dropped_row = _first_dropped(norm)
-    unit = "line" if "row" in norm.column_names else "row"
+    unit = stats.row_unit = "line" if "row" in norm.column_names else "row"
     if stats.dropped:
         log.warning(
             "%s: %d of %d rows dropped: %s",

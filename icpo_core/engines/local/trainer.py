@@ -61,7 +61,7 @@ from icpo_core.config import AlgorithmParams, Params
 from icpo_core.data.expert_traces import ExpertTrace, expert_trace
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local import lora, steplog
-from icpo_core.engines.local.data import PromptRow, chat_ids, load_prompts, take
+from icpo_core.engines.local.data import PromptRow, chat_ids, load_demo_pool, load_prompts, take
 from icpo_core.engines.local.logprobs import (
     SequenceBatch,
     batched_log_probs,
@@ -289,10 +289,7 @@ class LocalTrainer:
             and self.algo.n_off > 0
             and not self.algo.released_demos_skip_generation
         ):
-            demo_path = self.root / paths.DEMOS_PARQUET
-            if not demo_path.is_file():
-                raise DataError(f"{demo_path}: demo cache not found; run `icpo prepare-demos`")
-            self.demos = DemoPool.from_parquet(demo_path)
+            self.demos = load_demo_pool(self.root / paths.DEMOS_PARQUET, self.algo.k_demos)
 
     def _load_expert_traces(self) -> None:
         """LUFFY: every prompt's expert trace, tokenised once (:func:`expert_trace`); prompts without a ``target``
