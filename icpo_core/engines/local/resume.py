@@ -32,6 +32,9 @@ RESUME_SAFE_KEYS = (
     "train.vllm.threads_bind",
     "train.vllm.enforce_eager",
 )
+# Compared, although a user may expect otherwise: train.steps (T enters every step's expert bonus alpha * (1 - t/T),
+# paper section 3.3, so a longer run is a different run), train.rollout_backend / train.vllm.dtype /
+# train.autocast (other samples and numerics), train.grade_timeout_s (a timeout grades 0).
 # Not compared either, as they are not in the hashed sections at all: tracking (MLflow), progress bars / logging
 # (command-line flags), bench, report, study. The inputs (data/*.parquet, the base model, the data and model
 # sections) are in the run's config fingerprint: a changed input starts the run over (trainer.py).
