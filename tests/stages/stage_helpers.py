@@ -36,10 +36,12 @@ def steps(root: Path, run: str) -> list[int]:
 
 
 def step_rows(root: Path, run: str) -> list[dict]:
+    """The rows of ``metrics/steps_<run>.jsonl``; a last line still being written (no newline yet) is left out."""
     path = root / "metrics" / f"steps_{run}.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    complete = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in complete if line.strip()]
 
 
 def reap(pgid: int, timeout_s: float = 10.0) -> None:
