@@ -88,8 +88,8 @@ def _read_line(f: BinaryIO, limit: int) -> tuple[bytes, bool]:
 
 def read_jsonl(path: str | Path, *, max_line_bytes: int | None = None) -> JsonlRows:
     """Read a JSONL file line by line; blank lines are skipped, damaged ones recorded in ``bad`` by reason:
-    ``not_utf8``, ``bad_json``, ``not_an_object`` or ``oversized_text`` (a line over ``max_line_bytes``,
-    default :data:`MAX_LINE_BYTES`)."""
+    ``not_utf8``, ``bad_json``, ``not_an_object`` or ``oversized_text`` (a line over ``max_line_bytes``, its
+    newline not counted; default :data:`MAX_LINE_BYTES`)."""
     limit = MAX_LINE_BYTES if max_line_bytes is None else max_line_bytes
     out = JsonlRows(Path(path))
     try:

@@ -71,6 +71,16 @@ def test_a_10mb_line_is_skipped_without_holding_it(tmp_path):
     assert peak < 5 * 1_000_000 <= len(BIG) // 2  # bounded by the cap, never the whole 10 MB line
 
 
+def test_line_cap_is_exact(tmp_path):
+    row = b'{"problem": "1+1?", "answer": "2"}'  # 34 bytes
+    path = tmp_path / "cap.jsonl"
+    path.write_bytes(row + b"\n" + row + b" \n" + row + b"  ")  # 34, 35 and 36 bytes (the last without newline)
+    assert loading.read_jsonl(path, max_line_bytes=34).bad == [(2, "oversized_text"), (3, "oversized_text")]
+    table = loading.read_jsonl(path, max_line_bytes=35)
+    assert table.lines == [1, 2] and table.bad == [(3, "oversized_text")]
+    assert loading.read_jsonl(path, max_line_bytes=36).lines == [1, 2, 3]
+
+
 def test_local_train_jsonl_drops_and_counts_broken_rows(make_params, tmp_path, tokenizer_dir, caplog):
     path = tmp_path / "mine.jsonl"
     damaged_train_jsonl(path)
