@@ -74,7 +74,9 @@ def test_a_10mb_line_is_skipped_without_holding_it(tmp_path):
 def test_line_cap_is_exact(tmp_path):
     row = b'{"problem": "1+1?", "answer": "2"}'  # 34 bytes
     path = tmp_path / "cap.jsonl"
-    path.write_bytes(row + b"\n" + row + b" \n" + row + b"  ")  # 34, 35 and 36 bytes (the last without newline)
+    path.write_bytes(
+        row + b"\n" + row + b" \n" + row + b"  "
+    )  # 34, 35 and 36 bytes (the last without newline)
     assert loading.read_jsonl(path, max_line_bytes=34).bad == [(2, "oversized_text"), (3, "oversized_text")]
     table = loading.read_jsonl(path, max_line_bytes=35)
     assert table.lines == [1, 2] and table.bad == [(3, "oversized_text")]
