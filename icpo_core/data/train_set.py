@@ -155,10 +155,14 @@ def _normalized_jsonl(
             f"{dropped_summary(dict(bad), first, 'line')}); each line must be a JSON object (UTF-8) with "
             f"{ROW_NEEDS['plain']}, or the verl/LUFFY or OpenR1-Math columns"
         )
+    # the file's layout is its rows' most common one: a stray row with other keys does not change it (that row
+    # lacks the layout's fields and is dropped for it)
+    votes = Counter(openr1.detect_layout(list(r)) for r in rows.rows)
+    votes.pop(None, None)
+    layout = votes.most_common(1)[0][0] if votes else None
     if hub is None:
-        layout = _local_layout(name, rows.columns)
+        layout = layout or _local_layout(name, rows.columns)
     else:
-        layout = openr1.detect_layout(rows.columns) or ""
         _require_layout(name, layout, rows.columns, *hub)
     normalize = openr1.NORMALIZERS[layout]
     out: dict[str, list[Any]] = {k: [] for k in (*_NORM_FEATURES, "row")}

@@ -171,6 +171,17 @@ def test_luffy_jsonl_with_wrong_types(make_params, tmp_path):
     assert stats.dropped == {"wrong_type": 4} and stats.first_dropped_row == {"wrong_type": 2}
 
 
+def test_a_stray_row_in_another_layout_does_not_change_the_files_layout(make_params, tmp_path, tokenizer_dir):
+    path = tmp_path / "mine.jsonl"
+    stray = {"prompt": [{"role": "user", "content": "Compute 3+4."}], "reward_model": {"ground_truth": "7"}}
+    rows = [{"problem": f"What is {i}+1?", "answer": str(i + 1)} for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in [rows[0], stray, *rows[1:]]))
+    params = make_params({"data": {"train": {"source": "local", "path": str(path)}}})
+    stats = build_train_set(params, tmp_path / "train.parquet", tokenizer_dir)
+    assert stats.layout == "plain" and stats.rows_kept == 3
+    assert stats.dropped == {"no_problem": 1} and stats.first_dropped_row == {"no_problem": 2}
+
+
 def test_jsonl_with_no_usable_line_names_the_file_and_a_row(make_params, tmp_path, tokenizer_dir):
     path = tmp_path / "broken.jsonl"
     path.write_bytes(b"\xff\xfe not text\n[1, 2]\n{cut\n")
