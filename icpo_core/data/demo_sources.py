@@ -27,8 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 from icpo_core.data import synthetic
 from icpo_core.data.answers import ensure_boxed_ending, last_boxed
-from icpo_core.data.loading import load_table, require_columns
-from icpo_core.data.openr1 import answer_problem
+from icpo_core.data.loading import (
+    WRONG_TYPE,
+    dropped_summary,
+    is_jsonl,
+    load_table,
+    read_jsonl,
+    require_column_names,
+    require_columns,
+)
+from icpo_core.data.openr1 import answer_problem, text_field
 from icpo_core.errors import DataError
 
 if TYPE_CHECKING:
@@ -50,38 +58,66 @@ class DemoStats:
     rows_in: int = 0
     rows_kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    # reason -> the first dropped row's number in the source (1-based; a JSONL file's line number)
+    first_dropped_row: dict[str, int] = field(default_factory=dict)
+    row_unit: str = "row"
 
 
 @dataclass
 class Candidate:
-    """A raw demo before checks: ``answer`` may be None (then the solution's last box is used)."""
+    """A raw demo before checks: ``answer`` may be None (then the solution's last box is used).
+
+    ``row``: its row (line of a JSONL file) in the source, for messages; ``drop``: a reason already known (a
+    damaged line) -- the candidate is counted and dropped."""
 
     id: str
     problem: Any
     solution: Any
     answer: Any
     source: str
+    row: int | None = None
+    drop: str = ""
+
+
+# What a usable demo holds: the fix named when none is.
+DEMO_NEEDS = (
+    "a demo needs a text problem, a non-empty worked text solution and a gold answer (text or number, or a "
+    "\\boxed{} in the solution)"
+)
+
+
+def _check(c: Candidate) -> tuple[str, str, str, str]:
+    """(problem, solution, answer, drop reason or "") of one candidate, its fields type-checked."""
+    if c.drop:
+        return "", "", "", c.drop
+    problem, bad_problem = text_field(c.problem)
+    solution, bad_solution = text_field(c.solution)
+    answer, bad_answer = text_field(c.answer, number_ok=True)
+    if bad := bad_problem or bad_solution or bad_answer:
+        return "", "", "", bad
+    problem, solution = problem.strip(), solution.strip()
+    answer, reason = answer_problem(answer if answer.strip() else last_boxed(solution))
+    if not problem:
+        reason = "no_problem"
+    elif not solution:
+        reason = "no_solution"
+    return problem, solution, answer, reason
 
 
 def _clean(candidates: Iterable[Candidate], stats: DemoStats) -> list[dict[str, str]]:
-    """Apply the demo rules, counting every dropped row by reason."""
+    """Apply the demo rules, counting every dropped row by reason (and its first row number)."""
     dropped: Counter[str] = Counter()
     seen: set[str] = set()
     rows = []
     for c in candidates:
         stats.rows_in += 1
-        problem = str(c.problem or "").strip()
-        solution = str(c.solution or "").strip()
-        answer = c.answer if c.answer not in (None, "") else last_boxed(solution)
-        answer, reason = answer_problem(answer)
-        if not problem:
-            reason = "no_problem"
-        elif not solution:
-            reason = "no_solution"
-        elif problem in seen:
+        problem, solution, answer, reason = _check(c)
+        if not reason and problem in seen:
             reason = "duplicate"
         if reason:
             dropped[reason] += 1
+            if c.row is not None:
+                stats.first_dropped_row.setdefault(reason, c.row)
             continue
         seen.add(problem)
         solution = ensure_boxed_ending(solution, answer)
@@ -90,6 +126,23 @@ def _clean(candidates: Iterable[Candidate], stats: DemoStats) -> list[dict[str, 
         )
     stats.dropped.update(dropped)
     return rows
+
+
+def _rows(path: str, what: str) -> tuple[list[str], Iterator[tuple[int, dict[str, Any] | None, str]]]:
+    """(columns, (row number, row or None, drop reason) per row) of a local file or a hub table.
+
+    A JSONL file is read line by line (:func:`~icpo_core.data.loading.read_jsonl`: a damaged line is one dropped
+    row, numbered by its line); anything else through ``datasets``."""
+    if is_jsonl(path):
+        table = read_jsonl(path)
+        items = sorted(
+            [(n, row, "") for n, row in zip(table.lines, table.rows, strict=True)]
+            + [(n, None, reason) for n, reason in table.bad],
+            key=lambda x: x[0],
+        )
+        return table.columns, iter(items)
+    ds = load_table("", path=path, what=what)
+    return ds.column_names, ((i + 1, row, "") for i, row in enumerate(ds))
 
 
 # ------------------------------------------------------------------------------------------------- sources
@@ -102,13 +155,25 @@ def _synthetic(params: Params) -> Iterator[Candidate]:
 
 
 def _math_hub(path: str | None) -> Iterator[Candidate]:
-    ds = load_table(MATH_HUB_ID, path=path, split="train", what="data.demos")
-    require_columns(
-        ds, MATH_COLUMNS, source=path or MATH_HUB_ID, layout="MATH (problem, solution, level, type)"
-    )
-    for i, row in enumerate(ds):
-        boxed = last_boxed(row["solution"])
-        yield Candidate(f"math-train-{i:05d}", row["problem"], row["solution"], boxed or "", MATH_HUB_ID)
+    if path is not None and is_jsonl(path):
+        columns, rows = _rows(path, "data.demos")
+        if columns:
+            require_column_names(
+                columns, MATH_COLUMNS, source=path, layout="MATH (problem, solution, level, type)"
+            )
+    else:
+        ds = load_table(MATH_HUB_ID, path=path, split="train", what="data.demos")
+        require_columns(
+            ds, MATH_COLUMNS, source=path or MATH_HUB_ID, layout="MATH (problem, solution, level, type)"
+        )
+        rows = ((i + 1, row, "") for i, row in enumerate(ds))
+    for n, row, drop in rows:
+        row = row or {}
+        solution = row.get("solution")
+        boxed = last_boxed(solution) if isinstance(solution, str) else None
+        yield Candidate(
+            f"math-train-{n - 1:05d}", row.get("problem"), solution, boxed or "", MATH_HUB_ID, n, drop
+        )
 
 
 def _strip_label(text: Any) -> str:
@@ -116,27 +181,38 @@ def _strip_label(text: Any) -> str:
 
 
 def _local(path: str) -> Iterator[Candidate]:
-    ds = load_table("", path=path, what="data.demos")
-    cols = set(ds.column_names)
+    columns, rows = _rows(path, "data.demos")
+    cols = set(columns)
     source = Path(path).name
     if "exemplars" in cols:  # in-context RL episodes: every exemplar is a solved problem
-        for i, episode in enumerate(ds):
-            for j, ex in enumerate(episode["exemplars"] or []):
-                ex = ex or {}
-                text = str(ex.get("answer") or "").strip()
+        for n, episode, drop in rows:
+            exemplars = (episode or {}).get("exemplars") or []
+            if drop or not isinstance(exemplars, list):
+                yield Candidate(f"{source}-{n}", None, None, None, source, n, drop or WRONG_TYPE)
+                continue
+            for j, ex in enumerate(exemplars):
+                if not isinstance(ex, dict):
+                    yield Candidate(f"{source}-{n}-{j}", None, None, None, source, n, WRONG_TYPE)
+                    continue
+                text, bad = text_field(ex.get("answer"))
+                prompt, bad_prompt = text_field(ex.get("prompt"))
+                text = text.strip()
                 answer = last_boxed(text) or _strip_label(text)
-                yield Candidate(f"{source}-{i}-{j}", _strip_label(ex.get("prompt")), text, answer, source)
+                yield Candidate(
+                    f"{source}-{n - 1}-{j}", _strip_label(prompt), text, answer, source, n, bad or bad_prompt
+                )
         return
-    if "problem" not in cols or "solution" not in cols:
+    if columns and ("problem" not in cols or "solution" not in cols):
         raise DataError(
             f"{path}: missing column(s) {sorted({'problem', 'solution'} - cols)}; a local demo file needs "
             f"problem + solution (+ answer), or the exemplar layout (exemplars: [{{prompt, answer}}]); "
-            f"found {ds.column_names}"
+            f"found {columns}"
         )
-    for i, row in enumerate(ds):
-        yield Candidate(
-            str(row.get("id") or f"{source}-{i}"), row["problem"], row["solution"], row.get("answer"), source
-        )
+    for n, row, drop in rows:
+        row = row or {}
+        uid = row.get("id")
+        uid = str(uid) if isinstance(uid, str | int) and str(uid) else f"{source}-{n - 1}"
+        yield Candidate(uid, row.get("problem"), row.get("solution"), row.get("answer"), source, n, drop)
 
 
 def _pkl(path: str) -> Iterator[Candidate]:
@@ -178,12 +254,24 @@ def build_demos(params: Params) -> tuple[list[dict[str, str]], DemoStats]:
     else:
         name, candidates = str(demos.path), _pkl(str(demos.path))
     stats = DemoStats(source=demos.source, dataset=name)
+    if demos.path is not None and is_jsonl(demos.path):
+        stats.row_unit = "line"
     rows = _clean(candidates, stats)
+    if stats.dropped:
+        log.warning(
+            "%s: %d of %d demos dropped: %s",
+            name,
+            sum(stats.dropped.values()),
+            stats.rows_in,
+            dropped_summary(stats.dropped, stats.first_dropped_row, stats.row_unit),
+        )
     if not rows:
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.dropped.items())) or "none"
+        reasons = dropped_summary(stats.dropped, {})
+        first = min(stats.first_dropped_row.values(), default=None)
+        where = f" (the first at {stats.row_unit} {first})" if first is not None else ""
         raise DataError(
-            f"{name}: no usable demos ({stats.rows_in} rows in; dropped: {reasons}); a demo needs a problem, a "
-            "non-empty worked solution and a gold answer"
+            f"{name}: no usable demos ({stats.rows_in} rows in; dropped: {reasons}){where}; {DEMO_NEEDS}: fix "
+            "the file (data.demos.path), or use another data.demos.source"
         )
     if demos.max_rows is not None and len(rows) > demos.max_rows:
         picked = sorted(random.Random(params.seed).sample(range(len(rows)), demos.max_rows))

@@ -14,6 +14,11 @@ Layouts (each adapter maps a batch to the normalised columns ``problem``, ``answ
 - **plain** (local files): ``problem`` + ``answer`` (or a ``solution`` whose last ``\\boxed{}`` is the answer),
   optional ``solution`` / ``target`` kept as the target text.
 
+Every field is type-checked (:func:`text_field`): a row with a field of the wrong type (a number where the problem
+text is expected, a list as the answer) is dropped as ``wrong_type``, one with a text over
+:data:`~icpo_core.data.loading.MAX_TEXT_CHARS` as ``oversized_text``; the rows of a JSONL file may have any types,
+line by line, as they come from :func:`~icpo_core.data.loading.read_jsonl`.
+
 The functions are module-level and take plain arguments so ``datasets.map(num_proc=N)`` can ship them to workers.
 """
 
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from icpo_core.data.answers import last_boxed
+from icpo_core.data.loading import MAX_TEXT_CHARS, OVERSIZED, WRONG_TYPE
 
 LUFFY_COLUMNS = ("prompt", "reward_model")
 OPENR1_COLUMNS = ("problem", "answer", "generations", "correctness_math_verify")
@@ -60,31 +66,60 @@ def answer_problem(answer: Any) -> tuple[str, str]:
     return text, ""
 
 
-def _message_text(message: Any) -> str:
+def text_field(value: Any, *, number_ok: bool = False) -> tuple[str, str]:
+    """(text, drop reason or "") of one field a row must hold as text.
+
+    None (or NaN) is an absent field: ``("", "")``, the caller decides whether it may be absent. A string, or with
+    ``number_ok`` an int / float (a gold answer such as 7), is its text; any other type (a list, a dict, a bool,
+    a number where text is expected) is ``wrong_type``; a text over :data:`~icpo_core.data.loading.MAX_TEXT_CHARS`
+    is ``oversized_text`` (it exceeds any token budget, and is never handed to the tokenizer).
+    """
+    if value is None or (isinstance(value, float) and value != value):
+        return "", ""
+    if isinstance(value, str):
+        text = value
+    elif number_ok and isinstance(value, int | float) and not isinstance(value, bool):
+        text = str(value)
+    else:
+        return "", WRONG_TYPE
+    if len(text) > MAX_TEXT_CHARS:
+        return "", OVERSIZED
+    return text, ""
+
+
+def _message_text(message: Any) -> tuple[str, str]:
     if isinstance(message, dict):
-        return str(message.get("content") or "")
-    return "" if message is None else str(message)
+        return text_field(message.get("content"))
+    return text_field(message)
 
 
-def _last_user_turn(prompt: Any) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    users = [m for m in (prompt or []) if isinstance(m, dict) and m.get("role") == "user"]
-    return _message_text(users[-1]) if users else ""
+def _last_user_turn(prompt: Any) -> tuple[str, str]:
+    if prompt is None or isinstance(prompt, str):
+        return text_field(prompt)
+    if not isinstance(prompt, list) or not all(isinstance(m, dict) for m in prompt):
+        return "", WRONG_TYPE
+    users = [m for m in prompt if m.get("role") == "user"]
+    return _message_text(users[-1]) if users else ("", "")
 
 
-def _target_text(target: Any) -> str:
+def _target_text(target: Any) -> tuple[str, str]:
     if isinstance(target, list):  # LUFFY: [{"role": "assistant", "content": trace}]
-        return _message_text(target[0]) if target else ""
+        return _message_text(target[0]) if target else ("", "")
     return _message_text(target)
 
 
-def _result(problem: str, answer: Any, target: str, level: int, extra_drop: str = "") -> dict[str, Any]:
+def _result(
+    problem: str, answer: Any, target: str, level: int, extra_drop: str = "", bad: str = ""
+) -> dict[str, Any]:
+    """A normalised row; ``bad`` (a damaged field: wrong_type / oversized_text) wins over every other reason."""
     gold, drop = answer_problem(answer)
     problem = (problem or "").strip()
     if not problem:
         drop = "no_problem"
-    return {"problem": problem, "answer": gold, "target": target, "level": level, "drop": drop or extra_drop}
+    drop = bad or drop or extra_drop
+    if drop:  # a dropped row keeps nothing of its (maybe huge, maybe odd) content
+        return {"problem": "", "answer": "", "target": "", "level": -1, "drop": drop}
+    return {"problem": problem, "answer": gold, "target": target, "level": level, "drop": ""}
 
 
 def _collect(rows: list[dict[str, Any]]) -> Batch:
@@ -98,8 +133,14 @@ def normalize_luffy(batch: Batch) -> Batch:
     targets = batch.get("target") or [None] * n
     rows = []
     for prompt, rm, target in zip(batch["prompt"], batch["reward_model"], targets, strict=True):
-        gold = rm.get("ground_truth") if isinstance(rm, dict) else None
-        rows.append(_result(_last_user_turn(prompt), gold, _target_text(target), -1))
+        problem, bad_problem = _last_user_turn(prompt)
+        gold, bad_gold = "", ""
+        if isinstance(rm, dict):
+            gold, bad_gold = text_field(rm.get("ground_truth"), number_ok=True)
+        elif rm is not None:
+            bad_gold = WRONG_TYPE
+        trace, bad_trace = _target_text(target)
+        rows.append(_result(problem, gold, trace, -1, bad=bad_problem or bad_gold or bad_trace))
     return _collect(rows)
 
 
@@ -121,6 +162,11 @@ def pick_verified_trace(
     return None
 
 
+def _list_of(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """None, or a list whose items are None or of ``kind``."""
+    return value is None or (isinstance(value, list) and all(v is None or isinstance(v, kind) for v in value))
+
+
 def normalize_openr1(batch: Batch) -> Batch:
     """OpenR1-Math layout -> normalised columns (target = the verified R1 trace)."""
     n = len(batch["problem"])
@@ -129,14 +175,17 @@ def normalize_openr1(batch: Batch) -> Batch:
     qtype = batch.get("question_type") or [None] * n
     rows = []
     for i in range(n):
-        trace = pick_verified_trace(
-            batch["generations"][i], batch["correctness_math_verify"][i], llama[i], complete[i]
-        )
-        row = _result(
-            batch["problem"][i], batch["answer"][i], trace or "", -1, "" if trace else "no_verified_trace"
-        )
+        problem, bad = text_field(batch["problem"][i])
+        answer, bad_answer = text_field(batch["answer"][i], number_ok=True)
+        gens, mv = batch["generations"][i], batch["correctness_math_verify"][i]
+        lists_ok = _list_of(gens, str) and all(_list_of(x, bool) for x in (mv, llama[i], complete[i]))
+        trace, bad_trace = "", ""
+        if lists_ok:
+            trace, bad_trace = text_field(pick_verified_trace(gens, mv, llama[i], complete[i]))
+        bad = bad or bad_answer or ("" if lists_ok else WRONG_TYPE) or bad_trace
+        row = _result(problem, answer, trace, -1, "" if trace else "no_verified_trace", bad=bad)
         if not row["drop"] and qtype[i] == "proof":
-            row["drop"] = "unusable_answer"
+            row = _result("", "", "", -1, bad="unusable_answer")
         rows.append(row)
     return _collect(rows)
 
@@ -149,11 +198,12 @@ def normalize_plain(batch: Batch) -> Batch:
     levels = batch.get("level") or [-1] * n
     rows = []
     for problem, answer, solution, level in zip(batch["problem"], answers, solutions, levels, strict=True):
-        solution = _target_text(solution)
-        if answer is None or str(answer).strip() == "":
-            answer = last_boxed(solution)
-        level = level if isinstance(level, int) else -1
-        rows.append(_result(str(problem or ""), answer, solution, level))
+        problem, bad_problem = text_field(problem)
+        solution, bad_solution = _target_text(solution)
+        answer, bad_answer = text_field(answer, number_ok=True)
+        gold = answer if answer.strip() else last_boxed(solution)
+        level = level if isinstance(level, int) and not isinstance(level, bool) else -1
+        rows.append(_result(problem, gold, solution, level, bad=bad_problem or bad_answer or bad_solution))
     return _collect(rows)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icpo_core.data import openr1, schema, synthetic
-from icpo_core.data.loading import load_table
+from icpo_core.data.loading import JsonlRows, dropped_summary, is_jsonl, load_table, read_jsonl
 from icpo_core.errors import DataError
 
 if TYPE_CHECKING:
@@ -46,11 +46,24 @@ class TrainStats:
     dropped: dict[str, int] = field(default_factory=dict)
     max_tokens: int | None = None
     tokens: dict[str, float] = field(default_factory=dict)
+    # reason -> the first dropped row's number in the source (1-based; a JSONL file's line number)
+    first_dropped_row: dict[str, int] = field(default_factory=dict)
+    row_unit: str = "row"  # "line" for a JSONL file
 
     def drop(self, reasons: Counter[str]) -> None:
         for reason, n in reasons.items():
             if reason:
                 self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+# What a usable row holds, per layout: the fix named when no row of a file is usable.
+ROW_NEEDS = {
+    "plain": "a text 'problem' and a gold 'answer' (text or number) or a text 'solution' ending in \\boxed{answer}",
+    "luffy": "a 'prompt' (text, or chat messages with a user turn) and reward_model.ground_truth (text or number)",
+    "openr1": "a text 'problem', a gold 'answer', 'generations' (a list of texts) and correctness_math_verify "
+    "marking one of them correct",
+    "synthetic": "a generated problem (check data.synthetic)",
+}
 
 
 def _synthetic_rows(params: Params) -> list[dict[str, Any]]:
@@ -70,27 +83,19 @@ def load_normalized(params: Params) -> tuple[datasets.Dataset, str, str]:
         return datasets.Dataset.from_list(_synthetic_rows(params)), "synthetic", "synthetic"
     if train.source in HUB_DATASETS:
         hub_id, config, split = HUB_DATASETS[train.source]
+        expected = "luffy" if train.source == "openr1_46k" else "openr1"
+        if is_jsonl(train.path):
+            return _normalized_jsonl(read_jsonl(str(train.path)), (hub_id, expected))
         raw = load_table(hub_id, path=train.path, config=config, split=split, what="data.train")
         name = train.path or hub_id
         layout = openr1.detect_layout(raw.column_names)
-        expected = "luffy" if train.source == "openr1_46k" else "openr1"
-        if layout != expected:
-            needed = openr1.LUFFY_COLUMNS if expected == "luffy" else openr1.OPENR1_COLUMNS
-            missing = [c for c in needed if c not in raw.column_names]
-            raise DataError(
-                f"{name}: not in the {hub_id} layout: missing column(s) {missing}; expected {list(needed)}, "
-                f"found {raw.column_names}"
-            )
+        _require_layout(name, layout, raw.column_names, hub_id, expected)
+    elif is_jsonl(train.path):
+        return _normalized_jsonl(read_jsonl(str(train.path)))
     else:
         raw = load_table("", path=train.path, what="data.train")
         name = str(train.path)
-        layout = openr1.detect_layout(raw.column_names)
-        if layout is None:
-            raise DataError(
-                f"{name}: unknown layout: expected the verl/LUFFY columns {list(openr1.LUFFY_COLUMNS)}, the "
-                f"OpenR1-Math columns {list(openr1.OPENR1_COLUMNS)} or problem + answer/solution; "
-                f"found {raw.column_names}"
-            )
+        layout = _local_layout(name, raw.column_names)
     norm = raw.map(
         openr1.NORMALIZERS[layout],
         batched=True,
@@ -101,6 +106,99 @@ def load_normalized(params: Params) -> tuple[datasets.Dataset, str, str]:
         desc=f"normalising {layout} rows",
     )
     return norm, name, layout
+
+
+def _require_layout(name: str, layout: str | None, columns: list[str], hub_id: str, expected: str) -> None:
+    if layout != expected:
+        needed = openr1.LUFFY_COLUMNS if expected == "luffy" else openr1.OPENR1_COLUMNS
+        missing = [c for c in needed if c not in columns]
+        raise DataError(
+            f"{name}: not in the {hub_id} layout: missing column(s) {missing}; expected {list(needed)}, "
+            f"found {columns}"
+        )
+
+
+def _local_layout(name: str, columns: list[str]) -> str:
+    layout = openr1.detect_layout(columns)
+    if layout is None:
+        raise DataError(
+            f"{name}: unknown layout: expected the verl/LUFFY columns {list(openr1.LUFFY_COLUMNS)}, the "
+            f"OpenR1-Math columns {list(openr1.OPENR1_COLUMNS)} or problem + answer/solution; "
+            f"found {columns}"
+        )
+    return layout
+
+
+_NORM_FEATURES = {
+    "problem": "string",
+    "answer": "string",
+    "target": "string",
+    "level": "int64",
+    "drop": "string",
+}
+
+
+def _normalized_jsonl(
+    rows: JsonlRows, hub: tuple[str, str] | None = None
+) -> tuple[datasets.Dataset, str, str]:
+    """A local JSONL file, normalised in Python (its rows may disagree on types, which Arrow cannot hold): one
+    normalised row per non-blank line, damaged lines included with their reason, and a ``row`` column holding
+    the line number. ``hub``: (hub id, layout) the file must be in (a local copy of a hub source)."""
+    import datasets
+
+    name = str(rows.path)
+    if not rows.rows:
+        bad = Counter(reason for _, reason in rows.bad)
+        first = {r: n for n, r in reversed(rows.bad)}
+        raise DataError(
+            f"{name}: no usable row ({len(rows.bad)} lines; dropped: "
+            f"{dropped_summary(dict(bad), first, 'line')}); each line must be a JSON object (UTF-8) with "
+            f"{ROW_NEEDS['plain']}, or the verl/LUFFY or OpenR1-Math columns"
+        )
+    # the file's layout is its rows' most common one: a stray row with other keys does not change it (that row
+    # lacks the layout's fields and is dropped for it)
+    votes = Counter(openr1.detect_layout(list(r)) for r in rows.rows)
+    votes.pop(None, None)
+    layout = votes.most_common(1)[0][0] if votes else None
+    if hub is None:
+        layout = layout or _local_layout(name, rows.columns)
+    else:
+        _require_layout(name, layout, rows.columns, *hub)
+    normalize = openr1.NORMALIZERS[layout]
+    out: dict[str, list[Any]] = {k: [] for k in (*_NORM_FEATURES, "row")}
+    for start in range(0, len(rows.rows), 1000):
+        chunk = rows.rows[start : start + 1000]
+        batch = {c: [r.get(c) for r in chunk] for c in rows.columns}
+        for k, v in normalize(batch).items():
+            out[k].extend(v)
+        out["row"].extend(rows.lines[start : start + 1000])
+    for line, reason in rows.bad:
+        for k, v in {
+            "problem": "",
+            "answer": "",
+            "target": "",
+            "level": -1,
+            "drop": reason,
+            "row": line,
+        }.items():
+            out[k].append(v)
+    order = sorted(range(len(out["row"])), key=out["row"].__getitem__)  # source order
+    features = datasets.Features(
+        {k: datasets.Value(t) for k, t in {**_NORM_FEATURES, "row": "int64"}.items()}
+    )
+    table = {k: [v[i] for i in order] for k, v in out.items()}
+    return datasets.Dataset.from_dict(table, features=features), name, layout
+
+
+def _first_dropped(norm: datasets.Dataset) -> dict[str, int]:
+    """reason -> the first dropped row's number (the ``row`` column, else the 1-based position)."""
+    drops = norm["drop"]
+    rows = norm["row"] if "row" in norm.column_names else range(1, len(drops) + 1)
+    first: dict[str, int] = {}
+    for reason, row in zip(drops, rows, strict=True):
+        if reason and reason not in first:
+            first[reason] = int(row)
+    return first
 
 
 def _procs(num_proc: int, rows: int) -> int | None:
@@ -140,6 +238,16 @@ def build_train_set(params: Params, out_path: str | Path, tokenizer_dir: str | P
     norm, name, layout = load_normalized(params)
     stats = TrainStats(source=train.source, dataset=name, layout=layout, rows_in=len(norm))
     stats.drop(Counter(norm["drop"]))
+    stats.first_dropped_row = _first_dropped(norm)
+    unit = stats.row_unit = "line" if "row" in norm.column_names else "row"
+    if stats.dropped:
+        log.warning(
+            "%s: %d of %d rows dropped: %s",
+            name,
+            sum(stats.dropped.values()),
+            stats.rows_in,
+            dropped_summary(stats.dropped, stats.first_dropped_row, unit),
+        )
     ds = norm.filter(lambda b: [d == "" for d in b["drop"]], batched=True, load_from_cache_file=False)
     suffix = params.train_prompt_suffix
     system = params.data.synthetic.system_prompt if train.source == "synthetic" else None
@@ -161,10 +269,12 @@ def build_train_set(params: Params, out_path: str | Path, tokenizer_dir: str | P
             stats.dropped["too_long"] = too_long
 
     if not len(ds):
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.dropped.items())) or "none"
+        reasons = dropped_summary(stats.dropped, {})
+        first = min(stats.first_dropped_row.values(), default=None)
+        where = f" (the first at {unit} {first})" if first is not None else ""
         raise DataError(
-            f"{name}: no rows left after filtering ({stats.rows_in} rows in; dropped: {reasons}). Check the "
-            f"gold answers and data.train.max_tokens ({train.max_tokens})"
+            f"{name}: no rows left after filtering ({stats.rows_in} rows in; dropped: {reasons}){where}. A row "
+            f"must hold {ROW_NEEDS[layout]}, within data.train.max_tokens ({train.max_tokens})"
         )
     if train.max_rows is not None and len(ds) > train.max_rows:
         # A seeded subset, kept in the source order.

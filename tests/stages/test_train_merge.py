@@ -14,39 +14,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from stage_helpers import env as _env
+from stage_helpers import icpo as _icpo
+from stage_helpers import steps as _steps
 
 from icpo_core.engines.local.tiny import make_tiny_project
 
 pytestmark = pytest.mark.slow
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ICPO_"))}
-    env.update(TOKENIZERS_PARALLELISM="false", **extra)
-    return env
-
-
-def _icpo(root: Path, *args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "icpo_core.cli", *args],
-        cwd=root,
-        env=env or _env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        **kw,
-    )
-
-
-def _steps(root: Path, run: str) -> list[int]:
-    path = root / "metrics" / f"steps_{run}.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_sigkill_then_resume_has_every_step_once(tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from icpo_core.algorithm.demos import Demo, DemoPool
 from icpo_core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,43 @@ def load_prompts(
     if not rows:
         raise DataError(f"{path}: no usable training prompts (empty, or all longer than max_prompt_length)")
     return rows
+
+
+def load_demo_pool(path: str | Path, k_demos: int) -> DemoPool:
+    """The demo cache of an ICPO run (``data/demos.parquet``): its usable demos (a non-empty text problem,
+    solution and answer; others are dropped with one warning), at least ``k_demos`` of them, else a DataError
+    naming the file and the fix -- not an error deep in the first step's sampling."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    fix = "rerun `icpo prepare-demos` (dvc repro prepare_demos), or train a run with n_off: 0"
+    if not path.is_file():
+        raise DataError(f"{path}: demo cache not found; run `icpo prepare-demos`")
+    try:
+        records = pq.read_table(path, columns=["problem", "solution", "answer"]).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a missing column / corrupt file
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise DataError(
+            f"{path}: not a readable demo cache (problem, solution, answer: {first}); {fix}"
+        ) from None
+    demos = [
+        Demo(r["problem"], r["solution"], r["answer"])
+        for r in records
+        if all(isinstance(r[k], str) and r[k].strip() for k in ("problem", "solution", "answer"))
+    ]
+    if len(demos) < len(records):
+        log.warning(
+            "%s: %d of %d demos without a problem, a solution or an answer dropped",
+            path,
+            len(records) - len(demos),
+            len(records),
+        )
+    if len(demos) < max(k_demos, 1):
+        raise DataError(
+            f"{path}: {len(demos)} usable demos ({len(records)} rows), the run needs at least "
+            f"algorithm.k_demos = {k_demos} (a demo is a non-empty problem, solution and answer); {fix}"
+        )
+    return DemoPool(demos)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

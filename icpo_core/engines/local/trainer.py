@@ -60,8 +60,8 @@ from icpo_core.algorithm.step import on_policy_rollouts, step_seed
 from icpo_core.config import AlgorithmParams, Params
 from icpo_core.data.expert_traces import ExpertTrace, expert_trace
 from icpo_core.engines.local import checkpoint as ckpt
-from icpo_core.engines.local import lora, steplog
-from icpo_core.engines.local.data import PromptRow, chat_ids, load_prompts, take
+from icpo_core.engines.local import lora, resume, steplog
+from icpo_core.engines.local.data import PromptRow, chat_ids, load_demo_pool, load_prompts, take
 from icpo_core.engines.local.logprobs import (
     SequenceBatch,
     batched_log_probs,
@@ -110,12 +110,14 @@ def _file_digest(path: Path, whole: bool = True) -> str:
 def config_fingerprint(params: Params, run: str, root: Path) -> str:
     """What a checkpoint must match to be resumed: the run's config and its inputs.
 
-    Checkpointing / logging knobs (save_freq, keep_checkpoints, device, verl) are left out: changing them does
-    not change what the steps compute. The base weights enter by size (hashing 0.5 GB each start is slow).
+    The training params enter as :func:`~icpo_core.engines.local.resume.training_params` (without the keys a
+    resume may change: checkpointing, device, grading parallelism, verl). The base weights enter by size
+    (hashing 0.5 GB each start is slow).
     """
     cfg = tracking.run_config(params, run)
-    for key in ("save_freq", "keep_checkpoints", "device", "verl"):
-        cfg["train"].pop(key, None)
+    for key in ("algorithm", "train", "seed"):
+        cfg.pop(key, None)
+    cfg["training"] = resume.training_params(params, run)
     cfg["inputs"] = {
         "train": _file_digest(root / paths.TRAIN_PARQUET),
         "demos": _file_digest(root / paths.DEMOS_PARQUET),
@@ -284,10 +286,7 @@ class LocalTrainer:
             and self.algo.n_off > 0
             and not self.algo.released_demos_skip_generation
         ):
-            demo_path = self.root / paths.DEMOS_PARQUET
-            if not demo_path.is_file():
-                raise DataError(f"{demo_path}: demo cache not found; run `icpo prepare-demos`")
-            self.demos = DemoPool.from_parquet(demo_path)
+            self.demos = load_demo_pool(self.root / paths.DEMOS_PARQUET, self.algo.k_demos)
 
     def _load_expert_traces(self) -> None:
         """LUFFY: every prompt's expert trace, tokenised once (:func:`expert_trace`); prompts without a ``target``
@@ -594,15 +593,30 @@ class LocalTrainer:
         return metrics
 
     # -------------------------------------------------------------------------------------- the run
-    def _resume_point(self, fingerprint: str) -> int | None:
+    def _resume_point(self, fingerprint: str, training: dict[str, Any]) -> int | None:
+        """The step to resume from (None: from scratch).
+
+        The checkpoint's training params must equal ``training`` (params.yaml edited mid-run: a
+        :class:`UserError` naming the changed keys, nothing touched); a checkpoint made before they were
+        recorded resumes unchecked, with one warning. A changed input (data, base model, the data / model
+        sections: the fingerprint) starts the run over and removes the old checkpoints.
+        """
         latest = ckpt.latest_step(self.ckpt_root)
         if latest is None:
             return None
         state = ckpt.read_resume_state(self.ckpt_root, latest)
+        if not resume.check_resume(state, training, step=latest, ckpt_root=str(self.ckpt_root)):
+            log.warning(
+                "%s: the checkpoint at step %d records no training params (made by an older version): resuming "
+                "without checking params.yaml or the inputs against it",
+                self.ckpt_root,
+                latest,
+            )
+            return latest
         if state.get("fingerprint") != fingerprint:
             log.warning(
-                "%s: the checkpoint at step %d was made with a different config or inputs (fingerprint %s, now "
-                "%s); starting %s from scratch and removing the old checkpoints",
+                "%s: the checkpoint at step %d was made with different inputs (data, base model or their params; "
+                "fingerprint %s, now %s); starting %s from scratch and removing the old checkpoints",
                 self.ckpt_root,
                 latest,
                 state.get("fingerprint"),
@@ -642,7 +656,8 @@ class LocalTrainer:
         self.ckpt_root.mkdir(parents=True, exist_ok=True)
         ckpt.prune(self.ckpt_root, None)  # temporaries of a killed checkpoint write
         fingerprint = config_fingerprint(self.params, self.run, self.root)
-        start = self._resume_point(fingerprint)
+        training = resume.training_params(self.params, self.run)
+        start = self._resume_point(fingerprint, training)
         self.setup()
         if start is not None:
             # a finished run's last checkpoint has no optimizer state (nothing is left to train)
@@ -674,7 +689,13 @@ class LocalTrainer:
                 model=self.model,
                 optimizer=self.optimizer,
                 tokenizer=self.tokenizer,
-                resume_state={"data_pos": self.data_pos, "fingerprint": fingerprint, "total_steps": total},
+                resume_state={
+                    "data_pos": self.data_pos,
+                    "fingerprint": fingerprint,
+                    "total_steps": total,
+                    "params": training,
+                    "params_hash": resume.params_hash(training),
+                },
                 max_to_keep=self.train_cfg.keep_checkpoints,
                 with_optimizer=step < total,  # a resume needs it; the finished run's last checkpoint does not
             )

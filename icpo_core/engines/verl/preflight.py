@@ -25,6 +25,7 @@ from pathlib import Path
 
 from icpo_core import paths
 from icpo_core.config import AlgorithmParams, Params
+from icpo_core.engines.local.data import load_demo_pool
 from icpo_core.errors import UserError
 
 PLUGIN_GROUP = "verl.plugins"
@@ -109,7 +110,7 @@ def longest_ief_prompt(params: Params, run: str, root: str | Path = ".") -> tupl
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
-    from icpo_core.algorithm import DemoPool, build_ief_messages
+    from icpo_core.algorithm import build_ief_messages
 
     root = Path(root)
     algo = params.run_algorithm(run)
@@ -121,7 +122,7 @@ def longest_ief_prompt(params: Params, run: str, root: str | Path = ".") -> tupl
         return 0, budget
     longest_plain = max(plain, key=lambda x: x[0])[1]
     suffix = params.train_prompt_suffix
-    pool = DemoPool.from_parquet(root / paths.DEMOS_PARQUET)
+    pool = load_demo_pool(root / paths.DEMOS_PARQUET, algo.k_demos)
     fmt = algo.demo_format
 
     def demo_len(d) -> int:

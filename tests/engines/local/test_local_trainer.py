@@ -95,7 +95,9 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_project):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_changed_config_starts_fresh(tiny_project, caplog):
+def test_changed_input_starts_fresh(tiny_project, caplog):
+    """A changed input (here the data section; likewise data/*.parquet or the base model) starts the run over; a
+    changed training param refuses instead (test_local_resume_params.py)."""
     import yaml
 
     from icpo_core.config import load_params
@@ -103,13 +105,13 @@ def test_changed_config_starts_fresh(tiny_project, caplog):
     root, params = tiny_project(train={"steps": 2, "save_freq": 1})
     s1 = train_local(params, "grpo", root=root, reward_fn=parity_reward, progress=False)
     raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw["train"]["lr"] = 5e-4
+    raw["data"] = {"train": {"max_tokens": 1000}}
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     with caplog.at_level("WARNING"):
         s2 = train_local(
             load_params(root / "params.yaml"), "grpo", root=root, reward_fn=parity_reward, progress=False
         )
-    assert "different config" in caplog.text
+    assert "was made with different inputs" in caplog.text
     assert s2["resumed_from_step"] == 0 and s2["steps"] == 2
     assert s2["mlflow_run_id"] != s1["mlflow_run_id"]
 
