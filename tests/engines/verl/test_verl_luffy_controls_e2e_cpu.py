@@ -68,7 +68,10 @@ def _rows(root: Path, instance: str) -> list[dict]:
 
 
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("run", ["luffy", "grpo_random_reward"])
+# LUFFY only: the reward controls replace rewards before the step's plan (tests/engines/verl/test_verl_manager.py
+# and the step-parity test cover them on verl's code path); a second Ray + vLLM launch for them would cost
+# 2 more minutes of the suite's 25. `-k` with the run name runs either by hand after adding it here.
+@pytest.mark.parametrize("run", ["luffy"])
 def test_verl_fit_on_cpu_luffy_and_random_reward(tmp_path, run):
     root = _project(tmp_path / "p")
     mark = uuid.uuid4().hex
