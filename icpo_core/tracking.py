@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import subprocess
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -153,11 +154,9 @@ def study_parent_run(params: Params, root: str | Path = ".") -> str | None:
     uri = tracking_uri(params, root)
     sid = study_id(params)
     try:
-        _prepare_http_env(uri)
         from mlflow.entities import Param
-        from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=uri)
+        client = mlflow_client(uri)
         exp_id = ensure_experiment(client, params.tracking.experiment, uri, root)
         found = client.search_runs(
             [exp_id],
@@ -227,6 +226,42 @@ def run_config(params: Params, run: str) -> dict[str, Any]:
         "algorithm": params.run_algorithm(run).model_dump(),
         "train": params.train.model_dump(),
     }
+
+
+def mlflow_client(uri: str) -> Any:
+    """An ``MlflowClient`` for ``uri``, the one way the project opens a tracking store: short HTTP retries
+    (:func:`_prepare_http_env`) and a new SQLite store created whole (:func:`create_sqlite_store`)."""
+    _prepare_http_env(uri)
+    create_sqlite_store(uri)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def create_sqlite_store(uri: str) -> None:
+    """Create a missing SQLite store atomically. MLflow builds one by running its schema migrations in the file
+    itself (about 20 s on 2 cores); a process killed meanwhile leaves a file MLflow can never open again
+    ("table secrets already exists"), which `scripts/kill_check.py` hit. So the store is migrated in a temporary
+    file beside it and hard-linked into place when complete; ``os.link`` refuses if another process got there
+    first, whose store is complete too. A leftover temporary file of a killed process is never used."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    from mlflow.tracking import MlflowClient
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh name per call: MLflow caches a SQLite store per URI, and a cached one would not be built again
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}")  # runs the migrations
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _prepare_http_env(uri: str) -> None:
@@ -355,11 +390,9 @@ class Tracker:
     ) -> str | None:
         """Re-attach to ``resume_run_id`` if it still exists, else create a run; returns its id (None if down)."""
         try:
-            _prepare_http_env(self.uri)
             from mlflow.entities import Param
-            from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
+            self._client = mlflow_client(self.uri)
             exp_id = self._experiment_id()
             if resume_run_id:
                 try:
@@ -500,10 +533,7 @@ def find_run(params: Params, run: str, root: str | Path = ".") -> str | None:
     uri = tracking_uri(params, root)
     stored = read_run_id(Path(root) / run_id_path(run), uri)
     try:
-        _prepare_http_env(uri)
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=uri)
+        client = mlflow_client(uri)
         if stored:
             try:
                 if client.get_run(stored).info.lifecycle_stage == "active":

@@ -160,3 +160,25 @@ def test_tagging_failure_does_not_stop_the_writer(caplog):
     with caplog.at_level(logging.INFO):
         assert tracking.ensure_experiment(ReadOnly(), "exp", "http://x:1") == "7"
     assert "cannot tag experiment" in caplog.text
+
+
+def test_a_new_sqlite_store_appears_only_complete(tmp_path, monkeypatch):
+    """A kill while MLflow migrates a new store must not leave a half-built file where the store belongs."""
+    import mlflow.tracking
+
+    path = tmp_path / "mlflow" / "mlflow.db"
+    real = mlflow.tracking.MlflowClient
+
+    def killed_mid_migration(tracking_uri):
+        real(tracking_uri=tracking_uri)  # the schema is written ...
+        raise KeyboardInterrupt("killed")  # ... and the process dies before finishing
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", killed_mid_migration)
+    with pytest.raises(KeyboardInterrupt):
+        tracking.create_sqlite_store(f"sqlite:///{path}")
+    assert not path.exists() and not list(path.parent.iterdir())  # nothing at the store's place, no leftover
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", real)
+    client = tracking.mlflow_client(f"sqlite:///{path}")
+    assert path.is_file() and client.search_experiments()  # created whole, then opened (Default exists)
+    tracking.create_sqlite_store(f"sqlite:///{path}")  # an existing store is left alone
+    assert [p.name for p in path.parent.iterdir()] == ["mlflow.db"]

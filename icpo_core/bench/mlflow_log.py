@@ -8,7 +8,15 @@ import os
 from typing import Any
 
 from icpo_core.config import Params
-from icpo_core.tracking import ensure_experiment, env_tags, find_run, git_commit, run_tags, tracking_uri
+from icpo_core.tracking import (
+    ensure_experiment,
+    env_tags,
+    find_run,
+    git_commit,
+    mlflow_client,
+    run_tags,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +64,9 @@ def log_bench(
     name = instance or run
     try:
         from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
 
         uri = tracking_uri(params)
-        client = MlflowClient(tracking_uri=uri)
+        client = mlflow_client(uri)
         run_id = find_run(params, name)
         if run_id is None:
             exp_id = ensure_experiment(client, params.tracking.experiment, uri)

@@ -11,7 +11,7 @@ from typing import Any
 from icpo_core.bench.mlflow_log import _base_tags
 from icpo_core.errors import UserError
 from icpo_core.report.table import run_label
-from icpo_core.tracking import PARENT_ENV, ensure_experiment, tracking_uri
+from icpo_core.tracking import PARENT_ENV, ensure_experiment, mlflow_client, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +161,9 @@ def log_study(params: Any, study: dict[str, Any], files: list[str]) -> str | Non
         import time
 
         from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
 
         uri = tracking_uri(params)
-        client = MlflowClient(tracking_uri=uri)
+        client = mlflow_client(uri)
         exp_id = ensure_experiment(client, params.tracking.experiment, uri)
         tags = {
             **_base_tags(params),
