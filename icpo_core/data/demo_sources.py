@@ -35,6 +35,7 @@ from icpo_core.data.loading import (
     read_jsonl,
     require_column_names,
     require_columns,
+    warn_dropped,
 )
 from icpo_core.data.openr1 import answer_problem, text_field
 from icpo_core.errors import DataError
@@ -257,14 +258,7 @@ def build_demos(params: Params) -> tuple[list[dict[str, str]], DemoStats]:
     if demos.path is not None and is_jsonl(demos.path):
         stats.row_unit = "line"
     rows = _clean(candidates, stats)
-    if stats.dropped:
-        log.warning(
-            "%s: %d of %d demos dropped: %s",
-            name,
-            sum(stats.dropped.values()),
-            stats.rows_in,
-            dropped_summary(stats.dropped, stats.first_dropped_row, stats.row_unit),
-        )
+    warn_dropped(log, name, "demos", stats.rows_in, stats.dropped, stats.first_dropped_row, stats.row_unit)
     if not rows:
         reasons = dropped_summary(stats.dropped, {})
         first = min(stats.first_dropped_row.values(), default=None)

@@ -215,3 +215,21 @@ def dropped_summary(dropped: dict[str, int], first: dict[str, int], unit: str = 
         for k, v in sorted(dropped.items())
     ]
     return ", ".join(parts) or "none"
+
+
+def warn_dropped(
+    logger: logging.Logger,
+    name: str,
+    what: str,
+    rows_in: int,
+    dropped: dict[str, int],
+    first: dict[str, int],
+    unit: str = "row",
+) -> None:
+    """One warning for a data stage's dropped rows (``"<name>: 3 of 40 <what> dropped: <dropped_summary>"``);
+    nothing when none was dropped."""
+    if dropped:
+        logger.warning(
+            "%s: %d of %d %s dropped: %s", name, sum(dropped.values()), rows_in, what,
+            dropped_summary(dropped, first, unit),
+        )  # fmt: skip

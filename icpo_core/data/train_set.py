@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icpo_core.data import openr1, schema, synthetic
-from icpo_core.data.loading import JsonlRows, dropped_summary, is_jsonl, load_table, read_jsonl
+from icpo_core.data.loading import JsonlRows, dropped_summary, is_jsonl, load_table, read_jsonl, warn_dropped
 from icpo_core.errors import DataError
 
 if TYPE_CHECKING:
@@ -240,14 +240,7 @@ def build_train_set(params: Params, out_path: str | Path, tokenizer_dir: str | P
     stats.drop(Counter(norm["drop"]))
     stats.first_dropped_row = _first_dropped(norm)
     unit = stats.row_unit = "line" if "row" in norm.column_names else "row"
-    if stats.dropped:
-        log.warning(
-            "%s: %d of %d rows dropped: %s",
-            name,
-            sum(stats.dropped.values()),
-            stats.rows_in,
-            dropped_summary(stats.dropped, stats.first_dropped_row, unit),
-        )
+    warn_dropped(log, name, "rows", stats.rows_in, stats.dropped, stats.first_dropped_row, unit)
     ds = norm.filter(lambda b: [d == "" for d in b["drop"]], batched=True, load_from_cache_file=False)
     suffix = params.train_prompt_suffix
     system = params.data.synthetic.system_prompt if train.source == "synthetic" else None
