@@ -90,6 +90,27 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def link_or_copy_tree(src: str | Path, dst: str | Path) -> int:
+    """Hard-link every file of ``src`` into ``dst`` (made), copying where a link cannot be made (another
+    filesystem, or one without hard links); returns the bytes copied (0 when everything was linked).
+
+    For files never written in place again (a finished checkpoint's weights): two names, one copy on disk."""
+    src, dst = Path(src), Path(dst)
+    copied = 0
+    for f in sorted(src.rglob("*")):
+        out = dst / f.relative_to(src)
+        if f.is_dir():
+            out.mkdir(parents=True, exist_ok=True)
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, out)
+        except OSError:
+            shutil.copy2(f, out)
+            copied += f.stat().st_size
+    return copied
+
+
 def atomic_write_text(target: str | Path, text: str) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(text)

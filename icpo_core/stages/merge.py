@@ -1,5 +1,6 @@
 """`icpo merge --run <run>`: the run's last checkpoint -> a Hugging Face folder (runs/<run>/merged), with verl's
-FSDP model merger, for checkpoints of both engines (the same verl actor layout).
+FSDP model merger, for checkpoints of both engines (the same verl actor layout). A finished local run's last
+checkpoint already holds its weights as a Hugging Face folder: they are hard-linked, not written a second time.
 
 bfloat16 base models go through verl's stock ``FSDPModelMerger`` (what ``python -m verl.model_merger merge
 --backend fsdp`` runs; it casts to bfloat16, as the released scripts got). Any other dtype goes through
@@ -16,6 +17,8 @@ import logging
 import pickle
 import zipfile
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 from icpo_core import paths
 from icpo_core.errors import DataError, UserError
@@ -48,27 +51,37 @@ def run(args: argparse.Namespace) -> int:
     target = paths.merged_dir(name)
     # bf16 models: verl's stock merger (bf16 output, as verl's own runs); otherwise the stored dtype is kept.
     dtype = "bfloat16" if params.model.save_dtype == "bfloat16" else "keep"
-    from icpo_core.engines.local.merger import merge_checkpoint
+    from icpo_core.engines.local.merger import has_hf_weights, merge_checkpoint
 
-    model_file = actor / f"model_{ckpt.WORLD}.pt"
-    if not model_file.is_file():
+    weights = ckpt.weight_files(actor)
+    if not weights:
         raise UserError(
-            f"{model_file}: checkpoint has no model file; delete {actor.parent} and rerun the training"
+            f"{actor}: checkpoint has no model file; delete {actor.parent} and rerun the training"
         )
-    # the merged folder is about the size of the full weights (the base model's for adapters-only checkpoints)
-    need = max(
-        model_file.stat().st_size,
-        _folder_bytes(paths.BASE_MODEL_DIR) if (actor / "lora_train_meta.json").is_file() else 0,
+    model_file = weights[0]
+    # the merged folder is about the size of the full weights (the base model's for adapters-only checkpoints);
+    # a finished local run's Hugging Face weights are hard-linked, not copied (nothing to write when kept as-is)
+    lora_ckpt = (actor / "lora_train_meta.json").is_file()
+    linked = has_hf_weights(actor) and not lora_ckpt and dtype == "keep"
+    need = (
+        0
+        if linked
+        else max(
+            sum(f.stat().st_size for f in weights), _folder_bytes(paths.BASE_MODEL_DIR) if lora_ckpt else 0
+        )
     )
     check_free_space(target.parent, need + 32 * 1024**2, f"merge {name}", "free some space and rerun")
-    log.info("merging %s -> %s with verl's FSDP model merger (dtype: %s)", actor, target, dtype)
+    if linked:
+        log.info("linking %s's Hugging Face weights -> %s (a finished run's last checkpoint)", actor, target)
+    else:
+        log.info("merging %s -> %s with verl's FSDP model merger (dtype: %s)", actor, target, dtype)
     try:
         with atomic_path(target) as tmp:
             merge_checkpoint(actor, tmp, dtype, base_dir=paths.BASE_MODEL_DIR)
     except Exception as e:
         if is_disk_full(e):
             raise disk_full_error(e, target, "free some space and rerun") from None
-        if isinstance(e, EOFError | pickle.UnpicklingError | zipfile.BadZipFile) or (
+        if isinstance(e, EOFError | pickle.UnpicklingError | zipfile.BadZipFile | SafetensorError) or (
             isinstance(e, RuntimeError) and "PytorchStreamReader" in str(e)
         ):
             raise DataError(

@@ -22,6 +22,7 @@ import pytest
 import torch
 from stage_helpers import env, icpo, reap, step_rows, steps
 
+from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local.tiny import make_tiny_project
 
 pytestmark = pytest.mark.slow
@@ -47,7 +48,7 @@ def _comparable(root: Path) -> list[dict]:
 
 
 def _final_weights(root: Path) -> dict[str, torch.Tensor]:
-    return torch.load(root / f"runs/{RUN}/checkpoints/global_step_{STEPS}/actor/model_world_size_1_rank_0.pt")
+    return ckpt.load_weights(root / f"runs/{RUN}/checkpoints/global_step_{STEPS}/actor")
 
 
 def test_sigkill_at_a_random_step_in_progress_then_resume(tmp_path):

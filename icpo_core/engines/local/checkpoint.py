@@ -8,16 +8,23 @@
 <root>/global_step_N/actor/fsdp_config.json                    # {"FSDP_version": 1, "world_size": 1}
 <root>/global_step_N/actor/lora_train_meta.json                 # LoRA runs only: {"r", "lora_alpha", "task_type"}
 <root>/global_step_N/actor/huggingface/                         # config, generation config, tokenizer
+<root>/global_step_N/actor/huggingface/model.safetensors       # final checkpoint only: the weights (see below)
 ```
 
 This is what verl's ``FSDPCheckpointManager`` writes with one rank, so ``python -m verl.model_merger merge
 --backend fsdp`` reads the local engine's checkpoints as it reads verl's. The ``icpo`` entry of the extra
 state holds what a resume needs beyond verl's keys: step, data position, config fingerprint.
 
-Disk: a finished run's last checkpoint is written without ``optim_*.pt`` (``with_optimizer=False``: nothing resumes
-from it, and AdamW's state is twice the weights); the free space is checked against :func:`estimate_bytes` before
-a write, and a write that still meets a full disk leaves no folder behind (:class:`~icpo_core.io_utils.DiskFullError`
-naming the fix). A checkpoint file that cannot be read raises a :class:`~icpo_core.errors.DataError` naming it.
+Disk: a finished run's last checkpoint (``final=True``) has no ``optim_*.pt`` (nothing trains from it, and
+AdamW's state is twice the weights), and a full model's weights are saved once, in the Hugging Face layout under
+``huggingface/`` instead of ``model_*.pt`` (verl's ``checkpoint.save_contents: [hf_model, extra]``): that folder
+*is* the merged model, and ``icpo merge`` hard-links its files into ``runs/<run>/merged`` instead of writing a
+second copy (a study of eight fp32 runs kept 4 GB twice before). :func:`load_weights` / :func:`load_checkpoint`
+read either layout; verl's own merger needs the model shard, so it does not apply to a final checkpoint (nor is
+it needed). LoRA checkpoints keep their adapters-only ``model_*.pt`` (the merge adds the base weights). The free
+space is checked against :func:`estimate_bytes` before a write, and a write that still meets a full disk leaves no
+folder behind (:class:`~icpo_core.io_utils.DiskFullError` naming the fix). A checkpoint file that cannot be read
+raises a :class:`~icpo_core.errors.DataError` naming it.
 
 A LoRA policy (a peft model) is saved as verl saves one with ``save_lora_only``: the model file holds only the
 adapter tensors (peft names), the optimizer file their AdamW state, and ``lora_train_meta.json`` the rank and
@@ -54,6 +61,18 @@ LATEST_FILE = "latest_checkpointed_iteration.txt"
 _STEP_DIR = re.compile(r"^global_step_(\d+)$")
 _EXTRA_STATE = re.compile(r"^extra_state_world_size_(\d+)_rank_(\d+)\.pt$")
 WORLD = "world_size_1_rank_0"
+HF_DIR = "huggingface"
+
+
+def hf_weight_files(actor: str | Path) -> list[Path]:
+    """The Hugging Face weight files of an actor folder (a final checkpoint), or [] when it has none."""
+    return sorted((Path(actor) / HF_DIR).glob("*.safetensors"))
+
+
+def weight_files(actor: str | Path) -> list[Path]:
+    """The files holding an actor folder's weights: ``model_*.pt`` shards, else the Hugging Face ones."""
+    actor = Path(actor)
+    return sorted(actor.glob("model_world_size_*_rank_*.pt")) or hf_weight_files(actor)
 
 
 def actor_dir(root: str | Path, step: int) -> Path:
@@ -153,12 +172,13 @@ def save_checkpoint(
     tokenizer: Any,
     resume_state: dict[str, Any],
     max_to_keep: int | None,
-    with_optimizer: bool = True,
+    final: bool = False,
 ) -> Path:
     """Write ``global_step_<step>`` atomically, then point the marker at it and prune old ones.
 
-    ``with_optimizer=False`` leaves out the AdamW state (a finished run's last checkpoint). The free space is
-    checked first; a full disk mid-write raises :class:`~icpo_core.io_utils.DiskFullError` and leaves the
+    ``final=True`` (a finished run's last checkpoint) leaves out the AdamW state and saves a full model's weights
+    in the Hugging Face layout under ``huggingface/`` instead of ``model_*.pt`` (module docstring). The free space
+    is checked first; a full disk mid-write raises :class:`~icpo_core.io_utils.DiskFullError` and leaves the
     previous checkpoints as they were."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -168,27 +188,30 @@ def save_checkpoint(
         if prev is not None
         else "free some space and rerun"
     )
-    need = estimate_bytes(model, with_optimizer=with_optimizer)
+    need = estimate_bytes(model, with_optimizer=not final)
     check_free_space(root, need, f"checkpoint step {step}", fix)
     target = root / f"global_step_{step}"
     try:
         with atomic_path(target) as tmp:
             actor = tmp / "actor"
             actor.mkdir(parents=True)
+            hf = actor / HF_DIR
             if lora.is_peft(model):
-                state_dict = lora.adapter_state_dict(model)
                 (actor / lora.META_FILE).write_text(json.dumps(lora.train_meta(model), indent=4))
+                torch.save(lora.adapter_state_dict(model), actor / f"model_{WORLD}.pt")
+            elif final:  # the weights once, as the merged model will be (merge links these files)
+                model.save_pretrained(hf)
             else:
-                state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            torch.save(state_dict, actor / f"model_{WORLD}.pt")
-            if with_optimizer:
+                torch.save(
+                    {k: v.detach().cpu() for k, v in model.state_dict().items()}, actor / f"model_{WORLD}.pt"
+                )
+            if not final:
                 torch.save(optimizer.state_dict(), actor / f"optim_{WORLD}.pt")
             extra = {"lr_scheduler": None, "rng": get_rng_state(), "icpo": dict(resume_state, step=step)}
             torch.save(extra, actor / f"extra_state_{WORLD}.pt")
             (actor / "fsdp_config.json").write_text(
                 json.dumps({"FSDP_version": 1, "world_size": 1}, indent=4)
             )
-            hf = actor / "huggingface"
             model.config.save_pretrained(hf)
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.save_pretrained(hf)
@@ -227,13 +250,11 @@ def load_checkpoint(
     actor = actor_dir(root, step)
     extra = _load_file(actor / f"extra_state_{WORLD}.pt", weights_only=False)
     if model is not None:
-        state = _load_file(actor / f"model_{WORLD}.pt")
+        state = load_weights(actor)
         try:
             load_model_state(model, state, actor)
         except (RuntimeError, ValueError) as e:
-            raise _damaged(
-                actor / f"model_{WORLD}.pt", f"weights do not fit the model ({str(e)[:120]})"
-            ) from None
+            raise _damaged(weight_files(actor)[0], f"weights do not fit the model ({str(e)[:120]})") from None
     if optimizer is not None:
         try:
             optimizer.load_state_dict(_load_file(actor / f"optim_{WORLD}.pt"))
@@ -264,10 +285,45 @@ def _load_file(path: Path, weights_only: bool = True) -> Any:
         raise _damaged(path, f"cannot be read: {type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
 
 
+def load_weights(actor: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a world-size-1 actor folder: ``model_*.pt``, or a final checkpoint's Hugging Face files
+    (which, as ``save_pretrained`` writes them, hold a tied weight once); a damaged file is a :class:`DataError`."""
+    actor = Path(actor)
+    shard = actor / f"model_{WORLD}.pt"
+    hf_files = hf_weight_files(actor)
+    if shard.is_file() or not hf_files:
+        return _load_file(shard)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in hf_files:
+        try:
+            state.update(load_file(f))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise _damaged(f, f"cannot be read: {type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
+    return state
+
+
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str | Path = "") -> None:
-    """Load a checkpoint's model file: a full state dict, or (peft model) exactly its adapter tensors."""
+    """Load a checkpoint's weights: a full state dict (a tied weight may be there under one of its names only,
+    as in Hugging Face files), or (peft model) exactly its adapter tensors."""
     if not lora.is_peft(model):
-        model.load_state_dict(state)
+        result = model.load_state_dict(state, strict=False)
+        names_of: dict[int, set[str]] = {}
+        for k, v in model.state_dict().items():
+            names_of.setdefault(v.untyped_storage().data_ptr(), set()).add(k)
+        own = model.state_dict()
+        missing = [
+            k
+            for k in result.missing_keys
+            if not (names_of[own[k].untyped_storage().data_ptr()] & state.keys())
+        ]
+        if result.unexpected_keys or missing:
+            raise ValueError(
+                f"{where}: not this model's weights ({len(result.unexpected_keys)} unexpected keys, e.g. "
+                f"{sorted(result.unexpected_keys)[:2]}; {len(missing)} missing, e.g. {sorted(missing)[:2]})"
+            )
         return
     expected = {k for k in model.state_dict() if lora.is_adapter_key(k)}
     if set(state) != expected:

@@ -8,6 +8,11 @@ bf16, ``icpo merge`` runs verl's merger through this subclass, which merges the 
 (same loading, same placements, same Hugging Face save and validation) but casts to a chosen dtype (default:
 keep the stored one) and writes that dtype into ``config.json`` so transformers / vLLM load it as saved.
 
+A finished local-engine run's last checkpoint already holds its weights in the Hugging Face layout
+(``actor/huggingface/model.safetensors``, see :mod:`icpo_core.engines.local.checkpoint`): that folder is the
+merged model, so :func:`merge_checkpoint` hard-links its files into the target (one copy on disk; a copy where
+links cannot be made), or casts them when another dtype is asked for.
+
 LoRA checkpoints (an actor folder with ``lora_train_meta.json``: the local engine's adapters-only files, or
 verl's full peft state dict) are merged into the base weights, ``W0 + (alpha / r) * B @ A`` in float32, and
 saved as a plain Hugging Face folder (no peft files; verl's own merger would write the base weights and a
@@ -21,13 +26,16 @@ Command line (same arguments as verl's): ``python -m icpo_core.engines.local.mer
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import torch
 from verl.model_merger.fsdp_model_merger import FSDPModelMerger, merge_non_dtensor_shards
 
+from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local import lora
+from icpo_core.io_utils import link_or_copy_tree
 
 try:
     from torch.distributed.tensor import DTensor
@@ -122,6 +130,63 @@ class DtypePreservingFSDPMerger(FSDPModelMerger):
             cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+def has_hf_weights(local_dir: str | Path) -> bool:
+    """True for an actor folder whose weights are only in ``huggingface/`` (a finished local run's last
+    checkpoint): :func:`merge_checkpoint` links them instead of merging shards."""
+    actor = Path(local_dir)
+    return not list(actor.glob("model_world_size_*_rank_*.pt")) and bool(ckpt.hf_weight_files(actor))
+
+
+def _stored_dtype(files: list[Path]) -> torch.dtype | None:
+    """The floating dtype of the weights; opening every file checks its header against its size, so a cut or
+    overwritten file raises ``SafetensorError`` here rather than in the bench that would load it."""
+    from safetensors import safe_open
+
+    found = None
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open has keys(), no iteration)
+                name = f.get_slice(key).get_dtype()
+                if found is None and name in _SAFETENSORS_FLOATS:
+                    found = _SAFETENSORS_FLOATS[name]
+    return found
+
+
+_SAFETENSORS_FLOATS = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def link_hf_weights(local_dir: str | Path, target_dir: str | Path, dtype: str = "keep") -> int:
+    """The merged model of a checkpoint with Hugging Face weights (:func:`has_hf_weights`): its ``huggingface/``
+    files hard-linked into ``target_dir`` when they already have the asked dtype, else cast and written anew (as
+    verl's stock merger casts to bfloat16). Returns the bytes written (0 when all was linked)."""
+    from safetensors.torch import load_file, save_file
+
+    hf = Path(local_dir) / ckpt.HF_DIR
+    files = ckpt.hf_weight_files(local_dir)
+    want = None if dtype == "keep" else DTYPES[dtype]
+    stored = _stored_dtype(files)
+    if want is None or stored == want:
+        return link_or_copy_tree(hf, target_dir)
+    target = Path(target_dir)
+    written = 0
+    for f in sorted(hf.rglob("*")):
+        out = target / f.relative_to(hf)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if f.suffix == ".safetensors":
+            state = {k: v.to(want) if v.is_floating_point() else v for k, v in load_file(f).items()}
+            save_file(state, out, metadata={"format": "pt"})
+            written += out.stat().st_size
+        elif f.is_file():
+            shutil.copy2(f, out)
+    cfg_path = target / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["dtype"] = dtype
+    if "torch_dtype" in cfg:
+        cfg["torch_dtype"] = dtype
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return written
+
+
 def merge_checkpoint(
     local_dir: str | Path, target_dir: str | Path, dtype: str = "keep", base_dir: str | Path | None = None
 ) -> None:
@@ -129,7 +194,9 @@ def merge_checkpoint(
 
     ``dtype="bfloat16"`` runs verl's stock ``FSDPModelMerger`` unchanged (it casts to bfloat16 anyway); ``keep``
     (the stored dtype) or another dtype runs :class:`DtypePreservingFSDPMerger`, as does every LoRA checkpoint
-    (merged into plain weights; ``base_dir``: the base model of an adapters-only checkpoint).
+    (merged into plain weights; ``base_dir``: the base model of an adapters-only checkpoint). A checkpoint whose
+    weights are already a Hugging Face folder (:func:`has_hf_weights`) is linked, not merged
+    (:func:`link_hf_weights`).
     """
     import argparse
 
@@ -137,6 +204,9 @@ def merge_checkpoint(
 
     if dtype != "keep" and dtype not in DTYPES:
         raise ValueError(f"dtype must be 'keep' or one of {sorted(DTYPES)}, got {dtype!r}")
+    if has_hf_weights(local_dir) and lora.read_meta(local_dir) is None:
+        link_hf_weights(local_dir, target_dir, dtype)
+        return
     # The same namespace verl's command line builds for `merge --backend fsdp --local_dir X --target_dir Y`.
     args = argparse.Namespace(
         operation="merge",

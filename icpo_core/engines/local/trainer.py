@@ -697,7 +697,8 @@ class LocalTrainer:
                     "params_hash": resume.params_hash(training),
                 },
                 max_to_keep=self.train_cfg.keep_checkpoints,
-                with_optimizer=step < total,  # a resume needs it; the finished run's last checkpoint does not
+                # the finished run's last checkpoint: no AdamW state, the weights once as the merged model's
+                final=step >= total,
             )
             tracker.log_metrics(pending)
             pending.clear()

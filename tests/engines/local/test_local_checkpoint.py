@@ -89,3 +89,55 @@ def test_latest_ignores_incomplete_folders(tmp_path):
     assert ckpt.latest_step(tmp_path) is None
     (tmp_path / ckpt.LATEST_FILE).write_text("5\n")
     assert ckpt.latest_step(tmp_path) is None
+
+
+def test_final_checkpoint_holds_the_weights_once_in_the_hugging_face_layout(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    _train_once(model, opt)
+    root = tmp_path / "ckpt"
+    actor = ckpt.save_checkpoint(
+        root,
+        5,
+        model=model,
+        optimizer=opt,
+        tokenizer=tok,
+        resume_state={"data_pos": 3},
+        max_to_keep=1,
+        final=True,
+    )
+    assert ckpt.latest_step(root) == 5  # complete, as verl's layout counts it (the extra state is there)
+    assert not list(actor.glob("model_*.pt")) and not list(actor.glob("optim_*.pt"))
+    assert [f.name for f in ckpt.weight_files(actor)] == ["model.safetensors"]
+    # the folder is a Hugging Face model as it stands: what merge links and the bench loads
+    as_hf = AutoModelForCausalLM.from_pretrained(actor / "huggingface")
+    trained = model.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in as_hf.state_dict().items())
+    assert as_hf.dtype == torch.float32
+
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert ckpt.load_checkpoint(root, 5, model=fresh) == {"data_pos": 3, "step": 5}
+    loaded = fresh.state_dict()
+    assert all(torch.equal(trained[k], loaded[k]) for k in trained)  # the tied LM head included
+    assert fresh.lm_head.weight.data_ptr() == fresh.model.embed_tokens.weight.data_ptr()
+
+
+def test_damaged_final_weights_name_the_file(tiny_model_dir, tmp_path):
+    import pytest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from icpo_core.errors import DataError
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    opt = torch.optim.AdamW(model.parameters())
+    actor = ckpt.save_checkpoint(
+        tmp_path, 1, model=model, optimizer=opt, tokenizer=tok, resume_state={}, max_to_keep=1, final=True
+    )
+    weights = actor / "huggingface" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"model\.safetensors: damaged checkpoint \(cannot be read"):
+        ckpt.load_checkpoint(tmp_path, 1, model=model)

@@ -59,7 +59,7 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def _weights(root: Path, step: int) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt.actor_dir(root / "runs/icpo/checkpoints", step) / "model_world_size_1_rank_0.pt")
+    return ckpt.load_weights(ckpt.actor_dir(root / "runs/icpo/checkpoints", step))
 
 
 def _comparable(path: Path) -> list[dict]:

@@ -90,8 +90,8 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_project):
     steps_b = _comparable(root_b / "metrics" / "steps_icpo.jsonl")
     assert [r["step"] for r in steps_b] == [1, 2, 3, 4]
     assert steps_a == steps_b
-    wa = torch.load(ckpt.actor_dir(root_a / "runs/icpo/checkpoints", 4) / "model_world_size_1_rank_0.pt")
-    wb = torch.load(ckpt.actor_dir(root_b / "runs/icpo/checkpoints", 4) / "model_world_size_1_rank_0.pt")
+    wa = ckpt.load_weights(ckpt.actor_dir(root_a / "runs/icpo/checkpoints", 4))
+    wb = ckpt.load_weights(ckpt.actor_dir(root_b / "runs/icpo/checkpoints", 4))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
