@@ -1,17 +1,21 @@
-"""Random SIGKILL check: a train + merge pipeline under `dvc repro`, killed at random moments, ends as if never killed.
+"""Random SIGKILL check: a train + merge + bench pipeline under `dvc repro`, killed at random moments, ends as if
+never killed.
 
     python scripts/kill_check.py [--kills 10] [--seed 0] [--steps 6] [--save-freq 2] [--out result.json]
 
 Builds a throw-away DVC project (a tiny random model, tiny synthetic data, this project's `icpo train` / `icpo
-merge` commands, the same outs options as dvc.yaml: checkpoints and the step log persisted and not cached), runs
-it once uninterrupted (the reference, timed), then for each of ``--kills`` trials: a fresh copy, ``dvc repro``
-started in its own process group and the whole group SIGKILLed at a moment drawn uniformly from the reference's
-wall time (so kills land in start-up, rollouts, updates, checkpoint writes, MLflow calls and the merge), then
-``dvc repro`` again to the end. A trial passes when
+merge` / `icpo bench` commands, the same outs options as dvc.yaml: checkpoints and the step log persisted and not
+cached, the bench samples persisted), runs it once uninterrupted (the reference, timed), then for each of
+``--kills`` trials: a fresh copy, ``dvc repro`` started in its own process group and the whole group SIGKILLed at
+a moment drawn uniformly from the reference's wall time (so kills land in start-up, rollouts, updates, checkpoint
+writes, MLflow calls, the merge and the bench), then ``dvc repro`` again to the end. A trial passes when
 
 - every step is in the step log exactly once and in MLflow exactly once (``perf/step_time_s`` history);
 - the step log equals the reference's (timings aside) and the merged weights equal the reference's bit for bit
   (the local engine is deterministic on CPU);
+- every bench sample is in ``bench/icpo/samples.jsonl`` exactly once and equal to the reference's (greedy
+  decoding), the metrics file is whole and its scores equal the reference's, and each bench metric is in
+  MLflow once;
 - a further ``dvc status`` reports nothing to do.
 
 Prints one JSON object (per trial: the kill moment, what had been done by then, pass/fail and why) and exits 1 if
@@ -21,6 +25,7 @@ any trial failed. MLflow is each project's own SQLite store; the rollouts use th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -56,7 +61,25 @@ DVC_YAML = """stages:
     outs:
       - runs/icpo/merged:
           cache: false
+  bench:
+    cmd: icpo bench --run icpo
+    deps: [runs/icpo/merged, data/eval, icpo_core/bench/benchmarks.yaml]
+    params: [bench]
+    outs:
+      - bench/icpo:
+          persist: true
+    metrics:
+      - metrics/bench_icpo.json:
+          cache: false
 """
+BENCH = {
+    "backend": "hf",
+    "benchmarks": ["synthetic_l0"],
+    "max_tokens": 8,
+    "grade_workers": 1,
+    "batch_size": 4,
+}
+N_EVAL = 16  # held-out problems: 4 chunks of 4, so a kill can land between chunks
 
 
 def _env() -> dict[str, str]:
@@ -72,9 +95,25 @@ def _env() -> dict[str, str]:
 
 
 def make_project(folder: Path, steps: int, save_freq: int) -> Path:
+    import yaml
+
+    from icpo_core.data.schema import write_eval_jsonl
     from icpo_core.engines.local.tiny import make_tiny_project
 
     root = make_tiny_project(folder, train={"steps": steps, "save_freq": save_freq, "keep_checkpoints": 1})
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["bench"] = BENCH
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rows = [
+        {"problem": f"Ann has {i + 2} pens and gets {i % 3 + 1} more. How many pens?", "answer": str(2 * i % 3 + i + 3),
+         "solution": ""}
+        for i in range(N_EVAL)
+    ]  # fmt: skip
+    (root / "data/eval").mkdir(parents=True)
+    write_eval_jsonl(rows, root / "data/eval/synthetic_l0.jsonl")
+    registry = root / "icpo_core/bench/benchmarks.yaml"
+    registry.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "icpo_core/bench/benchmarks.yaml", registry)
     (root / "dvc.yaml").write_text(DVC_YAML)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, env=_env(), check=True)
     return root
@@ -123,7 +162,45 @@ def state(root: Path) -> dict:
         "logged_steps": len(steplog.read_steps(root / "metrics/steps_icpo.jsonl")),
         "checkpoint": ckpt.latest_step(root / "runs/icpo/checkpoints"),
         "merged": (root / "runs/icpo/merged/config.json").is_file(),
+        "bench_samples": len(_samples(root)),
+        "bench_metrics": (root / "metrics/bench_icpo.json").is_file(),
     }
+
+
+def _samples(root: Path) -> list[dict]:
+    path = root / "bench/icpo/samples.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(
+            json.JSONDecodeError
+        ):  # a line cut by the kill (the rerun redoes its problem)
+            rows.append(json.loads(line))
+    return rows
+
+
+_SAMPLE_KEYS = ("benchmark", "problem_id", "sample", "response", "extracted", "correct")
+
+
+def _bench_problems(root: Path, ref: Path) -> list[str]:
+    """Why the bench outputs differ from the reference's (empty: they do not)."""
+    problems = []
+    rows = _samples(root)
+    keys = [(r["benchmark"], r["problem_id"], r["sample"]) for r in rows]
+    if len(set(keys)) != len(keys):
+        problems.append(f"bench: {len(keys) - len(set(keys))} samples counted twice")
+    ref_rows = sorted(tuple(r[k] for k in _SAMPLE_KEYS) for r in _samples(ref))
+    if sorted(tuple(r[k] for k in _SAMPLE_KEYS) for r in rows) != ref_rows:
+        problems.append(f"bench: samples differ from the reference ({len(rows)} vs {len(ref_rows)} rows)")
+    try:
+        metrics = json.loads((root / "metrics/bench_icpo.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return [*problems, f"bench metrics unreadable: {e}"]
+    ref_metrics = json.loads((ref / "metrics/bench_icpo.json").read_text())
+    if metrics["benchmarks"] != ref_metrics["benchmarks"] or metrics["average"] != ref_metrics["average"]:
+        problems.append("bench metrics differ from the reference")
+    return problems
 
 
 def _comparable(root: Path) -> list[dict]:
@@ -162,6 +239,11 @@ def check(root: Path, ref: Path, steps: int) -> list[str]:
     )
     if mlflow_steps != list(range(1, steps + 1)):
         problems.append(f"MLflow has steps {mlflow_steps}")
+    for key in ("bench/average/avg_at_n", "bench/synthetic_l0/avg_at_n"):
+        n = len(client.get_metric_history(summary["mlflow_run_id"], key))
+        if n != 1:
+            problems.append(f"MLflow has {key} {n} times")
+    problems += _bench_problems(root, ref)
     wa, wb = _weights(ref), _weights(root)
     if not wb or set(wa) != set(wb) or not all(torch.equal(wa[k], wb[k]) for k in wa):
         problems.append("merged weights differ from the reference")
@@ -229,8 +311,15 @@ def main(argv: list[str] | None = None) -> int:
                 "training (steps logged, not all)": sum(
                     0 < t["at_kill"]["logged_steps"] < args.steps for t in killed
                 ),
-                "after the last step (final checkpoint, MLflow, summary, merge)": sum(
-                    t["at_kill"]["logged_steps"] == args.steps for t in killed
+                "after the last step, before the bench (final checkpoint, MLflow, summary, merge)": sum(
+                    t["at_kill"]["logged_steps"] == args.steps and not t["at_kill"]["bench_samples"]
+                    for t in killed
+                ),
+                "bench (samples written, metrics not yet)": sum(
+                    t["at_kill"]["bench_samples"] > 0 and not t["at_kill"]["bench_metrics"] for t in killed
+                ),
+                "bench metrics written (MLflow log, DVC's record)": sum(
+                    t["at_kill"]["bench_metrics"] for t in killed
                 ),
             },
             "trials": trials,

@@ -81,7 +81,14 @@ def log_bench(
         import time
 
         now = int(time.time() * 1000)
-        items = [Metric(k, v, now, 0) for k, v in metric_items(metrics).items()]
+        # A bench rerun after a kill between this call and DVC's record of the stage logs the same metrics
+        # again: only values the run lacks (or that changed) are logged, so each is in its history once.
+        logged = client.get_run(run_id).data.metrics
+        items = [
+            Metric(k, v, now, 0)
+            for k, v in metric_items(metrics).items()
+            if k not in logged or (logged[k] != v and not k.startswith("bench/time/"))
+        ]
         for s in range(0, len(items), 1000):
             client.log_batch(run_id, metrics=items[s : s + 1000])
         client.log_dict(run_id, metrics, f"bench/bench_{name}.json")
