@@ -29,13 +29,14 @@ from icpo_core.data import synthetic
 from icpo_core.data.answers import ensure_boxed_ending, last_boxed
 from icpo_core.data.loading import (
     WRONG_TYPE,
+    JsonlRows,
     dropped_summary,
-    is_jsonl,
     load_table,
-    read_jsonl,
+    local_json_lines,
     require_column_names,
     require_columns,
     warn_dropped,
+    where_label,
 )
 from icpo_core.data.openr1 import answer_problem, text_field
 from icpo_core.errors import DataError
@@ -59,8 +60,9 @@ class DemoStats:
     rows_in: int = 0
     rows_kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-    # reason -> the first dropped row's number in the source (1-based; a JSONL file's line number)
-    first_dropped_row: dict[str, int] = field(default_factory=dict)
+    # reason -> the first dropped row's number in the source (1-based; a JSONL file's line number, or
+    # "<file>:<line>" in a folder of JSONL files), in source order
+    first_dropped_row: dict[str, int | str] = field(default_factory=dict)
     row_unit: str = "row"
 
 
@@ -68,15 +70,16 @@ class DemoStats:
 class Candidate:
     """A raw demo before checks: ``answer`` may be None (then the solution's last box is used).
 
-    ``row``: its row (line of a JSONL file) in the source, for messages; ``drop``: a reason already known (a
-    damaged line) -- the candidate is counted and dropped."""
+    ``row``: where it is in the source, for messages (its row, a JSONL file's line, ``<file>:<line>`` in a
+    folder's files); ``drop``: a reason already known (a damaged line) -- the candidate is counted and
+    dropped."""
 
     id: str
     problem: Any
     solution: Any
     answer: Any
     source: str
-    row: int | None = None
+    row: int | str | None = None
     drop: str = ""
 
 
@@ -129,21 +132,26 @@ def _clean(candidates: Iterable[Candidate], stats: DemoStats) -> list[dict[str, 
     return rows
 
 
-def _rows(path: str, what: str) -> tuple[list[str], Iterator[tuple[int, dict[str, Any] | None, str]]]:
-    """(columns, (row number, row or None, drop reason) per row) of a local file or a hub table.
+Row = tuple[int, int | str, dict[str, Any] | None, str]  # (number, where, row or None, drop reason)
 
-    A JSONL file is read line by line (:func:`~icpo_core.data.loading.read_jsonl`: a damaged line is one dropped
-    row, numbered by its line); anything else through ``datasets``."""
-    if is_jsonl(path):
-        table = read_jsonl(path)
-        items = sorted(
-            [(n, row, "") for n, row in zip(table.lines, table.rows, strict=True)]
-            + [(n, None, reason) for n, reason in table.bad],
-            key=lambda x: x[0],
-        )
-        return table.columns, iter(items)
+
+def _jsonl_items(table: JsonlRows) -> Iterator[Row]:
+    """A JSON-lines table's rows and damaged lines in source order (a damaged line is one dropped row)."""
+    items = sorted(
+        [(n, row, "") for n, row in zip(table.lines, table.rows, strict=True)]
+        + [(n, None, reason) for n, reason in table.bad],
+        key=lambda x: x[0],
+    )
+    return ((n, table.where(n), row, drop) for n, row, drop in items)
+
+
+def _rows(path: str, what: str, table: JsonlRows | None) -> tuple[list[str], Iterator[Row]]:
+    """(columns, rows) of a local source: ``table``, its JSON lines read line by line
+    (:func:`~icpo_core.data.loading.local_json_lines`), else the file or folder through ``datasets``."""
+    if table is not None:
+        return table.columns, _jsonl_items(table)
     ds = load_table("", path=path, what=what)
-    return ds.column_names, ((i + 1, row, "") for i, row in enumerate(ds))
+    return ds.column_names, ((i + 1, i + 1, row, "") for i, row in enumerate(ds))
 
 
 # ------------------------------------------------------------------------------------------------- sources
@@ -155,9 +163,9 @@ def _synthetic(params: Params) -> Iterator[Candidate]:
         yield Candidate(p.id, p.problem, p.solution, p.answer, synthetic.eval_name(p.level))
 
 
-def _math_hub(path: str | None) -> Iterator[Candidate]:
-    if path is not None and is_jsonl(path):
-        columns, rows = _rows(path, "data.demos")
+def _math_hub(path: str | None, table: JsonlRows | None) -> Iterator[Candidate]:
+    if path is not None and table is not None:
+        columns, rows = _rows(path, "data.demos", table)
         if columns:
             require_column_names(
                 columns, MATH_COLUMNS, source=path, layout="MATH (problem, solution, level, type)"
@@ -167,13 +175,13 @@ def _math_hub(path: str | None) -> Iterator[Candidate]:
         require_columns(
             ds, MATH_COLUMNS, source=path or MATH_HUB_ID, layout="MATH (problem, solution, level, type)"
         )
-        rows = ((i + 1, row, "") for i, row in enumerate(ds))
-    for n, row, drop in rows:
+        rows = ((i + 1, i + 1, row, "") for i, row in enumerate(ds))
+    for n, where, row, drop in rows:
         row = row or {}
         solution = row.get("solution")
         boxed = last_boxed(solution) if isinstance(solution, str) else None
         yield Candidate(
-            f"math-train-{n - 1:05d}", row.get("problem"), solution, boxed or "", MATH_HUB_ID, n, drop
+            f"math-train-{n - 1:05d}", row.get("problem"), solution, boxed or "", MATH_HUB_ID, where, drop
         )
 
 
@@ -181,26 +189,32 @@ def _strip_label(text: Any) -> str:
     return _LABEL.sub("", str(text or ""), count=1).strip()
 
 
-def _local(path: str) -> Iterator[Candidate]:
-    columns, rows = _rows(path, "data.demos")
+def _local(path: str, table: JsonlRows | None) -> Iterator[Candidate]:
+    columns, rows = _rows(path, "data.demos", table)
     cols = set(columns)
     source = Path(path).name
     if "exemplars" in cols:  # in-context RL episodes: every exemplar is a solved problem
-        for n, episode, drop in rows:
+        for n, where, episode, drop in rows:
             exemplars = (episode or {}).get("exemplars") or []
             if drop or not isinstance(exemplars, list):
-                yield Candidate(f"{source}-{n}", None, None, None, source, n, drop or WRONG_TYPE)
+                yield Candidate(f"{source}-{n}", None, None, None, source, where, drop or WRONG_TYPE)
                 continue
             for j, ex in enumerate(exemplars):
                 if not isinstance(ex, dict):
-                    yield Candidate(f"{source}-{n}-{j}", None, None, None, source, n, WRONG_TYPE)
+                    yield Candidate(f"{source}-{n}-{j}", None, None, None, source, where, WRONG_TYPE)
                     continue
                 text, bad = text_field(ex.get("answer"))
                 prompt, bad_prompt = text_field(ex.get("prompt"))
                 text = text.strip()
                 answer = last_boxed(text) or _strip_label(text)
                 yield Candidate(
-                    f"{source}-{n - 1}-{j}", _strip_label(prompt), text, answer, source, n, bad or bad_prompt
+                    f"{source}-{n - 1}-{j}",
+                    _strip_label(prompt),
+                    text,
+                    answer,
+                    source,
+                    where,
+                    bad or bad_prompt,
                 )
         return
     if columns and ("problem" not in cols or "solution" not in cols):
@@ -209,11 +223,11 @@ def _local(path: str) -> Iterator[Candidate]:
             f"problem + solution (+ answer), or the exemplar layout (exemplars: [{{prompt, answer}}]); "
             f"found {columns}"
         )
-    for n, row, drop in rows:
+    for n, where, row, drop in rows:
         row = row or {}
         uid = row.get("id")
         uid = str(uid) if isinstance(uid, str | int) and str(uid) else f"{source}-{n - 1}"
-        yield Candidate(uid, row.get("problem"), row.get("solution"), row.get("answer"), source, n, drop)
+        yield Candidate(uid, row.get("problem"), row.get("solution"), row.get("answer"), source, where, drop)
 
 
 def _pkl(path: str) -> Iterator[Candidate]:
@@ -246,23 +260,23 @@ def _pkl(path: str) -> Iterator[Candidate]:
 def build_demos(params: Params) -> tuple[list[dict[str, str]], DemoStats]:
     """Demo rows (id, problem, solution, answer, source) and the stats; DataError when none is usable."""
     demos = params.data.demos
+    # a local file or folder of JSON lines, read line by line (None: datasets reads it)
+    table = local_json_lines(demos.path) if demos.source in ("math_hub", "local") else None
     if demos.source == "synthetic":
         name, candidates = "synthetic", _synthetic(params)
     elif demos.source == "math_hub":
-        name, candidates = demos.path or MATH_HUB_ID, _math_hub(demos.path)
+        name, candidates = demos.path or MATH_HUB_ID, _math_hub(demos.path, table)
     elif demos.source == "local":
-        name, candidates = str(demos.path), _local(str(demos.path))
+        name, candidates = str(demos.path), _local(str(demos.path), table)
     else:
         name, candidates = str(demos.path), _pkl(str(demos.path))
-    stats = DemoStats(source=demos.source, dataset=name)
-    if demos.path is not None and is_jsonl(demos.path):
-        stats.row_unit = "line"
+    stats = DemoStats(source=demos.source, dataset=name, row_unit="line" if table is not None else "row")
     rows = _clean(candidates, stats)
     warn_dropped(log, name, "demos", stats.rows_in, stats.dropped, stats.first_dropped_row, stats.row_unit)
     if not rows:
         reasons = dropped_summary(stats.dropped, {})
-        first = min(stats.first_dropped_row.values(), default=None)
-        where = f" (the first at {stats.row_unit} {first})" if first is not None else ""
+        first = next(iter(stats.first_dropped_row.values()), None)  # the earliest: they are in source order
+        where = f" (the first at {where_label(stats.row_unit, first)})" if first is not None else ""
         raise DataError(
             f"{name}: no usable demos ({stats.rows_in} rows in; dropped: {reasons}){where}; {DEMO_NEEDS}: fix "
             "the file (data.demos.path), or use another data.demos.source"

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icpo_core.data import openr1, schema, synthetic
-from icpo_core.data.loading import JsonlRows, dropped_summary, is_jsonl, load_table, read_jsonl, warn_dropped
+from icpo_core.data.loading import (
+    JsonlRows,
+    dropped_summary,
+    load_table,
+    local_json_lines,
+    warn_dropped,
+    where_label,
+)
 from icpo_core.errors import DataError
 
 if TYPE_CHECKING:
@@ -46,9 +53,10 @@ class TrainStats:
     dropped: dict[str, int] = field(default_factory=dict)
     max_tokens: int | None = None
     tokens: dict[str, float] = field(default_factory=dict)
-    # reason -> the first dropped row's number in the source (1-based; a JSONL file's line number)
-    first_dropped_row: dict[str, int] = field(default_factory=dict)
-    row_unit: str = "row"  # "line" for a JSONL file
+    # reason -> the first dropped row's number in the source (1-based; a JSONL file's line number, or
+    # "<file>:<line>" in a folder of JSONL files), in source order
+    first_dropped_row: dict[str, int | str] = field(default_factory=dict)
+    row_unit: str = "row"  # "line" for JSON lines
 
     def drop(self, reasons: Counter[str]) -> None:
         for reason, n in reasons.items():
@@ -84,14 +92,15 @@ def load_normalized(params: Params) -> tuple[datasets.Dataset, str, str]:
     if train.source in HUB_DATASETS:
         hub_id, config, split = HUB_DATASETS[train.source]
         expected = "luffy" if train.source == "openr1_46k" else "openr1"
-        if is_jsonl(train.path):
-            return _normalized_jsonl(read_jsonl(str(train.path)), (hub_id, expected))
+        rows = local_json_lines(train.path, config=config, split=split)
+        if rows is not None:
+            return _normalized_jsonl(rows, (hub_id, expected))
         raw = load_table(hub_id, path=train.path, config=config, split=split, what="data.train")
         name = train.path or hub_id
         layout = openr1.detect_layout(raw.column_names)
         _require_layout(name, layout, raw.column_names, hub_id, expected)
-    elif is_jsonl(train.path):
-        return _normalized_jsonl(read_jsonl(str(train.path)))
+    elif (rows := local_json_lines(train.path)) is not None:
+        return _normalized_jsonl(rows)
     else:
         raw = load_table("", path=train.path, what="data.train")
         name = str(train.path)
@@ -141,15 +150,17 @@ _NORM_FEATURES = {
 def _normalized_jsonl(
     rows: JsonlRows, hub: tuple[str, str] | None = None
 ) -> tuple[datasets.Dataset, str, str]:
-    """A local JSONL file, normalised in Python (its rows may disagree on types, which Arrow cannot hold): one
-    normalised row per non-blank line, damaged lines included with their reason, and a ``row`` column holding
-    the line number. ``hub``: (hub id, layout) the file must be in (a local copy of a hub source)."""
+    """Local JSON lines (a file, or a folder's files), normalised in Python (their rows may disagree on types,
+    which Arrow cannot hold): one normalised row per non-blank line, damaged lines included with their reason,
+    a ``row`` column holding the line number (numbered on across a folder's files: the source order) and, for a
+    folder, a ``where`` column naming the file (``<file>:<line>``). ``hub``: (hub id, layout) the rows must be
+    in (a local copy of a hub source)."""
     import datasets
 
     name = str(rows.path)
     if not rows.rows:
         bad = Counter(reason for _, reason in rows.bad)
-        first = {r: n for n, r in reversed(rows.bad)}
+        first = {r: rows.where(n) for n, r in reversed(rows.bad)}
         raise DataError(
             f"{name}: no usable row ({len(rows.bad)} lines; dropped: "
             f"{dropped_summary(dict(bad), first, 'line')}); each line must be a JSON object (UTF-8) with "
@@ -183,21 +194,27 @@ def _normalized_jsonl(
         }.items():
             out[k].append(v)
     order = sorted(range(len(out["row"])), key=out["row"].__getitem__)  # source order
-    features = datasets.Features(
-        {k: datasets.Value(t) for k, t in {**_NORM_FEATURES, "row": "int64"}.items()}
-    )
+    columns = {**_NORM_FEATURES, "row": "int64"}
     table = {k: [v[i] for i in order] for k, v in out.items()}
+    if rows.files:
+        columns["where"] = "string"
+        table["where"] = [str(rows.where(n)) for n in table["row"]]
+    features = datasets.Features({k: datasets.Value(t) for k, t in columns.items()})
     return datasets.Dataset.from_dict(table, features=features), name, layout
 
 
-def _first_dropped(norm: datasets.Dataset) -> dict[str, int]:
-    """reason -> the first dropped row's number (the ``row`` column, else the 1-based position)."""
+def _first_dropped(norm: datasets.Dataset) -> dict[str, int | str]:
+    """reason -> where its first dropped row is (the ``where`` column of a folder's JSON lines, else the
+    ``row`` column, else the 1-based position), in source order."""
     drops = norm["drop"]
-    rows = norm["row"] if "row" in norm.column_names else range(1, len(drops) + 1)
-    first: dict[str, int] = {}
+    if "where" in norm.column_names:
+        rows: Any = norm["where"]
+    else:
+        rows = [int(r) for r in norm["row"]] if "row" in norm.column_names else range(1, len(drops) + 1)
+    first: dict[str, int | str] = {}
     for reason, row in zip(drops, rows, strict=True):
         if reason and reason not in first:
-            first[reason] = int(row)
+            first[reason] = row
     return first
 
 
@@ -263,8 +280,8 @@ def build_train_set(params: Params, out_path: str | Path, tokenizer_dir: str | P
 
     if not len(ds):
         reasons = dropped_summary(stats.dropped, {})
-        first = min(stats.first_dropped_row.values(), default=None)
-        where = f" (the first at {unit} {first})" if first is not None else ""
+        first = next(iter(stats.first_dropped_row.values()), None)  # the earliest: they are in source order
+        where = f" (the first at {where_label(unit, first)})" if first is not None else ""
         raise DataError(
             f"{name}: no rows left after filtering ({stats.rows_in} rows in; dropped: {reasons}){where}. A row "
             f"must hold {ROW_NEEDS[layout]}, within data.train.max_tokens ({train.max_tokens})"

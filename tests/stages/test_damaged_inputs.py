@@ -178,3 +178,49 @@ def test_train_after_params_yaml_was_edited_names_the_changed_keys(tiny, capsys)
         "global_step_1",
         "global_step_2",
     ]
+
+
+class _Launched(Exception):
+    """Raised where the verl launch would go on (its preflight): the test stops before Ray or verl start."""
+
+
+def test_verl_train_after_params_yaml_was_edited_is_refused_before_the_launch(project, capsys, monkeypatch):
+    import torch
+
+    from icpo_core.engines.local import checkpoint as ckpt
+    from icpo_core.engines.verl import overrides
+    from icpo_core.engines.verl.resume import PARAMS_FILE
+
+    reached: list[str] = []
+
+    def preflight(params, run, root="."):
+        reached.append(run)
+        raise _Launched
+
+    monkeypatch.setattr(overrides, "run_preflight", preflight)
+    project({"train": {"engine": "verl", "lr": 1e-3}})
+    with pytest.raises(_Launched):  # a fresh start records the params, then launches
+        main(["train", "--run", "icpo"])
+    ckpt_root = Path("runs/icpo/checkpoints")
+    assert (ckpt_root / PARAMS_FILE).is_file() and reached == ["icpo"]
+
+    # verl wrote step 2 (one rank), then params.yaml was edited
+    actor = ckpt.actor_dir(ckpt_root, 2)
+    actor.mkdir(parents=True)
+    torch.save({"lr_scheduler": None, "rng": {}}, actor / "extra_state_world_size_1_rank_0.pt")
+    (ckpt_root / ckpt.LATEST_FILE).write_text("2\n")
+    project({"train": {"engine": "verl", "lr": 1e-5, "keep_checkpoints": 3}})
+    rc, _, err = _icpo(capsys, "train", "--run", "icpo")
+    assert rc == 2 and reached == ["icpo"]  # refused before the launch went on
+    line = _one_error_line(err, "train")
+    assert line.endswith(
+        "params.yaml changed since the checkpoint at step 2 of runs/icpo/checkpoints: train.lr: 0.001 -> 1e-05. "
+        "Restore the value to resume, or delete runs/icpo/checkpoints to start over"
+    )
+    assert not Path("metrics").exists()  # nothing launched, nothing written
+
+    # the value restored (a resume-safe key still changed): the launch goes on
+    project({"train": {"engine": "verl", "lr": 1e-3, "keep_checkpoints": 3}})
+    with pytest.raises(_Launched):
+        main(["train", "--run", "icpo"])
+    assert reached == ["icpo", "icpo"]

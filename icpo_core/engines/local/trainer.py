@@ -59,8 +59,9 @@ from icpo_core.algorithm.control_rewards import control_rewards, control_rng
 from icpo_core.algorithm.step import on_policy_rollouts, step_seed
 from icpo_core.config import AlgorithmParams, Params
 from icpo_core.data.expert_traces import ExpertTrace, expert_trace
+from icpo_core.engines import resume_params as resume
 from icpo_core.engines.local import checkpoint as ckpt
-from icpo_core.engines.local import lora, resume, steplog
+from icpo_core.engines.local import lora, steplog
 from icpo_core.engines.local.data import PromptRow, chat_ids, load_demo_pool, load_prompts, take
 from icpo_core.engines.local.logprobs import (
     SequenceBatch,
@@ -110,14 +111,14 @@ def _file_digest(path: Path, whole: bool = True) -> str:
 def config_fingerprint(params: Params, run: str, root: Path) -> str:
     """What a checkpoint must match to be resumed: the run's config and its inputs.
 
-    The training params enter as :func:`~icpo_core.engines.local.resume.training_params` (without the keys a
+    The training params enter as :func:`~icpo_core.engines.resume_params.training_params` (without the keys a
     resume may change: checkpointing, device, grading parallelism, verl). The base weights enter by size
     (hashing 0.5 GB each start is slow).
     """
     cfg = tracking.run_config(params, run)
     for key in ("algorithm", "train", "seed"):
         cfg.pop(key, None)
-    cfg["training"] = resume.training_params(params, run)
+    cfg["training"] = resume.training_params(params, run, "local")
     cfg["inputs"] = {
         "train": _file_digest(root / paths.TRAIN_PARQUET),
         "demos": _file_digest(root / paths.DEMOS_PARQUET),
@@ -605,7 +606,9 @@ class LocalTrainer:
         if latest is None:
             return None
         state = ckpt.read_resume_state(self.ckpt_root, latest)
-        if not resume.check_resume(state, training, step=latest, ckpt_root=str(self.ckpt_root)):
+        if not resume.check_resume(
+            state, training, engine="local", step=latest, ckpt_root=str(self.ckpt_root)
+        ):
             log.warning(
                 "%s: the checkpoint at step %d records no training params (made by an older version): resuming "
                 "without checking params.yaml or the inputs against it",
@@ -656,7 +659,7 @@ class LocalTrainer:
         self.ckpt_root.mkdir(parents=True, exist_ok=True)
         ckpt.prune(self.ckpt_root, None)  # temporaries of a killed checkpoint write
         fingerprint = config_fingerprint(self.params, self.run, self.root)
-        training = resume.training_params(self.params, self.run)
+        training = resume.training_params(self.params, self.run, "local")
         start = self._resume_point(fingerprint, training)
         self.setup()
         if start is not None:

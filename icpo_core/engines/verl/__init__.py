@@ -1,6 +1,7 @@
 """verl engine: paper-scale GRPO / ICPO / LUFFY and the reward controls on Ray with vLLM rollouts (GPU nodes).
 
 - :mod:`.overrides`: ``build_command(params, run)`` / ``launch(params, run)``, params.yaml -> hydra overrides;
+- :mod:`.resume`: the run's training params, recorded at a fresh start and checked before a resume launches;
 - :mod:`.launcher`: ``python -m icpo_core.engines.verl.launcher``, hydra main + ICPO task runner;
 - :mod:`.trainer`: ``RayICPOTrainer`` (a ``RayPPOTrainer`` that installs the ICPO loss, logs ICPO metrics);
 - :mod:`.manager`: ``ICPOAgentLoopManager`` (IEF rows, ERRS, bonus, prompt restore around generation; LUFFY's
@@ -11,7 +12,7 @@
 - :mod:`.plugin`: the ``verl.plugins`` entry point registering them on every ``import verl``;
 - :mod:`.reward`: the rule-based math reward verl's reward loop calls.
 
-Only :mod:`.overrides` is imported here, and it needs neither verl nor torch.
+Only :mod:`.overrides` (and :mod:`.resume`, which it calls) is imported here; they need neither verl nor torch.
 """
 
 from icpo_core.engines.verl.overrides import build_command, launch

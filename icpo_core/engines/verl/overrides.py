@@ -24,6 +24,7 @@ from icpo_core.algorithm.losses import effective_entropy_coeff
 from icpo_core.bench.registry import val_parquet_paths
 from icpo_core.config import Params, ParamsError
 from icpo_core.engines.verl import preflight
+from icpo_core.engines.verl.resume import check_or_record
 
 _PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")  # hydra-safe unquoted values (identifiers, dotted names)
 VERL_ADV_EPS = 1e-6  # the epsilon verl's advantage estimators always run with
@@ -447,20 +448,23 @@ def run_preflight(params: Params, run: str, root: str | Path = ".") -> None:
 def launch(params: Params, run: str, root: str | Path = ".", instance: str | None = None) -> int:
     """Run the verl command of ``run``, streaming its output; returns its exit code.
 
-    Runs :func:`run_preflight`, writes LUFFY's training file (:func:`prepare_train_file`), opens the run's MLflow run (:func:`open_mlflow_run`; verl attaches to it) and
-    afterwards, also after a failure, exports verl's step log to ``metrics/steps_<run>.jsonl``
-    (:func:`.metrics.export_steps`). A verl exit 0 that logged no new step while the checkpoint is short of
-    ``train.steps`` is reported and returned as exit code 1 (verl can end a resumed run without training).
+    First, before anything starts or is written: a resume (verl's ``resume_mode: auto`` finds a complete
+    checkpoint) whose training params differ from the recorded ones is refused naming each changed key, and
+    a fresh start records them (:func:`.resume.check_or_record`). Then runs :func:`run_preflight`, writes
+    LUFFY's training file (:func:`prepare_train_file`), opens the run's MLflow run (:func:`open_mlflow_run`;
+    verl attaches to it) and afterwards, also after a failure, exports verl's step log to
+    ``metrics/steps_<run>.jsonl`` (:func:`.metrics.export_steps`). A verl exit 0 that logged no new step while
+    the checkpoint is short of ``train.steps`` is reported and returned as exit code 1 (verl can end a resumed
+    run without training).
     """
-    from icpo_core.engines.local.checkpoint import latest_step
     from icpo_core.engines.verl.metrics import export_steps, metrics_dir
 
+    name = instance or run
+    start = check_or_record(params, run, Path(root) / paths.checkpoints_dir(name)) or 0
     run_preflight(params, run, root)
     prepare_train_file(params, run, root, instance)
-    name = instance or run
     log_dir = Path(root) / metrics_dir(name)
     log_dir.mkdir(parents=True, exist_ok=True)
-    start = latest_step(Path(root) / paths.checkpoints_dir(name)) or 0
     before = {f: f.stat().st_mtime_ns for f in log_dir.glob("*.jsonl")}
     tracker, run_id = open_mlflow_run(params, run, root, instance)
     run_env = launch_env(params, run, root, instance)

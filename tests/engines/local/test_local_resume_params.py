@@ -10,15 +10,15 @@ import yaml
 from local_helpers import parity_reward
 
 from icpo_core.config import load_params
+from icpo_core.engines import resume_params as resume
 from icpo_core.engines.local import checkpoint as ckpt
-from icpo_core.engines.local import resume
 from icpo_core.engines.local.trainer import train_local
 from icpo_core.errors import UserError
 
 
 def test_training_params_leave_out_the_resume_safe_keys(tiny_project):
     _, params = tiny_project()
-    values = resume.training_params(params, "icpo")
+    values = resume.training_params(params, "icpo", "local")
     assert values["train.lr"] == 1e-3 and values["algorithm.n_off"] == 1 and values["seed"] == 0
     assert values["train.lora.rank"] == params.train.lora.rank  # nested sections, flattened
     assert values["train.vllm.dtype"] == params.train.vllm.dtype  # changes the samples: compared
@@ -27,7 +27,7 @@ def test_training_params_leave_out_the_resume_safe_keys(tiny_project):
     assert not any(k.startswith(("train.verl.", "tracking", "bench")) for k in values)
     assert "train.vllm.kv_cache_gib" not in values
     # the run's overrides are resolved: grpo is n_off 0 under the same algorithm section
-    assert resume.training_params(params, "grpo")["algorithm.n_off"] == 0
+    assert resume.training_params(params, "grpo", "local")["algorithm.n_off"] == 0
 
 
 def test_changed_keys_and_check_resume():
@@ -35,17 +35,18 @@ def test_changed_keys_and_check_resume():
     now = {**saved, "train.lr": 1e-05, "train.rollout_backend": "vllm", "seed": 0}
     now.pop("algorithm.n_off")
     now["algorithm.k_demos"] = 2
-    assert resume.changed_keys(saved, now) == [
+    assert resume.changed_keys(saved, now, "local") == [
         "algorithm.k_demos: (absent) -> 2",
         "algorithm.n_off: 1 -> (absent)",
         "train.lr: 2e-05 -> 1e-05",
         'train.rollout_backend: "hf" -> "vllm"',
     ]
     state = {"params": saved, "params_hash": resume.params_hash(saved)}
-    assert resume.check_resume(state, dict(saved), step=3, ckpt_root="runs/icpo/checkpoints") is True
-    assert resume.check_resume({"data_pos": 4}, now, step=3, ckpt_root="runs/icpo/checkpoints") is False
+    where = {"engine": "local", "step": 3, "ckpt_root": "runs/icpo/checkpoints"}
+    assert resume.check_resume(state, dict(saved), **where) is True
+    assert resume.check_resume({"data_pos": 4}, now, **where) is False
     with pytest.raises(UserError) as e:
-        resume.check_resume(state, now, step=3, ckpt_root="runs/icpo/checkpoints")
+        resume.check_resume(state, now, **where)
     msg = str(e.value)
     assert msg.startswith("params.yaml changed since the checkpoint at step 3 of runs/icpo/checkpoints: ")
     assert "train.lr: 2e-05 -> 1e-05; " in msg and "\n" not in msg
@@ -113,5 +114,5 @@ def test_a_checkpoint_without_params_resumes_with_one_warning(tiny_project, capl
     assert sum("records no training params" in m for m in warnings) == 1, warnings
     # the new checkpoint records them
     state = ckpt.read_resume_state(root / "runs/grpo/checkpoints", 3)
-    assert state["params"] == resume.training_params(params, "grpo")
+    assert state["params"] == resume.training_params(params, "grpo", "local")
     assert state["params_hash"] == resume.params_hash(state["params"])

@@ -1,0 +1,133 @@
+"""params.yaml edited during a verl run: checked before verl launches (no verl, no Ray here).
+
+A checkpoint root as verl leaves it (a complete ``global_step_N`` with verl's extra state, and the params file a
+fresh start records): a changed training key is refused naming the key and the fix, unchanged params and a
+changed resume-safe key pass, and a root without a record resumes with one warning and records one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from icpo_core.config import parse_params
+from icpo_core.engines import resume_params
+from icpo_core.engines.local import checkpoint as ckpt
+from icpo_core.engines.verl import resume
+from icpo_core.errors import DataError, UserError
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _params(**train):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"] = {**raw["train"], "engine": "verl"}
+    for key, value in train.items():  # "verl__nnodes" -> train.verl.nnodes
+        section, _, name = key.rpartition("__")
+        target = raw["train"].setdefault(section, {}) if section else raw["train"]
+        target[name] = value
+    return parse_params(raw)
+
+
+def _fake_verl_step(root: Path, step: int) -> None:
+    """What verl's FSDPCheckpointManager leaves for one step with one rank (the extra state is what
+    :func:`ckpt.is_complete` reads), then the marker verl writes after the step."""
+    actor = ckpt.actor_dir(root, step)
+    actor.mkdir(parents=True)
+    for kind in ("model", "optim"):
+        torch.save({}, actor / f"{kind}_world_size_1_rank_0.pt")
+    torch.save({"lr_scheduler": None, "rng": {}}, actor / "extra_state_world_size_1_rank_0.pt")
+    (root / ckpt.LATEST_FILE).write_text(f"{step}\n")
+
+
+def test_verl_training_params_compare_what_a_step_computes():
+    values = resume_params.training_params(_params(), "icpo", "verl")
+    assert values["train.lr"] == _params().train.lr and values["seed"] == 0
+    assert values["train.lora.rank"] == _params().train.lora.rank
+    # verl knobs that change a step (or whether its checkpoint loads) are compared
+    for key in ("train.verl.extra_overrides", "train.verl.nnodes", "train.verl.n_gpus_per_node"):
+        assert key in values
+    # launch-only verl knobs, and the local engine's own knobs, are not
+    for key in (
+        "train.verl.ppo_micro_batch_size_per_gpu",
+        "train.verl.tensor_parallel",
+        "train.verl.val_n",
+        "train.micro_batch_size",
+        "train.rollout_backend",
+        "train.save_freq",
+    ):
+        assert key not in values
+    # the local engine keeps its own set: all of train.verl safe, its rollout backend compared
+    local = resume_params.training_params(_params(), "icpo", "local")
+    assert "train.rollout_backend" in local and not any(k.startswith("train.verl.") for k in local)
+
+
+def test_a_fresh_start_records_the_params_atomically(tmp_path):
+    root = tmp_path / "runs/icpo/checkpoints"
+    assert resume.check_or_record(_params(), "icpo", root) is None
+    record = json.loads((root / resume.PARAMS_FILE).read_text())
+    training = resume_params.training_params(_params(), "icpo", "verl")
+    assert record["params"] == training and record["params_hash"] == resume_params.params_hash(training)
+    assert record["engine"] == "verl" and record["run"] == "icpo"
+    assert sorted(p.name for p in root.iterdir()) == [resume.PARAMS_FILE]  # no temporary left behind
+
+    # a fresh start after an edit (no complete step yet: nothing trained with the old params) records anew
+    assert resume.check_or_record(_params(lr=1e-5), "icpo", root) is None
+    assert json.loads((root / resume.PARAMS_FILE).read_text())["params"]["train.lr"] == 1e-5
+
+
+def test_a_resume_with_a_changed_key_is_refused_naming_it_and_the_fix(tmp_path):
+    root = tmp_path / "runs/icpo/checkpoints"
+    resume.check_or_record(_params(lr=1e-3), "icpo", root)
+    _fake_verl_step(root, 2)
+    record_before = (root / resume.PARAMS_FILE).read_bytes()
+
+    with pytest.raises(UserError) as e:
+        resume.check_or_record(_params(lr=1e-5), "icpo", root)
+    msg = str(e.value)
+    assert msg == (
+        f"params.yaml changed since the checkpoint at step 2 of {root}: train.lr: 0.001 -> 1e-05. "
+        f"Restore the value to resume, or delete {root} to start over"
+    )
+    # a loss / rollout setting set through extra_overrides is a change too
+    with pytest.raises(UserError, match=r"train\.verl\.extra_overrides: \[\] -> \[\"actor_rollout_ref"):
+        resume.check_or_record(
+            _params(lr=1e-3, verl__extra_overrides=["actor_rollout_ref.rollout.temperature=0.7"]),
+            "icpo",
+            root,
+        )
+    assert (root / resume.PARAMS_FILE).read_bytes() == record_before  # a refusal touches nothing
+
+    # unchanged params, and a changed resume-safe key, resume from the checkpoint
+    assert resume.check_or_record(_params(lr=1e-3), "icpo", root) == 2
+    safe = _params(lr=1e-3, save_freq=7, verl__ppo_micro_batch_size_per_gpu=1, verl__val_n=4)
+    assert resume.check_or_record(safe, "icpo", root) == 2
+    assert (root / resume.PARAMS_FILE).read_bytes() == record_before
+
+
+def test_a_checkpoint_without_a_record_resumes_with_one_warning_and_records(tmp_path, caplog):
+    root = tmp_path / "ckpt"
+    _fake_verl_step(root, 3)  # a run started before the params were recorded
+    with caplog.at_level("WARNING"):
+        assert resume.check_or_record(_params(lr=1e-3), "icpo", root) == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "has no record of its training params" in warnings[0]
+    # the next resume is checked against this launch's params
+    with pytest.raises(UserError, match="train.lr: 0.001 -> 1e-05"):
+        resume.check_or_record(_params(lr=1e-5), "icpo", root)
+
+
+def test_a_damaged_record_is_one_data_error_naming_it(tmp_path):
+    root = tmp_path / "ckpt"
+    _fake_verl_step(root, 1)
+    (root / resume.PARAMS_FILE).write_bytes(b'{"params": {"train.lr": 0.0')  # cut mid-write by hand
+    with pytest.raises(DataError) as e:
+        resume.check_or_record(_params(), "icpo", root)
+    assert str(e.value).startswith(f"{root / resume.PARAMS_FILE}: damaged record of the training params (")
+    assert str(e.value).endswith(
+        f"delete it to resume without checking params.yaml, or delete {root} to start over"
+    )
