@@ -1,14 +1,16 @@
 """Random SIGKILL check: a train + merge + bench pipeline under `dvc repro`, killed at random moments, ends as if
 never killed.
 
-    python scripts/kill_check.py [--kills 10] [--seed 0] [--steps 6] [--save-freq 2] [--out result.json]
+    python scripts/kill_check.py [--kills 10] [--seed 0] [--steps 6] [--save-freq 2] [--window all|bench]
+                                 [--out result.json]
 
 Builds a throw-away DVC project (a tiny random model, tiny synthetic data, this project's `icpo train` / `icpo
 merge` / `icpo bench` commands, the same outs options as dvc.yaml: checkpoints and the step log persisted and not
 cached, the bench samples persisted), runs it once uninterrupted (the reference, timed), then for each of
 ``--kills`` trials: a fresh copy, ``dvc repro`` started in its own process group and the whole group SIGKILLed at
 a moment drawn uniformly from the reference's wall time (so kills land in start-up, rollouts, updates, checkpoint
-writes, MLflow calls, the merge and the bench), then ``dvc repro`` again to the end. A trial passes when
+writes, MLflow calls, the merge and the bench), then ``dvc repro`` again to the end (``--window bench``: the moment is drawn from the reference's bench stage
+only, from the merged model's write to the end, so that every kill lands in the bench). A trial passes when
 
 - every step is in the step log exactly once and in MLflow exactly once (``perf/step_time_s`` history);
 - the step log equals the reference's (timings aside) and the merged weights equal the reference's bit for bit
@@ -260,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--save-freq", type=int, default=2)
     ap.add_argument(
+        "--window",
+        choices=["all", "bench"],
+        default="all",
+        help="draw kill moments from the whole run or the bench",
+    )
+    ap.add_argument(
         "--workdir", type=Path, default=None, help="keep the projects here (default: a temp folder)"
     )
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON result here")
@@ -271,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         template = make_project(work / "template", args.steps, args.save_freq)
         ref = work / "reference"
         shutil.copytree(template, ref)
+        started = time.time()
         rc, ref_wall = repro(ref, work / "reference.log")
+        # the bench stage starts right after the merge wrote the merged model
+        bench_from = (ref / "runs/icpo/merged").stat().st_mtime - started  # the folder: its files are links
+        window = (bench_from, ref_wall) if args.window == "bench" else (0.0, ref_wall)
         if rc != 0:
             print((work / "reference.log").read_text()[-3000:], file=sys.stderr)
             return 1
@@ -280,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             root = work / f"trial_{i}"
             shutil.copytree(template, root)
             log = work / f"trial_{i}.log"
-            kill_at = round(rng.uniform(0.0, ref_wall), 2)
+            kill_at = round(rng.uniform(*window), 2)
             rc, _ = repro(root, log, kill_after=kill_at)
             at_kill = state(root)
             rc2, _ = repro(root, log)
@@ -304,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             "steps": args.steps,
             "save_freq": args.save_freq,
             "reference_wall_s": round(ref_wall, 1),
+            "reference_bench_from_s": round(bench_from, 1),
+            "window": args.window,
             "passed": sum(t["passed"] for t in trials),
             "killed_before_the_end": len(killed),
             "killed_during": {
