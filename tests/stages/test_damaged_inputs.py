@@ -224,3 +224,21 @@ def test_verl_train_after_params_yaml_was_edited_is_refused_before_the_launch(pr
     with pytest.raises(_Launched):
         main(["train", "--run", "icpo"])
     assert reached == ["icpo", "icpo"]
+
+
+def test_merge_of_a_damaged_final_checkpoint_prints_one_line(tiny, capsys):
+    from icpo_core.config import load_params
+    from icpo_core.engines.local import train_local
+
+    params = load_params(tiny / "params.yaml")
+    train_local(params, "grpo", root=tiny, reward_fn=lambda t, g: [0.0] * len(t), progress=False)
+    weights = tiny / "runs/grpo/checkpoints/global_step_4/actor/huggingface/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a disk error / cut copy
+    rc, _, err = _icpo(capsys, "merge", "--run", "grpo")
+    assert rc == 2
+    line = _one_error_line(err, "merge")
+    assert (
+        "runs/grpo/checkpoints/global_step_4/actor/huggingface/model.safetensors: damaged checkpoint" in line
+    )
+    assert "delete runs/grpo/checkpoints/global_step_4 and rerun the training" in line
+    assert not (tiny / "runs/grpo/merged").exists()  # nothing that looks like a merged model
