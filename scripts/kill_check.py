@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 "training (steps logged, not all)": sum(
                     0 < t["at_kill"]["logged_steps"] < args.steps for t in killed
                 ),
-                "after the last step, before the bench (final checkpoint, MLflow, summary, merge)": sum(
+                "after the last step, no bench sample yet (final checkpoint, MLflow, summary, merge, bench start-up)": sum(
                     t["at_kill"]["logged_steps"] == args.steps and not t["at_kill"]["bench_samples"]
                     for t in killed
                 ),
