@@ -86,17 +86,30 @@ def convert_record(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_launch_log(path: str | Path) -> list[dict[str, Any]]:
+    """The ``{"step": N, "data": {...}}`` records of one launch's verl step log, in file order.
+
+    A line that is not a whole record (the last line of a launch SIGKILLed mid-write) is skipped: the step it
+    held is retrained by the resumed launch, whose file then holds it whole."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            rec["step"] = int(rec["step"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        records.append(rec)
+    return records
+
+
 def export_steps(run: str, root: str | Path = ".") -> Path | None:
     """Merge ``runs/<run>/verl_metrics/*.jsonl`` into ``metrics/steps_<run>.jsonl``; None if verl logged nothing."""
     root = Path(root)
     files = sorted((root / metrics_dir(run)).glob("*.jsonl"))
     steps: dict[int, dict[str, Any]] = {}
     for f in files:  # launch files are named by start time: later launches override earlier steps
-        for line in f.read_text().splitlines():
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            steps[int(rec["step"])] = {"step": int(rec["step"]), **convert_record(rec.get("data", {}))}
+        for rec in read_launch_log(f):
+            steps[rec["step"]] = {"step": rec["step"], **convert_record(rec.get("data", {}))}
     if not steps:
         return None
     target = root / paths.train_metrics_jsonl(run)

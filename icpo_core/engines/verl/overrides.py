@@ -445,6 +445,25 @@ def run_preflight(params: Params, run: str, root: str | Path = ".") -> None:
         preflight.check_ief_prompt_budget(params, run, root)
 
 
+def warn_unlogged_steps(log_dir: Path, start: int, run: str) -> list[int]:
+    """Warn once naming the steps up to the checkpoint's ``start`` that no launch logged; returns them.
+
+    verl's ``fit`` saves a step's checkpoint before it logs the step's metrics: a kill between the two resumes
+    after a step that is in the weights but in no step log and not in MLflow (the step itself is trained once)."""
+    if start <= 0:
+        return []
+    logged = set(preflight.steps_done(log_dir.glob("*.jsonl")))
+    missing = [s for s in range(1, start + 1) if s not in logged]
+    if missing:
+        print(
+            f"warning: runs.{run}: step(s) {missing} are in the checkpoint but in no step log or MLflow (a kill "
+            "between verl's checkpoint and its metrics log); the weights are complete, those metrics are lost",
+            file=sys.stderr,
+            flush=True,
+        )
+    return missing
+
+
 def launch(params: Params, run: str, root: str | Path = ".", instance: str | None = None) -> int:
     """Run the verl command of ``run``, streaming its output; returns its exit code.
 
@@ -456,14 +475,30 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
     ``metrics/steps_<run>.jsonl`` (:func:`.metrics.export_steps`). A verl exit 0 that logged no new step while
     the checkpoint is short of ``train.steps`` is reported and returned as exit code 1 (verl can end a resumed
     run without training).
+
+    A checkpoint already at ``train.steps`` (a kill after verl's last checkpoint, before DVC recorded the stage)
+    launches nothing: verl's ``fit`` would train one step past the end (it resumes at step N + 1 and stops
+    after it). The step log is rebuilt, the MLflow run finished, and 0 returned.
     """
     from icpo_core.engines.verl.metrics import export_steps, metrics_dir
 
     name = instance or run
     start = check_or_record(params, run, Path(root) / paths.checkpoints_dir(name)) or 0
+    log_dir = Path(root) / metrics_dir(name)
+    warn_unlogged_steps(log_dir, start, run)
+    if start >= params.train.steps:
+        print(
+            f"runs.{run}: the checkpoint is at step {start} of train.steps {params.train.steps}: nothing to "
+            "train, verl not launched",
+            flush=True,
+        )
+        export_steps(name, root)
+        tracker, run_id = open_mlflow_run(params, run, root, instance)
+        if tracker is not None and run_id:
+            tracker.finish("FINISHED")
+        return 0
     run_preflight(params, run, root)
     prepare_train_file(params, run, root, instance)
-    log_dir = Path(root) / metrics_dir(name)
     log_dir.mkdir(parents=True, exist_ok=True)
     before = {f: f.stat().st_mtime_ns for f in log_dir.glob("*.jsonl")}
     tracker, run_id = open_mlflow_run(params, run, root, instance)

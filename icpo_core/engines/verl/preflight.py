@@ -26,6 +26,7 @@ from pathlib import Path
 from icpo_core import paths
 from icpo_core.config import AlgorithmParams, Params
 from icpo_core.engines.local.data import load_demo_pool
+from icpo_core.engines.verl.metrics import read_launch_log
 from icpo_core.errors import UserError
 
 PLUGIN_GROUP = "verl.plugins"
@@ -149,11 +150,4 @@ def check_ief_prompt_budget(params: Params, run: str, root: str | Path = ".") ->
 
 def steps_done(files: Iterable[Path]) -> list[int]:
     """The steps logged in verl ``file``-logger files (``{"step": N, "data": {...}}`` lines), sorted."""
-    steps: set[int] = set()
-    for f in files:
-        if not f.is_file():
-            continue
-        for line in f.read_text().splitlines():
-            if line.strip():
-                steps.add(int(json.loads(line)["step"]))
-    return sorted(steps)
+    return sorted({rec["step"] for f in files if f.is_file() for rec in read_launch_log(f)})

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from verl_fixtures import fake_verl_step
 
 from icpo_core.config import load_params, parse_params
 from icpo_core.engines.verl import overrides as ov
@@ -515,3 +516,53 @@ def test_cpu_and_no_flash_attn_settings(monkeypatch):
     assert c["actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes"] == 256
     assert ov.launch_env(cpu, "icpo")["VERL_PLATFORM"] == "cpu"
     assert "VERL_PLATFORM" not in ov.launch_env(cuda, "icpo")
+
+
+def test_a_checkpoint_at_train_steps_launches_nothing_and_rebuilds_the_step_log(tmp_path, monkeypatch, capfd):
+    """A kill after verl's last checkpoint, before DVC recorded the stage: the rerun must not launch verl (its
+    ``fit`` would resume at step N + 1 and train a step past train.steps). The step log is rebuilt from the
+    launch logs (a line cut by the kill skipped) and the run ends with exit code 0."""
+    from icpo_core import paths
+    from icpo_core.engines.verl.metrics import metrics_dir
+    from icpo_core.engines.verl.resume import check_or_record
+
+    params = _params("embedded")
+    steps = params.train.steps
+    ckpts = tmp_path / paths.checkpoints_dir("icpo")
+    check_or_record(params, "icpo", ckpts)  # the fresh start's record
+    fake_verl_step(ckpts, steps)
+    log_dir = tmp_path / metrics_dir("icpo")
+    log_dir.mkdir(parents=True)
+    lines = [json.dumps({"step": s, "data": {"timing_s/step": 1.0 * s}}) for s in range(1, steps + 1)]
+    (log_dir / "launch-1.jsonl").write_text("\n".join(lines) + '\n{"step": ' + str(steps + 1) + ', "da')
+
+    def no_launch(*a, **k):
+        raise AssertionError("verl launched")
+
+    monkeypatch.setattr(ov, "build_command", no_launch)
+    monkeypatch.setattr(ov, "run_preflight", no_launch)
+    monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")  # no tracker of our own here
+    assert ov.launch(params, "icpo", tmp_path) == 0
+    out, err = capfd.readouterr()
+    assert f"checkpoint is at step {steps} of train.steps {steps}: nothing to train, verl not launched" in out
+    assert "warning" not in err
+    rows = [json.loads(x) for x in (tmp_path / paths.train_metrics_jsonl("icpo")).read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    assert rows[-1]["perf/step_time_s"] == float(steps)
+
+
+def test_a_checkpointed_step_no_launch_logged_is_named_once(tmp_path, capfd):
+    """verl checkpoints a step before it logs it: a kill between the two leaves a step in the weights and in no
+    log. The next launch names the missing steps in one warning (and none when every step is logged)."""
+    log_dir = tmp_path / "verl_metrics"
+    log_dir.mkdir()
+    (log_dir / "a.jsonl").write_text(json.dumps({"step": 1, "data": {}}) + "\n")
+    assert ov.warn_unlogged_steps(log_dir, 0, "icpo") == []
+    assert ov.warn_unlogged_steps(log_dir, 1, "icpo") == []
+    assert capfd.readouterr().err == ""
+    assert ov.warn_unlogged_steps(log_dir, 3, "icpo") == [2, 3]
+    err = capfd.readouterr().err
+    assert (
+        err.count("warning") == 1
+        and "runs.icpo: step(s) [2, 3] are in the checkpoint but in no step log" in err
+    )

@@ -11,12 +11,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from verl_fixtures import fake_verl_step
 
 from icpo_core.config import parse_params
 from icpo_core.engines import resume_params
-from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.verl import resume
 from icpo_core.errors import DataError, UserError
 
@@ -31,17 +30,6 @@ def _params(**train):
         target = raw["train"].setdefault(section, {}) if section else raw["train"]
         target[name] = value
     return parse_params(raw)
-
-
-def _fake_verl_step(root: Path, step: int) -> None:
-    """What verl's FSDPCheckpointManager leaves for one step with one rank (the extra state is what
-    :func:`ckpt.is_complete` reads), then the marker verl writes after the step."""
-    actor = ckpt.actor_dir(root, step)
-    actor.mkdir(parents=True)
-    for kind in ("model", "optim"):
-        torch.save({}, actor / f"{kind}_world_size_1_rank_0.pt")
-    torch.save({"lr_scheduler": None, "rng": {}}, actor / "extra_state_world_size_1_rank_0.pt")
-    (root / ckpt.LATEST_FILE).write_text(f"{step}\n")
 
 
 def test_verl_training_params_compare_what_a_step_computes():
@@ -83,7 +71,7 @@ def test_a_fresh_start_records_the_params_atomically(tmp_path):
 def test_a_resume_with_a_changed_key_is_refused_naming_it_and_the_fix(tmp_path):
     root = tmp_path / "runs/icpo/checkpoints"
     resume.check_or_record(_params(lr=1e-3), "icpo", root)
-    _fake_verl_step(root, 2)
+    fake_verl_step(root, 2)
     record_before = (root / resume.PARAMS_FILE).read_bytes()
 
     with pytest.raises(UserError) as e:
@@ -111,7 +99,7 @@ def test_a_resume_with_a_changed_key_is_refused_naming_it_and_the_fix(tmp_path):
 
 def test_a_checkpoint_without_a_record_resumes_with_one_warning_and_records(tmp_path, caplog):
     root = tmp_path / "ckpt"
-    _fake_verl_step(root, 3)  # a run started before the params were recorded
+    fake_verl_step(root, 3)  # a run started before the params were recorded
     with caplog.at_level("WARNING"):
         assert resume.check_or_record(_params(lr=1e-3), "icpo", root) == 3
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -123,7 +111,7 @@ def test_a_checkpoint_without_a_record_resumes_with_one_warning_and_records(tmp_
 
 def test_a_damaged_record_is_one_data_error_naming_it(tmp_path):
     root = tmp_path / "ckpt"
-    _fake_verl_step(root, 1)
+    fake_verl_step(root, 1)
     (root / resume.PARAMS_FILE).write_bytes(b'{"params": {"train.lr": 0.0')  # cut mid-write by hand
     with pytest.raises(DataError) as e:
         resume.check_or_record(_params(), "icpo", root)

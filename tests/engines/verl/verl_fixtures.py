@@ -1,8 +1,10 @@
-"""Helpers for the verl engine tests: a tiny chat tokenizer, the project's parquet, a fake generation server."""
+"""Helpers for the verl engine tests: a tiny chat tokenizer, the project's parquet, a fake generation server,
+a fake verl checkpoint step."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -190,3 +192,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def fake_verl_step(root: Path, step: int) -> None:
+    """What verl's FSDPCheckpointManager leaves for one step with one rank (the extra state is what
+    ``checkpoint.is_complete`` reads), then the marker verl writes after the step."""
+    from icpo_core.engines.local import checkpoint as ckpt
+
+    actor = ckpt.actor_dir(root, step)
+    actor.mkdir(parents=True)
+    for kind in ("model", "optim"):
+        torch.save({}, actor / f"{kind}_world_size_1_rank_0.pt")
+    torch.save({"lr_scheduler": None, "rng": {}}, actor / "extra_state_world_size_1_rank_0.pt")
+    (root / ckpt.LATEST_FILE).write_text(f"{step}\n")
