@@ -4,54 +4,16 @@ ends where an uninterrupted run ends."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
 import torch
+from disk_helpers import fill, small_fs
 from local_helpers import parity_reward
 
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local import steplog
 from icpo_core.io_utils import DiskFullError
-
-
-@contextlib.contextmanager
-def small_fs(folder: Path, size_mb: int):
-    """A tmpfs of ``size_mb`` MiB at ``folder``, unmounted afterwards; skips only where mounting is not allowed."""
-    folder.mkdir(parents=True)
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode:
-        pytest.skip(
-            f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}): needs root or CAP_SYS_ADMIN"
-        )
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
-def _fill(folder: Path, leave: int) -> Path:
-    """A filler file that leaves about ``leave`` bytes free on ``folder``'s filesystem."""
-    st = os.statvfs(folder)
-    filler = folder / f"filler-{uuid.uuid4().hex}"
-    with filler.open("wb") as f:
-        f.truncate(0)
-        remaining = st.f_bavail * st.f_frsize - leave
-        chunk = b"\0" * (1 << 20)
-        while remaining > 0:
-            n = f.write(chunk[: min(len(chunk), remaining)])
-            remaining -= n
-        f.flush()
-        os.fsync(f.fileno())
-    return filler
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -94,7 +56,7 @@ def test_enospc_mid_checkpoint_keeps_the_last_complete_one_and_resumes(
 
         for module in (ckpt, trainer):
             monkeypatch.setattr(module, "check_free_space", lambda *a, **k: None)
-        filler = _fill(fs, leave=int(1.5 * step_bytes))
+        filler = fill(fs, leave=int(1.5 * step_bytes))
         with pytest.raises(
             DiskFullError, match=r"disk full while writing .*global_step_2.*resumes from step 1"
         ):
