@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,9 +24,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
-from icpo_core.config import deep_merge
+from icpo_core.engines.verl.tiny import MARK_VAR
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[3]
@@ -36,59 +34,30 @@ STEPS = 2
 
 
 def _project(root: Path) -> Path:
-    from icpo_core.engines.local.tiny import make_tiny_project
-    from icpo_core.models.tiny import write_tiny_model
+    from icpo_core.engines.verl.tiny import make_tiny_verl_project
 
-    make_tiny_project(root)  # models/base, data/train.parquet, data/demos.parquet
-    shutil.rmtree(root / "models/base")
-    write_tiny_model(root / "models/base", hidden=256)  # 4 heads of 64
-    (root / "data/val").mkdir()
+    overrides = {
+        "study": {"runs": ["grpo", "icpo"], "ablations": []},
+        "train": {
+            "steps": STEPS,
+            # the weight push: the random model earns no reward, so an entropy bonus moves the weights at every
+            # update, and vLLM returns its log-probs so that verl compares them with the actor's
+            # (training/rollout_probs_diff_*): stale weights in vLLM show up there
+            "verl": {
+                "extra_overrides": [
+                    "actor_rollout_ref.actor.entropy_coeff=0.05",
+                    "actor_rollout_ref.rollout.calculate_log_probs=true",
+                ]
+            },
+        },
+        "bench": {"backend": "hf", "benchmarks": ["synthetic_l0"], "max_tokens": 6, "grade_workers": 1},
+        "tracking": {"experiment": "icpo-verl-e2e"},
+    }
+    make_tiny_verl_project(root, REPO / "params.yaml", overrides=overrides, dvc_yaml=REPO / "dvc.yaml")
     (root / "data/eval").mkdir()
     with (root / "data/eval/synthetic_l0.jsonl").open("w") as f:
         for k in range(3):
             f.write(json.dumps({"problem": f"What is {k} + 1?", "answer": str(k + 1), "solution": ""}) + "\n")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = deep_merge(
-        raw,
-        {
-            "seeds": [0],
-            "study": {"runs": ["grpo", "icpo"], "ablations": []},
-            "algorithm": {"n_on": 4, "n_off": 1},
-            "train": {
-                "engine": "verl",
-                "device": "cpu",
-                "steps": STEPS,
-                "save_freq": 1,
-                "keep_checkpoints": 2,
-                "prompts_per_step": 2,
-                "ppo_mini_batch_prompts": 2,
-                "lr": 1e-3,
-                "max_prompt_length": 96,
-                "max_response_length": 8,
-                "verl": {
-                    "val_benchmarks": [],
-                    "ppo_micro_batch_size_per_gpu": 4,
-                    "log_prob_micro_batch_size_per_gpu": 4,
-                    # the weight push: the random model earns no reward, so an entropy bonus moves the weights
-                    # at every update, and vLLM returns its log-probs so that verl compares them with the
-                    # actor's (training/rollout_probs_diff_*): stale weights in vLLM show up there
-                    "extra_overrides": [
-                        "actor_rollout_ref.actor.entropy_coeff=0.05",
-                        "actor_rollout_ref.rollout.calculate_log_probs=true",
-                    ],
-                },
-            },
-            "bench": {"backend": "hf", "benchmarks": ["synthetic_l0"], "max_tokens": 6, "grade_workers": 1},
-            "tracking": {"experiment": "icpo-verl-e2e"},
-        },
-    )
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    registry = root / "icpo_core/bench/benchmarks.yaml"  # a dependency of the bench stages (data, not code)
-    registry.parent.mkdir(parents=True)
-    shutil.copy(REPO / "icpo_core/bench/benchmarks.yaml", registry)
-    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=root, check=True)
-    subprocess.run([str(BIN / "dvc"), "config", "core.analytics", "false"], cwd=root, check=True)
     return root
 
 
@@ -99,7 +68,7 @@ def _env(mark: str) -> dict[str, str]:
         **env,
         "PYTHONPATH": path,
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        "ICPO_E2E_MARK": mark,
+        MARK_VAR: mark,
     }
 
 
@@ -111,28 +80,11 @@ def _repro(root: Path, stage: str, env: dict[str, str], log: Path) -> int:
         ).returncode  # fmt: skip
 
 
-def _marked(mark: str) -> list[int]:
-    """Processes started by this test (the marker is in every descendant's environment, Ray's included)."""
-    import psutil
+def _gone(mark: str) -> bool:
+    """True once no process started by this test is left (the marker is in every descendant's environment)."""
+    from icpo_core.engines.verl.tiny import wait_gone
 
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get("ICPO_E2E_MARK") == mark:
-                found.append(p.pid)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
-def _gone(mark: str, timeout_s: float = 60.0) -> bool:
-    """True once no process of this test is left (Ray's actors exit a few seconds after their driver)."""
-    deadline = time.monotonic() + timeout_s
-    while _marked(mark):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(1)
-    return True
+    return wait_gone(mark, timeout_s=60.0)
 
 
 def _launch_steps(root: Path, instance: str) -> list[list[int]]:

