@@ -84,10 +84,10 @@ def _env(mark: str) -> dict[str, str]:
     return env
 
 
-def _wait_gone(mark: str, timeout_s: float = 120.0) -> bool:
+def _wait_gone(mark: str, pgid: int | None = None, timeout_s: float = 120.0) -> bool:
     from icpo_core.engines.verl.tiny import wait_gone
 
-    return wait_gone(mark, timeout_s)
+    return wait_gone(mark, timeout_s, pgid=pgid)
 
 
 def repro(
@@ -97,9 +97,10 @@ def repro(
     kill_after: float | None = None,
     timeline: dict | None = None,
     kill_at_step: tuple[int, float] | None = None,
-) -> tuple[int | None, float]:
+) -> tuple[int | None, float, int]:
     """The two stages in their own process group; SIGKILL the group after ``kill_after`` s (None: to the end),
-    or (``kill_at_step=(k, d)``) ``d`` s after this run's launch logs first hold ``k`` steps.
+    or (``kill_at_step=(k, d)``) ``d`` s after this run's launch logs first hold ``k`` steps. Returns the exit
+    code (None: killed), the seconds it ran and the process group's id.
 
     ``timeline`` (a dict) gets the moments (s from the start) at which the launch logs first held 1, 2, ...
     steps (``"step_<n>"``) and the train stage's summary appeared (``"train_done"``)."""
@@ -123,7 +124,7 @@ def repro(
                     raise TimeoutError(f"{root}: the stages ran past {deadline:.0f} s")
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                return None, elapsed
+                return None, elapsed, proc.pid
             if timeline is not None:
                 n = sum(len(s) for s in _launch_steps(root))
                 for k in range(1, n + 1):
@@ -131,7 +132,7 @@ def repro(
                 if (root / f"metrics/train_{INSTANCE}.json").is_file():
                     timeline.setdefault("train_done", round(elapsed, 1))
             time.sleep(0.05 if kill_at_step is not None else 0.1 if kill_after is not None else 0.25)
-    return proc.returncode, time.monotonic() - t0
+    return proc.returncode, time.monotonic() - t0, proc.pid
 
 
 def step_anchored(rng: random.Random, timeline: dict, steps: int) -> tuple[int, float]:
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("reference", "replica"):
             shutil.copytree(template, work / name)
             mark = uuid.uuid4().hex
-            rc, wall = repro(
+            rc, wall, _ = repro(
                 work / name, work / f"{name}.log", mark, timeline=timeline if name == "reference" else None
             )
             if rc != 0 or not _wait_gone(mark):
@@ -279,13 +280,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.window == "training":
                 anchor = step_anchored(rng, timeline, args.steps)
                 kill_at = None
-                rc, killed_s = repro(root, log, mark, kill_at_step=anchor)
+                rc, killed_s, pgid = repro(root, log, mark, kill_at_step=anchor)
             else:
                 anchor, kill_at = None, round(rng.uniform(0.0, runs["reference"]), 1)
-                rc, killed_s = repro(root, log, mark, kill_after=kill_at)
-            gone = _wait_gone(mark)
+                rc, killed_s, pgid = repro(root, log, mark, kill_after=kill_at)
+            gone = _wait_gone(mark, pgid)  # the whole group too: DVC takes a still-exiting dvc for a live one
             at_kill = state(root)
-            rc2, _ = repro(root, log, mark)
+            rc2, _, _ = repro(root, log, mark)
             if rc2 != 0:
                 problems, diff = [f"rerun exited {rc2}: {log.read_text()[-600:]}"], float("nan")
             else:

@@ -8,6 +8,7 @@ attention refuses smaller heads); a step is 2 prompts x (n_on + n_off) rows x 8 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -96,12 +97,24 @@ def marked_pids(mark: str) -> list[int]:
     return found
 
 
-def wait_gone(mark: str, timeout_s: float = 60.0) -> bool:
-    """True once no process has ``MARK_VAR=mark`` (Ray's actors exit seconds after their driver), False if some
-    are still there after ``timeout_s``."""
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal: still there
+        return True
+    return True
+
+
+def wait_gone(mark: str, timeout_s: float = 60.0, *, pgid: int | None = None) -> bool:
+    """True once no process has ``MARK_VAR=mark`` and, with ``pgid``, no process of that group is left, not even
+    one still exiting (Ray's actors exit seconds after their driver; a SIGKILLed process whose environment can no
+    longer be read still holds its pid, and DVC takes a live pid in its lock file for a running ``dvc``). False if
+    some are still there after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    while marked_pids(mark):
+    while marked_pids(mark) or (pgid is not None and _group_alive(pgid)):
         if time.monotonic() > deadline:
             return False
-        time.sleep(1)
+        time.sleep(0.2)
     return True

@@ -80,11 +80,12 @@ def _repro(root: Path, stage: str, env: dict[str, str], log: Path) -> int:
         ).returncode  # fmt: skip
 
 
-def _gone(mark: str) -> bool:
-    """True once no process started by this test is left (the marker is in every descendant's environment)."""
+def _gone(mark: str, pgid: int | None = None) -> bool:
+    """True once no process started by this test is left (the marker is in every descendant's environment) and,
+    with ``pgid``, none of that process group, not even one still exiting."""
     from icpo_core.engines.verl.tiny import wait_gone
 
-    return wait_gone(mark, timeout_s=60.0)
+    return wait_gone(mark, timeout_s=60.0, pgid=pgid)
 
 
 def _launch_steps(root: Path, instance: str) -> list[list[int]]:
@@ -171,7 +172,7 @@ def test_verl_fit_on_cpu_grpo_icpo_kill_resume_merge_bench_report(tmp_path):
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert _gone(mark), "processes of the killed run (Ray, vLLM) are still running"
+    assert _gone(mark, proc.pid), "processes of the killed run (Ray, vLLM, dvc) are still running"
     killed = _launch_steps(root, "icpo_s0")
     assert killed == [[1]], killed  # killed before step 2 was logged
 

@@ -13,7 +13,13 @@ import pytest
 import yaml
 
 from icpo_core.config import load_params
-from icpo_core.engines.verl.tiny import MARK_VAR, VERL_CPU_TINY, make_tiny_verl_project, marked_pids, wait_gone
+from icpo_core.engines.verl.tiny import (
+    MARK_VAR,
+    VERL_CPU_TINY,
+    make_tiny_verl_project,
+    marked_pids,
+    wait_gone,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -27,7 +33,9 @@ def test_the_project_is_the_tiny_sizes_plus_the_callers_overrides(tmp_path):
     assert params.train.prompts_per_step == VERL_CPU_TINY["train"]["prompts_per_step"]
     assert params.train.verl.extra_overrides == ["actor_rollout_ref.rollout.top_k=1"]
     config = yaml.safe_load((root / "models/base/config.json").read_text())
-    assert config["hidden_size"] // config["num_attention_heads"] == 64  # vLLM-CPU's attention needs head_dim 64
+    assert (
+        config["hidden_size"] // config["num_attention_heads"] == 64
+    )  # vLLM-CPU's attention needs head_dim 64
     assert (root / "data/train.parquet").is_file() and (root / "data/demos.parquet").is_file()
     assert (root / "data/val").is_dir()
     assert not (root / "dvc.yaml").exists()  # not a DVC project unless asked
@@ -44,7 +52,9 @@ def test_bad_overrides_are_refused_before_anything_runs(tmp_path):
     from icpo_core.config import ParamsError
 
     with pytest.raises(ParamsError, match="prompts_per_step"):
-        make_tiny_verl_project(tmp_path / "p", REPO / "params.yaml", overrides={"train": {"prompts_per_step": 0}})
+        make_tiny_verl_project(
+            tmp_path / "p", REPO / "params.yaml", overrides={"train": {"prompts_per_step": 0}}
+        )
 
 
 def test_marked_processes_are_found_and_waited_for():
@@ -59,3 +69,14 @@ def test_marked_processes_are_found_and_waited_for():
         child.wait()
     assert wait_gone(mark, timeout_s=5)
     assert marked_pids(mark) == []
+
+
+def test_waiting_for_a_process_group_waits_for_every_member():
+    mark = uuid.uuid4().hex  # no process carries it: only the group is waited for
+    leader = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        assert not wait_gone(mark, timeout_s=0.5, pgid=leader.pid)
+    finally:
+        leader.kill()
+        leader.wait()
+    assert wait_gone(mark, timeout_s=5, pgid=leader.pid)
