@@ -238,6 +238,25 @@ def prune(root: str | Path, max_to_keep: int | None) -> None:
         shutil.rmtree(root / f"global_step_{step}", ignore_errors=True)
 
 
+def remove_step_stubs(root: str | Path) -> list[int]:
+    """Delete the ``global_step_N`` folders that hold no ``actor`` folder; returns their steps.
+
+    verl's pruning (``max_actor_ckpt_to_keep``) removes an old step's actor folder and leaves the folder with the
+    dataloader state (``data.pt``) behind, which lists like a checkpoint but cannot be resumed or merged. verl
+    writes a step's actor folder before its ``data.pt``, so a folder without one is never a save in progress; the
+    marker's step is kept whatever it holds."""
+    root = Path(root)
+    marker = root / LATEST_FILE
+    keep = marker.read_text().strip() if marker.is_file() else None
+    removed = []
+    for p in sorted(root.glob("global_step_*")) if root.is_dir() else []:
+        m = _STEP_DIR.match(p.name)
+        if m and p.is_dir() and m.group(1) != keep and not (p / "actor").exists():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(int(m.group(1)))
+    return sorted(removed)
+
+
 def load_checkpoint(
     root: str | Path,
     step: int,

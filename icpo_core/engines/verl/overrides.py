@@ -472,7 +472,8 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
     a fresh start records them (:func:`.resume.check_or_record`). Then runs :func:`run_preflight`, writes
     LUFFY's training file (:func:`prepare_train_file`), opens the run's MLflow run (:func:`open_mlflow_run`;
     verl attaches to it) and afterwards, also after a failure, exports verl's step log to
-    ``metrics/steps_<run>.jsonl`` (:func:`.metrics.export_steps`). A verl exit 0 that logged no new step while
+    ``metrics/steps_<run>.jsonl`` (:func:`.metrics.export_steps`) and removes what verl's pruning leaves of old
+    steps (:func:`~icpo_core.engines.local.checkpoint.remove_step_stubs`). A verl exit 0 that logged no new step while
     the checkpoint is short of ``train.steps`` is reported and returned as exit code 1 (verl can end a resumed
     run without training).
 
@@ -480,6 +481,7 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
     launches nothing: verl's ``fit`` would train one step past the end (it resumes at step N + 1 and stops
     after it). The step log is rebuilt, the MLflow run finished, and 0 returned.
     """
+    from icpo_core.engines.local.checkpoint import remove_step_stubs  # torch: not for ``icpo verl-cmd``
     from icpo_core.engines.verl.metrics import export_steps, metrics_dir
 
     name = instance or run
@@ -493,6 +495,7 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
             flush=True,
         )
         export_steps(name, root)
+        remove_step_stubs(Path(root) / paths.checkpoints_dir(name))
         tracker, run_id = open_mlflow_run(params, run, root, instance)
         if tracker is not None and run_id:
             tracker.finish("FINISHED")
@@ -515,6 +518,7 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
         proc.terminate()
         code = proc.wait()
     export_steps(name, root)
+    remove_step_stubs(Path(root) / paths.checkpoints_dir(name))  # what verl's pruning leaves of old steps
     if code == 0 and start < params.train.steps:
         written = [f for f in log_dir.glob("*.jsonl") if before.get(f) != f.stat().st_mtime_ns]
         new = [s for s in preflight.steps_done(written) if s > start]

@@ -39,3 +39,21 @@ def test_world_size_one_is_unchanged(tmp_path):
     assert ckpt.latest_step(tmp_path) == 3
     (ckpt.actor_dir(tmp_path, 3) / "extra_state_world_size_1_rank_0.pt").unlink()
     assert ckpt.latest_step(tmp_path) is None
+
+
+def test_the_folders_verls_pruning_leaves_are_removed_and_nothing_else(tmp_path):
+    """verl's ``max_actor_ckpt_to_keep`` removes an old step's actor folder and leaves ``data.pt`` behind."""
+    for step in (1, 2):
+        (tmp_path / f"global_step_{step}").mkdir()
+        (tmp_path / f"global_step_{step}" / "data.pt").write_bytes(b"x")
+    _fake_verl_step(tmp_path, 3, world=1)
+    (tmp_path / "global_step_3" / "data.pt").write_bytes(b"x")
+    _fake_verl_step(tmp_path, 4, world=2, ranks=range(1))  # incomplete (a killed save): not a stub, kept
+    (tmp_path / "global_step_5").mkdir()  # the marker's step, whatever it holds, is kept
+    (tmp_path / ckpt.LATEST_FILE).write_text("5")
+    (tmp_path / "mlflow_run.json").write_text("{}")
+    assert ckpt.remove_step_stubs(tmp_path) == [1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "global_step_3", "global_step_4", "global_step_5", ckpt.LATEST_FILE, "mlflow_run.json",
+    ]  # fmt: skip
+    assert ckpt.remove_step_stubs(tmp_path / "absent") == []

@@ -531,6 +531,8 @@ def test_a_checkpoint_at_train_steps_launches_nothing_and_rebuilds_the_step_log(
     ckpts = tmp_path / paths.checkpoints_dir("icpo")
     check_or_record(params, "icpo", ckpts)  # the fresh start's record
     fake_verl_step(ckpts, steps)
+    (ckpts / "global_step_1").mkdir()  # what verl's pruning leaves of an old step
+    (ckpts / "global_step_1" / "data.pt").write_bytes(b"x")
     log_dir = tmp_path / metrics_dir("icpo")
     log_dir.mkdir(parents=True)
     lines = [json.dumps({"step": s, "data": {"timing_s/step": 1.0 * s}}) for s in range(1, steps + 1)]
@@ -549,6 +551,7 @@ def test_a_checkpoint_at_train_steps_launches_nothing_and_rebuilds_the_step_log(
     rows = [json.loads(x) for x in (tmp_path / paths.train_metrics_jsonl("icpo")).read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, steps + 1))
     assert rows[-1]["perf/step_time_s"] == float(steps)
+    assert not (ckpts / "global_step_1").exists() and (ckpts / f"global_step_{steps}").is_dir()
 
 
 def test_a_checkpointed_step_no_launch_logged_is_named_once(tmp_path, capfd):
