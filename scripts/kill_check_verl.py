@@ -149,15 +149,10 @@ def step_anchored(rng: random.Random, timeline: dict, steps: int) -> tuple[int, 
 
 
 def _jsonl_steps(path: Path) -> list[int]:
-    """Every ``step`` of a JSON-lines file, duplicates kept; a line cut by the kill is skipped."""
-    steps = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                steps.append(int(json.loads(line)["step"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
-    return steps
+    """Every ``step`` of a JSON-lines file in file order, duplicates kept; a line cut by the kill is skipped."""
+    from icpo_core.engines.verl.metrics import read_launch_log
+
+    return [rec["step"] for rec in read_launch_log(path)] if path.is_file() else []
 
 
 def _launch_steps(root: Path) -> list[list[int]]:
@@ -215,8 +210,8 @@ def check(root: Path, ref_weights: dict, steps: int, tol: float) -> tuple[list[s
         problems.append(f"step log has steps {logged}")
     if (tracked := _mlflow_steps(root)) != want:
         problems.append(f"MLflow has steps {tracked}")
-    if state(root)["tracker"] != str(steps):
-        problems.append(f"verl's tracker says {state(root)['tracker']}")
+    if (tracker := state(root)["tracker"]) != str(steps):
+        problems.append(f"verl's tracker says {tracker}")
     diff = max_abs_diff(_weights(root), ref_weights)
     if not diff <= tol:
         problems.append(f"merged weights differ from the reference by {diff:.3g} (tolerance {tol:.3g})")

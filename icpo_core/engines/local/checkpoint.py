@@ -249,7 +249,7 @@ def remove_step_stubs(root: str | Path) -> list[int]:
     marker = root / LATEST_FILE
     keep = marker.read_text().strip() if marker.is_file() else None
     removed = []
-    for p in sorted(root.glob("global_step_*")) if root.is_dir() else []:
+    for p in root.glob("global_step_*"):
         m = _STEP_DIR.match(p.name)
         if m and p.is_dir() and m.group(1) != keep and not (p / "actor").exists():
             shutil.rmtree(p, ignore_errors=True)

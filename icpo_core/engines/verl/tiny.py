@@ -99,11 +99,11 @@ def marked_pids(mark: str) -> list[int]:
 
 def _group_alive(pgid: int) -> bool:
     try:
-        os.killpg(pgid, 0)
+        os.killpg(pgid, 0)  # PermissionError too means a member is still there
     except ProcessLookupError:
         return False
-    except PermissionError:  # a member we may not signal: still there
-        return True
+    except PermissionError:
+        pass
     return True
 
 
