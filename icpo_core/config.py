@@ -172,6 +172,9 @@ class SyntheticParams(_Section):
     train_per_level: int = Field(default=200, gt=0)
     demos_per_level: int = Field(default=100, gt=0)
     eval_per_level: int = Field(default=150, gt=0)
+    # the demo cache (data.demos.source: synthetic): disjoint = another distribution than the items (other
+    # phrasings and contexts, MATH-style LaTeX solutions; icpo_core.data.synthetic); same = the items' generator
+    demo_style: Literal["disjoint", "same"] = "disjoint"
     prompt_suffix: str = " Put your final answer within \\boxed{}."
     # a system turn before every synthetic prompt (training, IEF, the held-out levels); null: none
     system_prompt: NonEmptyStr | None = (
