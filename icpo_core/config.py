@@ -444,6 +444,19 @@ class BenchParams(SamplingOverrides):
         return v
 
 
+class RegimeParams(_Section):
+    """``icpo regime``: how much signal the base model's 0-shot and demo-conditioned groups carry (metrics/regime.json).
+
+    Sampling follows the training rollouts (``train.temperature``, ``train.top_p``); the demos follow ``run``'s
+    IEF (``k_demos``, ``demo_format``)."""
+
+    problems: int = Field(default=128, gt=0)  # training prompts, a seeded sample (all of them when fewer)
+    k: int = Field(default=8, ge=2)  # samples per prompt, 0-shot and with demos
+    max_tokens: int | None = Field(default=None, gt=0)  # None: train.max_response_length
+    backend: Literal["hf", "vllm"] = "vllm"  # vllm falls back to hf (one warning) where it cannot start
+    run: Name = "icpo"  # the run whose IEF prompt is measured
+
+
 def _two_runs(pair: list[str]) -> list[str]:
     if len(pair) != 2 or pair[0] == pair[1]:
         raise ValueError(f"needs two different runs [A, B] (the report shows A - B), got {pair}")
@@ -560,6 +573,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     runs: dict[Name, dict[str, Any]] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_RUNS))
     bench: BenchParams = BenchParams()
+    regime: RegimeParams = RegimeParams()
     report: ReportParams = ReportParams()
     tracking: TrackingParams = TrackingParams()
     profiles: dict[Name, dict[str, Any]] = {}
@@ -588,6 +602,10 @@ class Params(_Section):
         if "runs" in self.study.model_fields_set and not self.study.runs:
             raise ValueError(
                 "study.runs: at least one run of `runs` (dvc.yaml trains each at every seed) (got [])"
+            )
+        if self.regime.run not in self.runs:
+            raise ValueError(
+                f"regime.run names '{self.regime.run}', which is not in runs: {sorted(self.runs)}"
             )
         for key, names in (("study.runs", self.study.runs), ("study.ablations", self.study.ablations)):
             for name in names:

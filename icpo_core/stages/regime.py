@@ -1,0 +1,118 @@
+"""``icpo regime``: the regime the study runs in, measured on the base model (``metrics/regime.json``).
+
+``regime.k`` samples per training prompt (``regime.problems`` of them, a seeded sample), 0-shot and with the IEF
+demos of ``regime.run``; the share of groups with reward variance and the mean reward of each, with 95 %
+intervals (:mod:`icpo_core.regime`). The report reads::
+
+    {"problems": int, "k": int, "levels": [...],
+     "zero_shot": {"groups_with_signal": f, "ci": [lo, hi], "mean_reward": f, ...},
+     "with_demos": {"groups_with_signal": f, "ci": [lo, hi], "mean_reward": f, ...}, ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from icpo_core import paths
+from icpo_core.errors import UserError
+from icpo_core.io_utils import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out", default=str(paths.METRICS_DIR / "regime.json"), help="metrics JSON (default: %(default)s)"
+    )
+    p.add_argument("--model", default=str(paths.BASE_MODEL_DIR), help="model folder (default: %(default)s)")
+    p.add_argument("--backend", choices=["vllm", "hf"], default=None, help="default: params regime.backend")
+    p.add_argument("--problems", type=int, default=None, help="default: params regime.problems")
+
+
+def start_backend(kind: str, model_dir: Path, params: Any) -> Any:
+    """The generation backend; ``vllm`` that cannot start falls back to ``hf`` with one warning."""
+    from icpo_core.bench.backends import make_backend
+
+    try:
+        return make_backend(kind, model_dir, params.bench, params.seed)
+    except UserError as e:
+        if kind != "vllm":
+            raise
+        log.warning("regime: vLLM cannot start (%s); sampling with hf instead", str(e).splitlines()[0])
+        return make_backend("hf", model_dir, params.bench, params.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    from icpo_core import regime
+    from icpo_core.engines.local.data import load_demo_pool
+    from icpo_core.rewards import Grader
+
+    start = time.perf_counter()
+    params = args.params_obj
+    reg, tc = params.regime, params.train
+    problems = reg.problems if args.problems is None else args.problems
+    if problems < 1:
+        raise UserError("--problems must be >= 1")
+    algo = params.run_algorithm(reg.run)
+    if algo.n_off == 0 or algo.off_policy != "ief" or algo.released_demos_skip_generation:
+        raise UserError(
+            f"regime.run '{reg.run}' samples no demo-conditioned rollouts (n_off {algo.n_off}, off_policy "
+            f"{algo.off_policy}); name an ICPO run of `runs` (e.g. icpo)"
+        )
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"{model_dir}: no Hugging Face model folder (run `icpo base-model` first)")
+    pool = load_demo_pool(paths.DEMOS_PARQUET, algo.k_demos)
+    settings = regime.RegimeSettings(
+        k=reg.k,
+        max_tokens=reg.max_tokens or tc.max_response_length,
+        temperature=tc.temperature,
+        top_p=tc.top_p,
+        k_demos=algo.k_demos,
+        demo_format=algo.demo_format,
+        seed=params.seed,
+    )
+    kind = args.backend or reg.backend
+    t0 = time.perf_counter()
+    backend = start_backend(kind, model_dir, params)
+    startup_s = time.perf_counter() - t0
+    try:
+        rows = regime.load_rows(
+            paths.TRAIN_PARQUET, backend.tokenizer, tc.max_prompt_length, params.train_prompt_suffix
+        )
+        rows = [rows[i] for i in regime.pick_problems(rows, problems, params.seed)]
+        with Grader(workers=tc.grade_workers, timeout_s=tc.grade_timeout_s) as grader:
+
+            def grade(texts: list[str], golds: list[str]) -> list[float]:
+                return [v.reward for v in grader.grade(texts, golds)]
+
+            measured = regime.measure(backend, grade, rows, pool, settings)
+    finally:
+        backend.close()
+    metrics = {
+        "problems": len(rows),
+        "k": settings.k,
+        "levels": regime.levels_of(paths.TRAIN_PARQUET, rows),
+        **measured,
+        "run": reg.run,
+        "k_demos": settings.k_demos,
+        "demo_format": settings.demo_format,
+        "max_tokens": settings.max_tokens,
+        "temperature": settings.temperature,
+        "backend": backend.name,
+        "startup_s": round(startup_s, 1),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    atomic_write_json(args.out, metrics)
+    z, d = metrics["zero_shot"], metrics["with_demos"]
+    print(
+        f"regime: {len(rows)} problems x {settings.k} ({backend.name}): groups with signal 0-shot "
+        f"{z['groups_with_signal']:.0%} [{z['ci'][0]:.0%}, {z['ci'][1]:.0%}], with {settings.k_demos} demo(s) "
+        f"{d['groups_with_signal']:.0%} [{d['ci'][0]:.0%}, {d['ci'][1]:.0%}]; mean reward "
+        f"{z['mean_reward']:.3f} vs {d['mean_reward']:.3f} -> {args.out} ({metrics['seconds']} s)"
+    )
+    return 0
