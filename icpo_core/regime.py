@@ -22,17 +22,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from icpo_core.algorithm.demos import DemoFormat, DemoPool, build_ief_prompt
-from icpo_core.bench.backends import Backend, RenderedPrompt
-from icpo_core.bench.registry import Sampling
 from icpo_core.engines.local.data import PromptRow, chat_ids, load_prompts
 
 log = logging.getLogger(__name__)
@@ -53,6 +50,7 @@ class RegimeSettings:
     k_demos: int = 1
     demo_format: DemoFormat = "chat_turns"
     seed: int = 0
+    chunk: int | None = None  # prompts per generate call (None: one call per condition, as vLLM takes them)
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -122,28 +120,50 @@ def ief_prompts(
     return out
 
 
-def _generate_groups(
-    backend: Backend, groups: Sequence[Sequence[Sequence[int]]], s: RegimeSettings
-) -> tuple[list[list[str]], int]:
-    """Texts of one sample per prompt of every group (``groups[p]`` holds problem p's prompts) and the tokens.
+class Sampler(Protocol):
+    """What generates: the local trainer's rollout engines (:mod:`icpo_core.engines.local.rollout`): one response
+    per prompt (token ids), sampling seeded per call, ``.texts`` and ``.lengths`` on the result."""
 
-    Identical prompts of a group are asked once with ``n`` = their count: a backend seeds each prompt by its
-    tokens, so asking twice would return the same sample twice."""
-    by_count: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
-    for p, prompts in enumerate(groups):
-        for ids, count in Counter(tuple(x) for x in prompts).items():
-            by_count.setdefault(count, []).append((p, ids))
-    texts: list[list[str]] = [[] for _ in groups]
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Any: ...
+
+
+def _call_seed(seed: int, condition: int, chunk: int) -> int:
+    return int(np.random.SeedSequence([seed, condition, chunk, 0x5EED]).generate_state(1, np.uint32)[0])
+
+
+def _generate_groups(
+    engine: Sampler, groups: Sequence[Sequence[Sequence[int]]], s: RegimeSettings, condition: int
+) -> tuple[list[list[str]], int]:
+    """Texts of one sample per prompt of every group (``groups[p]`` holds problem p's prompts) and the generated
+    tokens. The prompts go to the engine as a trainer's step sends them: one response per prompt, the group's
+    copies side by side, in calls of ``s.chunk`` prompts (all at once when None), each call seeded."""
+    flat = [list(ids) for prompts in groups for ids in prompts]
+    step = s.chunk or max(1, len(flat))
+    texts: list[str] = []
     tokens = 0
-    for count, items in sorted(by_count.items()):
-        sampling = Sampling(
-            n=count, temperature=s.temperature, top_p=s.top_p, top_k=None, max_tokens=s.max_tokens
+    for c, start in enumerate(range(0, len(flat), step)):
+        out = engine.generate(
+            flat[start : start + step],
+            max_new_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=_call_seed(s.seed, condition, c),
         )
-        rendered = [RenderedPrompt(text="", ids=list(ids)) for _, ids in items]
-        for (p, _), completions in zip(items, backend.generate(rendered, sampling), strict=True):
-            texts[p].extend(c.text for c in completions)
-            tokens += sum(c.tokens for c in completions)
-    return texts, tokens
+        texts.extend(out.texts)
+        tokens += int(sum(out.lengths))
+    grouped, i = [], 0
+    for prompts in groups:
+        grouped.append(texts[i : i + len(prompts)])
+        i += len(prompts)
+    return grouped, tokens
 
 
 def _grade(grade: Callable[[list[str], list[str]], list[float]], texts: list[list[str]], golds: list[str]):
@@ -153,17 +173,18 @@ def _grade(grade: Callable[[list[str], list[str]], list[float]], texts: list[lis
 
 
 def measure_condition(
-    backend: Backend,
+    engine: Sampler,
     grade: Callable[[list[str], list[str]], list[float]],
     groups: Sequence[Sequence[Sequence[int]]],
     golds: Sequence[str],
     s: RegimeSettings,
+    condition: int = 0,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """One condition: sample ``groups`` (per problem, its prompts' token ids), grade, summarise.
 
     Returns (:func:`group_summary` plus ``boxed``, ``tokens``, ``gen_s``; the (problems, k) rewards)."""
     t0 = time.perf_counter()
-    texts, tokens = _generate_groups(backend, groups, s)
+    texts, tokens = _generate_groups(engine, groups, s, condition)
     gen_s = time.perf_counter() - t0
     rewards = _grade(grade, texts, list(golds))
     flat = [t for g in texts for t in g]
@@ -185,7 +206,8 @@ def rescued(zero_shot: np.ndarray, with_demos: np.ndarray) -> dict[str, Any]:
 
 
 def measure(
-    backend: Backend,
+    engine: Sampler,
+    tokenizer: Any,
     grade: Callable[[list[str], list[str]], list[float]],
     rows: Sequence[PromptRow],
     pool: DemoPool,
@@ -194,11 +216,10 @@ def measure(
     """Sample, grade and summarise both conditions for ``rows`` (the problems measured): ``zero_shot`` and
     ``with_demos`` (:func:`measure_condition`'s summaries) and :func:`rescued`."""
     golds = [r.gold for r in rows]
-    zero, zero_rewards = measure_condition(
-        backend, grade, [[list(r.prompt_ids)] * s.k for r in rows], golds, s
-    )
-    tokenizer = backend.tokenizer  # type: ignore[attr-defined]
-    demos, demo_rewards = measure_condition(backend, grade, ief_prompts(rows, pool, tokenizer, s), golds, s)
+    plain = [[list(r.prompt_ids)] * s.k for r in rows]
+    zero, zero_rewards = measure_condition(engine, grade, plain, golds, s, condition=0)
+    ief = ief_prompts(rows, pool, tokenizer, s)
+    demos, demo_rewards = measure_condition(engine, grade, ief, golds, s, condition=1)
     return {"zero_shot": zero, "with_demos": demos, **rescued(zero_rewards, demo_rewards)}
 
 

@@ -16,7 +16,7 @@ each sample with its own draw, via the project's IEF prompt builder), graded by 
         --demo-styles disjoint same --problems 128 --k 8 --max-tokens 64 --out regime.json
 
 ``--demo-styles`` beyond the first re-measure only the with-demos condition (0-shot does not depend on the demos).
-The model is ``models/base`` (run `icpo base-model` first). One engine serves every candidate. Prints a markdown
+The model is ``models/base`` (run `icpo base-model` first). One engine (the trainer's rollout engine, ``train.vllm``) serves every candidate. Prints a markdown
 table; each finished row is also printed as JSON as it comes (and the JSON file is rewritten), so a long sweep
 can be read while it runs.
 """
@@ -87,14 +87,14 @@ def main() -> None:
     from icpo_core import regime
     from icpo_core.algorithm.demos import DemoPool
     from icpo_core.rewards import Grader
-    from icpo_core.stages.regime import start_backend
+    from icpo_core.stages.regime import HF_CHUNK, start_engine
 
     raw = yaml.safe_load(Path(args.params).read_text())
     model_dir = Path(args.model)
     base = candidate_params(raw, None, [0], args.demo_styles[0])
     algo = base.run_algorithm(base.regime.run)
     t0 = time.perf_counter()
-    backend = start_backend(args.backend, model_dir, base)
+    engine, tokenizer = start_engine(args.backend, model_dir, base)
     startup = time.perf_counter() - t0
     grader = Grader(workers=base.train.grade_workers, timeout_s=base.train.grade_timeout_s).start(wait=True)
 
@@ -109,13 +109,14 @@ def main() -> None:
         k_demos=algo.k_demos,
         demo_format=algo.demo_format,
         seed=base.seed,
+        chunk=HF_CHUNK if engine.name == "hf" else None,
     )
     rows_out: list[dict[str, Any]] = []
 
     def emit(row: dict[str, Any]) -> None:
         rows_out.append(row)
         print(json.dumps(row), flush=True)
-        meta = {"startup_s": round(startup, 1), "backend": backend.name, "settings": settings.__dict__}
+        meta = {"startup_s": round(startup, 1), "backend": engine.name, "settings": settings.__dict__}
         Path(args.out).write_text(json.dumps({**meta, "rows": rows_out}, indent=1))
 
     try:
@@ -128,7 +129,7 @@ def main() -> None:
                         train, demo_rows = build_data(params, model_dir, Path(tmp))
                         rows = regime.load_rows(
                             train,
-                            backend.tokenizer,
+                            tokenizer,
                             params.train.max_prompt_length,
                             params.train_prompt_suffix,
                         )
@@ -137,17 +138,19 @@ def main() -> None:
                     head = {"mix": mix, "system": system, "problems": len(rows), "k": args.k}
                     if zero_rewards is None:
                         groups = [[list(r.prompt_ids)] * args.k for r in rows]
-                        zero, zero_rewards = regime.measure_condition(backend, grade, groups, golds, settings)
+                        zero, zero_rewards = regime.measure_condition(
+                            engine, grade, groups, golds, settings, 0
+                        )
                         emit({**head, "condition": "0-shot", **zero})
                     pool = DemoPool.from_records(demo_rows)
-                    groups = regime.ief_prompts(rows, pool, backend.tokenizer, settings)
-                    demos, demo_rewards = regime.measure_condition(backend, grade, groups, golds, settings)
+                    groups = regime.ief_prompts(rows, pool, tokenizer, settings)
+                    demos, demo_rewards = regime.measure_condition(engine, grade, groups, golds, settings, 0)
                     rescue = regime.rescued(zero_rewards, demo_rewards)
                     emit({**head, "condition": f"{algo.k_demos}-shot {style}", **demos, **rescue})
     finally:
         grader.close()
-        backend.close()
-    print(f"\nengine start-up {startup:.0f} s ({backend.name})\n")
+        engine.close()
+    print(f"\nengine start-up {startup:.0f} s ({engine.name})\n")
     print(
         "| mix | system turn | condition | groups with signal % [95 % CI] | mean reward % [95 % CI] | "
         "any correct % | boxed % | rescued % | gen s |"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from icpo_core.errors import UserError
 from icpo_core.io_utils import atomic_write_json
 
 log = logging.getLogger(__name__)
+HF_CHUNK = 64  # prompts per transformers generate call
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,21 +31,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--out", default=str(paths.METRICS_DIR / "regime.json"), help="metrics JSON (default: %(default)s)"
     )
     p.add_argument("--model", default=str(paths.BASE_MODEL_DIR), help="model folder (default: %(default)s)")
-    p.add_argument("--backend", choices=["vllm", "hf"], default=None, help="default: params regime.backend")
+    p.add_argument(
+        "--backend",
+        choices=["vllm", "hf"],
+        default=None,
+        help="rollout engine (default: params regime.backend)",
+    )
     p.add_argument("--problems", type=int, default=None, help="default: params regime.problems")
 
 
-def start_backend(kind: str, model_dir: Path, params: Any) -> Any:
-    """The generation backend; ``vllm`` that cannot start falls back to ``hf`` with one warning."""
-    from icpo_core.bench.backends import make_backend
+def start_engine(kind: str, model_dir: Path, params: Any) -> tuple[Any, Any]:
+    """(rollout engine, tokenizer): the local trainer's own (``train.device``, ``train.vllm``, ``train.autocast``);
+    ``vllm`` that cannot start falls back to ``hf`` with one warning, as in training."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        return make_backend(kind, model_dir, params.bench, params.seed)
-    except UserError as e:
-        if kind != "vllm":
-            raise
-        log.warning("regime: vLLM cannot start (%s); sampling with hf instead", str(e).splitlines()[0])
-        return make_backend("hf", model_dir, params.bench, params.seed)
+    from icpo_core.engines.local.rollout import make_rollout_engine
+    from icpo_core.engines.local.trainer import autocast_dtype, pick_device
+
+    tc = params.train
+    device = pick_device(tc.device)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    engine = make_rollout_engine(
+        kind,
+        model,
+        tokenizer,
+        model_dir=model_dir,
+        vllm_cfg=tc.vllm,
+        device=device,
+        seed=params.seed,
+        autocast_dtype=autocast_dtype(tc.autocast, device),
+    )
+    return engine, tokenizer
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,11 +98,13 @@ def run(args: argparse.Namespace) -> int:
     )
     kind = args.backend or reg.backend
     t0 = time.perf_counter()
-    backend = start_backend(kind, model_dir, params)
+    engine, tokenizer = start_engine(kind, model_dir, params)
     startup_s = time.perf_counter() - t0
+    if engine.name == "hf":  # transformers pads a call's prompts into one batch: keep batches small
+        settings = replace(settings, chunk=HF_CHUNK)
     try:
         rows = regime.load_rows(
-            paths.TRAIN_PARQUET, backend.tokenizer, tc.max_prompt_length, params.train_prompt_suffix
+            paths.TRAIN_PARQUET, tokenizer, tc.max_prompt_length, params.train_prompt_suffix
         )
         rows = [rows[i] for i in regime.pick_problems(rows, problems, params.seed)]
         with Grader(workers=tc.grade_workers, timeout_s=tc.grade_timeout_s) as grader:
@@ -90,9 +112,9 @@ def run(args: argparse.Namespace) -> int:
             def grade(texts: list[str], golds: list[str]) -> list[float]:
                 return [v.reward for v in grader.grade(texts, golds)]
 
-            measured = regime.measure(backend, grade, rows, pool, settings)
+            measured = regime.measure(engine, tokenizer, grade, rows, pool, settings)
     finally:
-        backend.close()
+        engine.close()
     metrics = {
         "problems": len(rows),
         "k": settings.k,
@@ -103,14 +125,14 @@ def run(args: argparse.Namespace) -> int:
         "demo_format": settings.demo_format,
         "max_tokens": settings.max_tokens,
         "temperature": settings.temperature,
-        "backend": backend.name,
+        "backend": engine.name,
         "startup_s": round(startup_s, 1),
         "seconds": round(time.perf_counter() - start, 1),
     }
     atomic_write_json(args.out, metrics)
     z, d = metrics["zero_shot"], metrics["with_demos"]
     print(
-        f"regime: {len(rows)} problems x {settings.k} ({backend.name}): groups with signal 0-shot "
+        f"regime: {len(rows)} problems x {settings.k} ({engine.name}): groups with signal 0-shot "
         f"{z['groups_with_signal']:.0%} [{z['ci'][0]:.0%}, {z['ci'][1]:.0%}], with {settings.k_demos} demo(s) "
         f"{d['groups_with_signal']:.0%} [{d['ci'][0]:.0%}, {d['ci'][1]:.0%}]; mean reward "
         f"{z['mean_reward']:.3f} vs {d['mean_reward']:.3f} -> {args.out} ({metrics['seconds']} s)"

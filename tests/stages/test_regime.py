@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from icpo_core import regime
 from icpo_core.algorithm.demos import Demo, DemoPool, build_ief_messages
-from icpo_core.bench.backends import Completion
 from icpo_core.cli import main
 from icpo_core.engines.local.data import PromptRow, chat_ids
 
@@ -129,9 +129,9 @@ class _Tok:
         return "".join(map(chr, ids))
 
 
-class _FakeBackend:
-    """Answers the gold (``row.gold`` found in the prompt) when the prompt holds a demo, else a wrong number;
-    records every request."""
+class _FakeEngine:
+    """A rollout engine that answers the gold (found by the question in the prompt) when the prompt holds a demo,
+    else a wrong number; records every call."""
 
     name = "fake"
 
@@ -139,17 +139,16 @@ class _FakeBackend:
         self.tokenizer = _Tok()
         self.golds = golds_by_question
         self.marker = demo_marker
-        self.requests: list[tuple[str, int]] = []
+        self.calls: list[tuple[list[str], int | None]] = []
 
-    def generate(self, prompts, sampling):
+    def generate(self, prompt_ids, *, max_new_tokens, temperature, top_p=1.0, seed=None):
+        texts = [self.tokenizer.decode(p) for p in prompt_ids]
+        self.calls.append((texts, seed))
         out = []
-        for p in prompts:
-            text = self.tokenizer.decode(p.ids)
-            self.requests.append((text, sampling.n))
+        for text in texts:
             gold = next(g for q, g in self.golds.items() if q in text)
-            answer = gold if self.marker in text else "-1"
-            out.append([Completion(f"so \\boxed{{{answer}}}", 5, "stop")] * sampling.n)
-        return out
+            out.append(f"so \\boxed{{{gold if self.marker in text else '-1'}}}")
+        return SimpleNamespace(texts=out, lengths=[5] * len(out))
 
 
 def test_measure_builds_the_trainers_prompts_and_counts():
@@ -164,28 +163,35 @@ def test_measure_builds_the_trainers_prompts_and_counts():
     pool = DemoPool(
         [Demo(f"Demo problem {j}.", f"Worked {j}, $= \\boxed{{{j}}}$.", str(j)) for j in range(3)]
     )
-    backend = _FakeBackend({r.question: r.gold for r in rows}, "Demo problem")
+    engine = _FakeEngine({r.question: r.gold for r in rows}, "Demo problem")
 
     def grade(texts, golds):
         return [float(t == f"so \\boxed{{{g}}}") for t, g in zip(texts, golds, strict=True)]
 
-    s = regime.RegimeSettings(k=4, max_tokens=8, k_demos=1, demo_format="chat_turns", seed=3)
-    m = regime.measure(backend, grade, rows, pool, s)
+    s = regime.RegimeSettings(k=4, max_tokens=8, k_demos=1, demo_format="chat_turns", seed=3, chunk=10)
+    m = regime.measure(engine, tok, grade, rows, pool, s)
     z, d = m["zero_shot"], m["with_demos"]
     assert (z["mean_reward"], z["groups_with_signal"], z["any_correct"]) == (0.0, 0.0, 0.0)
     assert (d["mean_reward"], d["groups_with_signal"], d["all_correct"]) == (1.0, 0.0, 1.0)
     assert m["rescued"] == 1.0 and z["boxed"] == d["boxed"] == 1.0
-    # 0-shot: each problem's plain prompt once, n = k
-    plain = [(t, n) for t, n in backend.requests if "Demo problem" not in t]
-    assert sorted(plain) == sorted((tok.decode(r.prompt_ids), 4) for r in rows)
-    # with demos: k samples per problem, each IEF prompt the one build_ief_messages makes for its drawn demo
-    ief = [(t, n) for t, n in backend.requests if "Demo problem" in t]
-    assert sum(n for _, n in ief) == 6 * 4
-    for text, _ in ief:
-        row = next(r for r in rows if r.question in text)
+    assert (z["tokens"], d["tokens"]) == (6 * 4 * 5, 6 * 4 * 5)
+    # calls of <= chunk prompts, each seeded, seeds differing between calls and conditions
+    sent = [t for texts, _ in engine.calls for t in texts]
+    assert all(len(texts) <= 10 for texts, _ in engine.calls) and len(sent) == 2 * 6 * 4
+    seeds = [seed for _, seed in engine.calls]
+    assert None not in seeds and len(set(seeds)) == len(seeds)
+    # 0-shot: each problem's plain prompt k times, side by side, as a trainer's step sends its group
+    plain, ief = sent[:24], sent[24:]
+    assert plain == [tok.decode(r.prompt_ids) for r in rows for _ in range(4)]
+    # with demos: k samples per problem, each IEF prompt the one build_ief_messages makes for its own draw
+    assert all("Demo problem" in t for t in ief) and not any("Demo problem" in t for t in plain)
+    for i, text in enumerate(ief):
+        row = rows[i // 4]
         demo = next(x for x in pool.demos if x.problem in text)
         assert text == tok.apply_chat_template(build_ief_messages(row.messages, [demo], "chat_turns", suffix))
-    assert len({t for t, _ in ief}) == len(ief)  # a prompt drawn twice is asked once, with n = its count
+    again = _FakeEngine({r.question: r.gold for r in rows}, "Demo problem")
+    regime.measure(again, tok, grade, rows, pool, s)
+    assert again.calls == engine.calls  # seeded: the same prompts and call seeds
 
 
 def test_ief_prompts_released_format_is_the_raw_string():
