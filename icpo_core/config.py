@@ -38,6 +38,8 @@ from pydantic import (
     model_validator,
 )
 
+from icpo_core.algorithm import variants
+
 PARAMS_FILE = "params.yaml"
 SEED_MAX = 2**32 - 1  # numpy.random.seed / RandomState refuse seeds outside 0 .. 2**32 - 1
 # Names that become DVC stage keys (train@<run>), folders and MLflow tags.
@@ -218,17 +220,16 @@ class AlgorithmParams(_Section):
     ] = "token-mean"
     norm_adv_by_std: bool = True
     adv_eps: Float = Field(default=1e-6, gt=0)
-    released_demos_skip_generation: bool = False
     released_constant_bonus: bool = False
     released_entropy_bonus: Float = Field(default=0.0, ge=0)
     released_loss_agg: bool = False
-    # Where the off-policy rows come from: ief (ICPO: the policy itself, conditioned on demos) | expert_trace
-    # (LUFFY: the training row's `target`, an external expert's solution, tokenised once; no ERRS, no bonus)
-    off_policy: Literal["ief", "expert_trace"] = "ief"
+    # The method variant: named entries of icpo_core.algorithm.variants, looked up by both engines.
+    # off_policy: where the off-policy rows come from (n_off: 0 is always `none`, GRPO): ief (ICPO: the policy
+    # with k demos in front) | ief_no_demos (the same rows from the plain prompt) | expert_trace (LUFFY: the
+    # row's reference solution). reward: verifier | shuffled | random | format (the controls)
+    off_policy: NonEmptyStr = "ief"
     clip_on_policy: bool = True  # false: LUFFY's loss_remove_clip (plain ratio on on-policy tokens)
-    # Training reward: verifier (math-verify, binary) | random (a seeded coin flip per trajectory with
-    # probability random_reward_p, the spurious-reward control) | format (1 if the response has a \boxed{} answer)
-    reward: Literal["verifier", "random", "format"] = "verifier"
+    reward: NonEmptyStr = "verifier"
     random_reward_p: Float = Field(default=0.5, ge=0, le=1)
 
     @model_validator(mode="after")
@@ -238,25 +239,15 @@ class AlgorithmParams(_Section):
                 f"n_off ({self.n_off}) > n_on ({self.n_on}): accepted IEF trajectories replace on-policy ones, "
                 "so n_off must be <= n_on"
             )
-        if self.off_policy == "expert_trace":
-            if not 1 <= self.n_off < self.n_on:
-                raise ValueError(
-                    f"off_policy: expert_trace needs 1 <= n_off < n_on (n_off expert traces and n_on - n_off "
-                    f"on-policy rollouts per group; LUFFY: n_off 1, n_on 8), got n_off {self.n_off}, n_on {self.n_on}"
-                )
-            if self.errs or self.reward_shaping:
-                raise ValueError(
-                    "off_policy: expert_trace (LUFFY) has no ERRS and no expert bonus: set errs: false and "
-                    "reward_shaping: false for this run"
-                )
+        problem = variants.check(self)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @property
     def method(self) -> str:
-        """'grpo' (no off-policy rows), 'icpo' (IEF rows) or 'luffy' (expert traces); a reward control adds
-        '_random_reward' / '_format_reward' (the ``icpo.method`` tag MLflow groups runs by)."""
-        base = "grpo" if self.n_off == 0 else "luffy" if self.off_policy == "expert_trace" else "icpo"
-        return base if self.reward == "verifier" else f"{base}_{self.reward}_reward"
+        """The ``icpo.method`` tag MLflow groups runs by (:func:`~icpo_core.algorithm.variants.method_name`)."""
+        return variants.method_name(self)
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -343,7 +334,7 @@ class TrainParams(_Section):
     vllm: TrainVllmParams = TrainVllmParams()
     steps: int = Field(default=8, ge=1)
     prompts_per_step: int = Field(default=2, ge=1)
-    ppo_mini_batch_prompts: int = Field(default=2, ge=1)
+    ppo_mini_batch_prompts: int = Field(default=1, ge=1)
     micro_batch_size: int = Field(default=8, ge=1)
     lr: Float = Field(default=2e-5, gt=0)
     weight_decay: Float = Field(default=0.01, ge=0)
@@ -521,13 +512,15 @@ class TrackingParams(_Section):
 DEFAULT_RUNS: dict[str, dict[str, Any]] = {
     "grpo": {"n_off": 0},
     "icpo": {},
+    "icpo_no_demos": {"off_policy": "ief_no_demos"},
+    "grpo_compute_matched": {"n_off": 0, "n_on": 12},
     "icpo_rs": {"reward_shaping": True},
     "icpo_no_errs": {"errs": False},
     "icpo_released": {
         "errs": False,
         "demo_format": "released",
         "reward_shaping": True,
-        "released_demos_skip_generation": True,
+        "off_policy": "ief_no_demos",
         "released_constant_bonus": True,
         "released_entropy_bonus": 0.001,
         "released_loss_agg": True,
@@ -539,6 +532,7 @@ DEFAULT_RUNS: dict[str, dict[str, Any]] = {
         "norm_adv_by_std": False,
         "clip_on_policy": False,
     },
+    "grpo_shuffled_reward": {"n_off": 0, "reward": "shuffled"},
     "grpo_random_reward": {"n_off": 0, "reward": "random"},
     "grpo_format_reward": {"n_off": 0, "reward": "format"},
 }
@@ -574,8 +568,7 @@ class Params(_Section):
             if (
                 self.train.engine == "verl"
                 and algo.demo_format == "released"
-                and algo.n_off > 0
-                and not algo.released_demos_skip_generation
+                and variants.off_policy_source(algo).with_demos
             ):
                 raise ValueError(
                     f"runs.{name}.demo_format: 'released' is a raw prompt string without chat template, which "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from icpo_core import paths
+from icpo_core.algorithm import off_policy_source, reward_variant
 from icpo_core.bench.registry import resolve_benchmarks
 from icpo_core.config import Params
 from icpo_core.report import stats
@@ -60,19 +61,17 @@ def run_label(params: Params | None, run: str) -> str:
     if params is None or run not in params.runs:
         return run
     a = params.run_algorithm(run)
-    control = {"verifier": "", "random": " (random reward)", "format": " (format reward)"}[a.reward]
-    if a.n_off == 0:
-        return "GRPO" + control
-    if a.off_policy == "expert_trace":
-        return "LUFFY" + control
-    if a.released_demos_skip_generation or a.released_constant_bonus or a.released_entropy_bonus > 0:
-        return "ICPO (released code)" + control
-    name = "ICPO†" if a.reward_shaping else "ICPO"
-    if not a.errs:
-        name += " − ERRS"
-    if a.demo_format != "chat_turns":
-        name += f" ({a.demo_format} demos)"
-    return name + control
+    source, reward = off_policy_source(a), reward_variant(a)
+    name = source.label
+    if a.released_constant_bonus or a.released_entropy_bonus > 0:
+        name = "ICPO (released code)"
+    elif source.generated:
+        name = name.replace("ICPO", "ICPO†", 1) if a.reward_shaping else name
+        name += "" if a.errs else " − ERRS"
+        name += "" if a.demo_format == "chat_turns" or not source.with_demos else f" ({a.demo_format} demos)"
+    if a.n_on != params.algorithm.n_on:
+        name += f", {a.n_on} rollouts"
+    return name if not reward.control else f"{name} ({reward.label})"
 
 
 @dataclass

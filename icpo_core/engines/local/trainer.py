@@ -4,7 +4,7 @@ One step (t = 1 .. T, verl's 1-based ``global_steps``):
 
 1. take ``prompts_per_step`` prompts from the seeded epoch order (the position is resumable state);
 2. roll out ``n_on`` on-policy samples per prompt from the plain prompt and ``n_off`` IEF samples from the prompt
-   with k demos in front (:func:`build_ief_messages`; the plain prompt with ``released_demos_skip_generation``),
+   with k demos in front (:func:`build_ief_messages`; the plain prompt for ``off_policy: ief_no_demos``),
    all in one batched ``generate`` call;
 3. grade every response (binary reward, :class:`icpo_core.rewards.Grader`);
 4. :func:`plan_step` (ERRS + replacement per prompt, the expert bonus on accepted IEF rows when
@@ -46,17 +46,25 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from icpo_core import paths, tracking
 from icpo_core.algorithm import (
     DemoPool,
+    OffPolicySource,
     StepMetrics,
     build_ief_prompt,
+    off_policy_source,
+    on_policy_rollouts,
+    plan_step,
+    reward_variant,
+    step_seed,
+    training_rewards,
+)
+from icpo_core.algorithm.advantages import group_advantages
+from icpo_core.algorithm.control_rewards import control_rng
+from icpo_core.algorithm.losses import (
     compute_actor_loss,
     effective_entropy_coeff,
     entropy_from_logits,
-    group_advantages,
     micro_batch_normalisation,
-    plan_step,
 )
-from icpo_core.algorithm.control_rewards import control_rewards, control_rng
-from icpo_core.algorithm.step import on_policy_rollouts, step_seed
+from icpo_core.algorithm.seeding import MIXING_STREAM, SAMPLING_STREAM
 from icpo_core.config import AlgorithmParams, Params
 from icpo_core.data.expert_traces import ExpertTrace, expert_trace
 from icpo_core.engines import resume_params as resume
@@ -279,14 +287,10 @@ class LocalTrainer:
             self.params.train_prompt_suffix,
         )
         self.traces: dict[tuple[int, ...], ExpertTrace] = {}
-        if self.algo.off_policy == "expert_trace":
+        if self.source.supplied_off_per_prompt(self.algo):
             self._load_expert_traces()
         self.demos: DemoPool | None = None
-        if (
-            self.algo.off_policy == "ief"
-            and self.algo.n_off > 0
-            and not self.algo.released_demos_skip_generation
-        ):
+        if self.source.with_demos:
             self.demos = load_demo_pool(self.root / paths.DEMOS_PARQUET, self.algo.k_demos)
 
     def _load_expert_traces(self) -> None:
@@ -355,23 +359,27 @@ class LocalTrainer:
         return [v.reward for v in self._grader.grade(list(texts), list(golds))]
 
     # -------------------------------------------------------------------------------------- one step
+    @property
+    def source(self) -> OffPolicySource:
+        """The run's off-policy source (:mod:`icpo_core.algorithm.variants`)."""
+        return off_policy_source(self.algo)
+
     def generation_prompts(self, rows: list[PromptRow], rng: np.random.Generator) -> list[Sequence[int]]:
-        """Token ids to generate from, prompt-major: ``n_on`` plain prompts, then ``n_off`` IEF prompts [D; q].
+        """Token ids to generate from, prompt-major: the source's on-policy rollouts of the plain prompt, then
+        its generated off-policy rows, each prompted as :meth:`OffPolicySource.draw_demos` says ([D; q], or q).
 
         ``demo_format: released`` is the released code's raw string (:func:`build_ief_prompt`), tokenized
         without a chat template and without special tokens, as the released code did.
         """
-        a = self.algo
+        a, source = self.algo, self.source
         out: list[Sequence[int]] = []
         for row in rows:
-            out.extend([row.prompt_ids] * on_policy_rollouts(a))
-            if a.off_policy == "expert_trace":
-                continue  # LUFFY's off-policy rows are the expert traces, not generated
-            for _ in range(a.n_off):
-                if self.demos is None:  # released_demos_skip_generation: the demos never reach generation
+            out.extend([row.prompt_ids] * source.rollouts_per_prompt(a))
+            for _ in range(source.generated_off_per_prompt(a)):
+                demos = source.draw_demos(a, self.demos, rng, row.question)
+                if demos is None:  # the plain prompt q
                     out.append(row.prompt_ids)
                     continue
-                demos = self.demos.sample(a.k_demos, rng, exclude_problem=row.question)
                 prompt = build_ief_prompt(
                     row.messages, demos, a.demo_format, row.suffix, question=row.question
                 )
@@ -384,7 +392,7 @@ class LocalTrainer:
     def rollout_step(self, step: int, rows: list[PromptRow]) -> tuple[StepBatch, dict[str, float]]:
         """Steps 2-5 of the module docstring: generate, grade, mix, advantages, old/ref log-probs."""
         a, tc = self.algo, self.train_cfg
-        rng = np.random.default_rng(step_seed(self.params.seed, step, 1))
+        rng = np.random.default_rng(step_seed(self.params.seed, step, MIXING_STREAM))
         gen_prompts = self.generation_prompts(rows, rng)
         t0 = time.perf_counter()
         roll = self.start_rollout_engine().generate(
@@ -392,20 +400,14 @@ class LocalTrainer:
             max_new_tokens=tc.max_response_length,
             temperature=tc.temperature,
             top_p=tc.top_p,
-            seed=step_seed(self.params.seed, step, 2),
+            seed=step_seed(self.params.seed, step, SAMPLING_STREAM),
         )
         t_gen = time.perf_counter() - t0
         resp_ids, resp_mask, texts, n_truncated = self._with_expert_traces(roll, rows)
         per = len(texts) // len(rows)
         t0 = time.perf_counter()
         verifier = self._rewards(texts, [r.gold for r in rows for _ in range(per)])
-        rewards = control_rewards(
-            verifier,
-            texts,
-            a.reward,
-            control_rng(self.params.seed, step),
-            a.random_reward_p,
-        )
+        rewards = training_rewards(a, verifier, texts, control_rng(self.params.seed, step))
         t_reward = time.perf_counter() - t0
 
         plan = plan_local_step(rewards, len(rows), a, step=step, total_steps=tc.steps, rng=rng)
@@ -455,11 +457,11 @@ class LocalTrainer:
             "timing/ref_s": t_ref,
             "timing/old_s": t_old,
         }
-        if a.off_policy == "expert_trace":
+        if self.source.supplied_off_per_prompt(a):
             metrics["luffy/trace_truncated"] = float(n_truncated)
             metrics["perf/expert_tokens"] = float(sum(len(t) for t in resp_ids) - roll.gen_tokens)
-        if a.reward != "verifier":  # a reward control: what the verifier would have said, for the curves
-            n_on = on_policy_rollouts(a)
+        if reward_variant(a).control:  # what the verifier would have said, for the curves
+            n_on = self.source.rollouts_per_prompt(a)
             on = [verifier[i * per + j] for i in range(len(rows)) for j in range(n_on)]
             metrics["reward/verifier_on_policy"] = float(np.mean(on))
         return batch, metrics
@@ -472,9 +474,10 @@ class LocalTrainer:
         of truncated traces used."""
         ids = [roll.response_ids[i] for i in range(len(roll.texts))]
         masks = [roll.response_mask[i] for i in range(len(roll.texts))]
-        if self.algo.off_policy != "expert_trace":
+        n_off = self.source.supplied_off_per_prompt(self.algo)
+        if not n_off:
             return ids, masks, list(roll.texts), 0
-        n_on, n_off = on_policy_rollouts(self.algo), self.algo.n_off
+        n_on = self.source.rollouts_per_prompt(self.algo)
         out_ids, out_masks, out_texts, truncated = [], [], [], 0
         for i, row in enumerate(rows):
             span = slice(i * n_on, (i + 1) * n_on)

@@ -26,13 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from icpo_core.algorithm import (
-    aggregate_loss,
-    group_advantages,
-    icpo_policy_loss,
-    kl_loss,
-    micro_batch_normalisation,
-)
+from icpo_core.algorithm.advantages import group_advantages
+from icpo_core.algorithm.losses import aggregate_loss, icpo_policy_loss, kl_loss, micro_batch_normalisation
 
 IEF_KEY = "icpo_ief"
 NAME = "icpo"

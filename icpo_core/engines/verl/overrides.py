@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from icpo_core import paths
+from icpo_core.algorithm import off_policy_source
 from icpo_core.algorithm.losses import effective_entropy_coeff
 from icpo_core.bench.registry import val_parquet_paths
 from icpo_core.config import Params, ParamsError
@@ -289,11 +290,17 @@ def verl_overrides(
     return ov
 
 
+def _supplies_traces(params: Params, run: str) -> bool:
+    """The run's off-policy rows come from the data (LUFFY's expert traces), not from generation."""
+    algo = params.run_algorithm(run)
+    return off_policy_source(algo).supplied_off_per_prompt(algo) > 0
+
+
 def train_file(params: Params, run: str, name: str) -> Path:
     """verl's ``data.train_files`` (relative): the training parquet, or for LUFFY (``off_policy: expert_trace``)
     its copy without rows lacking a ``target`` (:func:`.expert_traces.expert_trace_train_path`, written by
     :func:`launch`)."""
-    if params.run_algorithm(run).off_policy == "expert_trace":
+    if _supplies_traces(params, run):
         from icpo_core.engines.verl.expert_traces import expert_trace_train_path
 
         return expert_trace_train_path(name)
@@ -304,7 +311,7 @@ def prepare_train_file(params: Params, run: str, root: str | Path = ".", instanc
     """Write LUFFY's training file (:func:`train_file`) from the training parquet; other runs read it as is."""
     root = Path(root)
     path = root / train_file(params, run, instance or run)
-    if params.run_algorithm(run).off_policy == "expert_trace":
+    if _supplies_traces(params, run):
         from icpo_core.engines.verl.expert_traces import write_expert_trace_train
 
         kept, dropped = write_expert_trace_train(root / paths.TRAIN_PARQUET, path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from local_helpers import parity_reward
 
-from icpo_core.algorithm import compute_actor_loss
+from icpo_core.algorithm.losses import compute_actor_loss
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local.logprobs import batched_log_probs
 from icpo_core.engines.local.trainer import LocalTrainer, train_local

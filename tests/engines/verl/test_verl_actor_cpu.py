@@ -88,7 +88,7 @@ def _response_logp(model, b) -> torch.Tensor:
 
 def _icpo_batch(tokenizer, train_parquet, demos_parquet, model):
     """A mixed on-policy / IEF batch as fit() hands it to _update_actor (old / ref log-probs, advantages)."""
-    from icpo_core.algorithm import DemoPool
+    from icpo_core.algorithm import DemoPool, off_policy_source
     from icpo_core.config import AlgorithmParams
     from icpo_core.engines.verl.batch_ops import expand_with_ief, mix_generated
     from icpo_core.engines.verl.losses import icpo_advantage
@@ -96,7 +96,9 @@ def _icpo_batch(tokenizer, train_parquet, demos_parquet, model):
     algo = AlgorithmParams(n_on=N_ON, n_off=N_OFF, k_demos=1)
     prompts = load_batch(tokenizer, train_parquet, 2).repeat(N_ON, interleave=True)
     rng = np.random.default_rng(0)
-    ext, src = expand_with_ief(prompts, algo, DemoPool.from_parquet(demos_parquet), "", rng)
+    ext, src = expand_with_ief(
+        prompts, algo, off_policy_source(algo), DemoPool.from_parquet(demos_parquet), "", rng
+    )
     uids = np.asarray(prompts.non_tensor_batch["uid"])
     batch, _ = mix_generated(uids, fake_generate(tokenizer)(ext), src, algo, 1, 10, rng)
     with torch.no_grad():
@@ -126,7 +128,7 @@ def test_update_actor_matches_icpo_core(actor, tokenizer, train_parquet, demos_p
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils.padding import left_right_2_no_padding
 
-    from icpo_core.algorithm import compute_actor_loss
+    from icpo_core.algorithm.losses import compute_actor_loss
     from icpo_core.engines.verl.losses import finalize_actor_metrics
     from icpo_core.engines.verl.trainer import make_actor_loss
 
@@ -392,7 +394,7 @@ def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_p
         # row, the same SGD step from the same weights moves them otherwise
         from transformers import AutoModelForCausalLM
 
-        from icpo_core.algorithm import compute_actor_loss
+        from icpo_core.algorithm.losses import compute_actor_loss
 
         b = batch.batch
         args = (b["old_log_probs"], b["ref_log_prob"], None, b["advantages"], b["response_mask"])

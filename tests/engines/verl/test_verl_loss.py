@@ -50,7 +50,7 @@ def _fake_model_output(td, requires_grad=True):
 def test_icpo_ppo_loss_on_verl_data_path(tokenizer, train_parquet):
     from verl.workers.utils.padding import no_padding_2_padding
 
-    from icpo_core.algorithm import compute_actor_loss
+    from icpo_core.algorithm.losses import compute_actor_loss
     from icpo_core.config import AlgorithmParams
     from icpo_core.engines.verl.losses import finalize_actor_metrics, icpo_ppo_loss
 
@@ -80,7 +80,7 @@ def test_luffy_loss_has_no_on_policy_clip(tokenizer, train_parquet):
     differs from the clipped one (old log-probs far from the current ones)."""
     from verl.workers.utils.padding import no_padding_2_padding
 
-    from icpo_core.algorithm import compute_actor_loss
+    from icpo_core.algorithm.losses import compute_actor_loss
     from icpo_core.config import AlgorithmParams
     from icpo_core.engines.verl.losses import icpo_ppo_loss
 
@@ -200,7 +200,7 @@ def test_loss_averaging_over_micro_batches_matches_the_stated_normalisation(
     from verl.workers.engine.utils import prepare_micro_batches
     from verl.workers.utils.padding import no_padding_2_padding
 
-    from icpo_core.algorithm import compute_actor_loss
+    from icpo_core.algorithm.losses import compute_actor_loss
     from icpo_core.config import AlgorithmParams
     from icpo_core.engines.verl.losses import icpo_ppo_loss
 

@@ -29,7 +29,7 @@ def main(out: Path, model_dir: Path, train: Path, demos: Path) -> None:
     from verl.workers.utils.padding import left_right_2_no_padding
     from verl_fixtures import fake_generate, load_batch, make_tokenizer
 
-    from icpo_core.algorithm import DemoPool
+    from icpo_core.algorithm import DemoPool, off_policy_source
     from icpo_core.config import AlgorithmParams
     from icpo_core.engines.verl import cpu_shims
     from icpo_core.engines.verl import overrides as ov
@@ -77,7 +77,7 @@ def main(out: Path, model_dir: Path, train: Path, demos: Path) -> None:
     prompts.non_tensor_batch["uid"] = np.array([f"p{i}" for i in range(len(prompts))], dtype=object)
     prompts = prompts.repeat(N_ON, interleave=True)
     rng = np.random.default_rng(0)
-    ext, src = expand_with_ief(prompts, algo, DemoPool.from_parquet(demos), "", rng)
+    ext, src = expand_with_ief(prompts, algo, off_policy_source(algo), DemoPool.from_parquet(demos), "", rng)
     uids = np.asarray(prompts.non_tensor_batch["uid"])
     batch, _ = mix_generated(uids, fake_generate(tok)(ext), src, algo, 1, 10, rng)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
