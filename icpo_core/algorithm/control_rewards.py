@@ -7,7 +7,7 @@ model is not from learning to be right (format, length, sampling-temperature eff
 - ``random``: a coin flip per trajectory, 1 with probability ``p`` (``algorithm.random_reward_p``, default 0.5,
   the paper's Bernoulli(0.5) choice: it maximises the share of groups with signal and does not depend on the base
   model's accuracy), drawn from the step's own seeded generator, so a step is reproducible;
-- ``format``: 1 when the response has a ``\\boxed{}`` answer (:func:`icpo_core.rewards.last_boxed`), whatever it
+- ``format``: 1 when the response has a ``\\boxed{}`` answer (:func:`icpo_core.grading.last_boxed`), whatever it
   says: the share of a gain that learning the answer format alone explains.
 
 Everything downstream (groups, advantages, the loss) is unchanged: a control is GRPO (or ICPO) fed a different
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from icpo_core.algorithm.step import step_seed
-from icpo_core.rewards import last_boxed
+from icpo_core.grading import last_boxed
 
 CONTROL_STREAM = 3  # the step_seed stream of the control rewards (1: mixing / demos, 2: sampling)
 
