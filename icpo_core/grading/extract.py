@@ -1,5 +1,9 @@
 """Answer extraction: the final answer of a text by plain string scanning; nothing is parsed as maths or evaluated.
 
+One definition for both sides of a comparison: the gold answer of a worked solution (``icpo_core.data``) and the
+answer of a model response (:class:`~icpo_core.grading.Grader`) are found by the same :func:`last_boxed`, so a
+solution and a response that end alike give the same answer.
+
 Model output is untrusted: every function here runs in linear time in the length of its input (``str.find`` /
 ``rfind`` and one pass of brace counting; no regex on the box scan, no recursion) and returns text only.
 """
@@ -53,43 +57,71 @@ def _match_braces(text: str, open_at: int) -> int | None:
     return None
 
 
-def _box_content(text: str, start: int, command: str) -> str | None:
-    """The argument of a box command found at ``start``: ``\\boxed{...}`` or ``\\boxed 5``."""
-    i = start + len(command)
-    if i < len(text) and text[i].isalpha():  # \boxedfoo is another command
-        return None
-    while i < len(text) and text[i] in " \t":
-        i += 1
-    if i >= len(text):
-        return None
-    if text[i] == "{":
-        end = _match_braces(text, i)
-        return None if end is None else text[i + 1 : end - 1]
-    if i == start + len(command):  # \boxed5 without a space is not a box
-        return None
-    # \boxed 5 (TeX's one-token argument): up to the next whitespace, $ or end.
-    j = i
-    while j < len(text) and not text[j].isspace() and text[j] != "$":
-        j += 1
-    return text[i:j]
+def _last_box_command(text: str) -> tuple[int, str] | None:
+    """Position and name of the last box command in ``text``; None if there is none.
 
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last well-formed ``\\boxed{}`` / ``\\fbox{}`` / ``\\boxed x`` in ``text`` (None if none).
-
-    An unbalanced box (e.g. cut off by the token limit) is skipped in favour of the one before it.
+    ``\\boxedfoo`` is another command (a letter continues a TeX command name), so it is skipped, not a box.
     """
-    positions = []
+    best: tuple[int, str] | None = None
     for command in BOX_COMMANDS:
-        p = text.find(command)
-        while p >= 0:
-            positions.append((p, command))
-            p = text.find(command, p + 1)
-    for start, command in sorted(positions, reverse=True):
-        content = _box_content(text, start, command)
-        if content is not None and content.strip():
-            return content.strip()
-    return None
+        end = len(text)
+        while (p := text.rfind(command, 0, end)) >= 0:
+            after = p + len(command)
+            if after < len(text) and text[after].isalpha():
+                end = p
+                continue
+            if best is None or p > best[0]:
+                best = (p, command)
+            break
+    return best
+
+
+def _box_argument(text: str, start: int, command: str) -> str | None:
+    """The argument of the box command at ``start``: ``\\boxed{...}`` (braces matched) or ``\\boxed 5``.
+
+    None when it has none: an unbalanced ``{``, nothing after the command, or ``\\boxed5`` / ``\\boxed$``.
+    """
+    i = start + len(command)
+    n = len(text)
+    j = i
+    while j < n and text[j] in " \t":
+        j += 1
+    if j >= n:
+        return None
+    if text[j] == "{":
+        end = _match_braces(text, j)
+        return None if end is None else text[j + 1 : end - 1]
+    if j == i:
+        return None
+    # \boxed 5 (TeX's one-token argument): up to the next whitespace, $ or the end.
+    k = j
+    while k < n and not text[k].isspace() and text[k] != "$":
+        k += 1
+    return text[j:k]
+
+
+def last_boxed(text: str | None) -> str | None:
+    """The argument of the last ``\\boxed{...}`` / ``\\fbox{...}`` / ``\\boxed x`` in ``text``, stripped.
+
+    Nested braces are matched (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``); escaped braces do not count
+    (``\\boxed{\\{1,2\\}}`` -> ``\\{1,2\\}``). None when ``text`` is None or empty or has no box command.
+
+    The last box command decides, and only it. When its argument is unbalanced (``\\boxed{12} ... \\boxed{3``,
+    typically a response cut off by the token limit in the middle of its answer), empty (``\\boxed{}``) or
+    missing, the result is None, never an earlier box: the text went past the earlier box, so that box is not
+    its final answer (``\\boxed{3}, no wait, \\boxed{4`` must not score 3), and a worked solution whose final box
+    is broken yields no gold rather than an intermediate result. This is the MATH reference's rule
+    (``last_boxed_only_string``: the last box, None when its braces do not close).
+    """
+    if not text:
+        return None
+    found = _last_box_command(text)
+    if found is None:
+        return None
+    content = _box_argument(text, *found)
+    if content is None:
+        return None
+    return content.strip() or None
 
 
 _ANSWER_IS = re.compile(r"(?:final answer|answer)(?: is|:)[ \t]*:?[ \t]*([^\n]{1,200})", re.IGNORECASE)

@@ -74,6 +74,12 @@ def test_no_answer_and_several_boxes(grader):
     assert not v_first.correct and v_first.extracted == "3"
 
 
+def test_cut_off_last_box_has_no_answer(grader):
+    """A response cut off inside its last box gets no reward, not the reward of a box it went past."""
+    [v] = grader.grade(["\\boxed{5}, no wait, it is \\boxed{\\frac{11}{2"], ["5"])
+    assert v == Verdict(False, None, False, "no_answer")
+
+
 def test_benchmark_fallback_grading(grader):
     [v] = grader.grade(["so the answer is $\\frac{1}{2}$."], ["0.5"], fallbacks=("answer_is",))
     assert v.correct
