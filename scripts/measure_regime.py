@@ -72,7 +72,7 @@ def main() -> None:
     from icpo_core.bench.registry import Sampling
     from icpo_core.config import BenchParams
     from icpo_core.data.synthetic import generate_splits
-    from icpo_core.rewards import Grader
+    from icpo_core.grading import Grader
 
     bench = BenchParams(backend=args.backend, batch_size=64, grade_workers=2, vllm={"dtype": args.dtype})
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("icpo_core", "flows", "tasks")
-LOWER = ("icpo_core.engines", "icpo_core.bench", "icpo_core.algorithm", "icpo_core.data")
+LOWER = ("icpo_core.engines", "icpo_core.bench", "icpo_core.algorithm", "icpo_core.data", "icpo_core.grading")
 UPPER = ("icpo_core.stages", "flows", "tasks")
 
 
@@ -117,3 +117,15 @@ def test_no_import_from_a_lower_layer_up_into_stages_flows_or_tasks():
         if _within(t, UPPER)
     ]
     assert up == []
+
+
+def test_grading_imports_nothing_of_the_project_but_itself():
+    """Grading sits under the data, the algorithm, the engines and the bench: it must not reach up into them."""
+    out = [
+        f"{m}:{line} imports {t}"
+        for m, edges in GRAPH.items()
+        if _within(m, ("icpo_core.grading",))
+        for t, line, _ in edges
+        if not _within(t, ("icpo_core.grading",))
+    ]
+    assert out == []

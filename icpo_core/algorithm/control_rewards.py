@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from icpo_core.algorithm.seeding import CONTROL_STREAM, step_seed
-from icpo_core.rewards import last_boxed
+from icpo_core.grading import last_boxed
 
 if TYPE_CHECKING:
     from icpo_core.config import AlgorithmParams

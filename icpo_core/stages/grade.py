@@ -17,8 +17,8 @@ from typing import Any
 
 from icpo_core.bench.metrics import overall_average, summarize_benchmark
 from icpo_core.errors import DataError, UserError
+from icpo_core.grading import FALLBACKS, Grader
 from icpo_core.io_utils import atomic_path, atomic_write_json, read_jsonl
-from icpo_core.rewards import FALLBACKS, Grader
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ One step (t = 1 .. T, verl's 1-based ``global_steps``):
 2. roll out ``n_on`` on-policy samples per prompt from the plain prompt and ``n_off`` IEF samples from the prompt
    with k demos in front (:func:`build_ief_messages`; the plain prompt for ``off_policy: ief_no_demos``),
    all in one batched ``generate`` call;
-3. grade every response (binary reward, :class:`icpo_core.rewards.Grader`);
+3. grade every response (binary reward, :class:`icpo_core.grading.Grader`);
 4. :func:`plan_step` (ERRS + replacement per prompt, the expert bonus on accepted IEF rows when
    ``reward_shaping``, the step's group metrics; the same plan verl's manager uses), then
    :func:`group_advantages` over the mixed groups (each: kept on-policy rows, then accepted IEF rows);
@@ -80,9 +80,9 @@ from icpo_core.engines.local.logprobs import (
 )
 from icpo_core.engines.local.rollout import RolloutEngine, make_rollout_engine
 from icpo_core.errors import DataError, UserError
+from icpo_core.grading import Grader
 from icpo_core.io_utils import atomic_write_json, check_free_space
 from icpo_core.report.curves import plot_curves
-from icpo_core.rewards import Grader
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,8 @@ import torch
 from omegaconf import OmegaConf
 from verl_fixtures import SUFFIX, decode_prompt, fake_generate, load_batch
 
+from icpo_core.grading import last_boxed
+
 N_ON, N_PROMPTS = 4, 3
 
 
@@ -190,7 +192,6 @@ LONG_TARGET = "1 plus 1 = " + "1 " * 10 + "\\boxed{2}"  # 16 tokens: cut at the 
 
 def _graded(calls):
     """The trace verifier: the last boxed answer equals the ground truth (records its calls)."""
-    from icpo_core.rewards import last_boxed
 
     def score(data_source, text, ground_truth, extra_info):
         calls.append(text)
