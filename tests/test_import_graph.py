@@ -40,7 +40,15 @@ def _imports(module: str, path: Path) -> list[tuple[str, int, bool]]:
     """(imported project module, line, at module top) for every import statement of ``module``."""
     tree = ast.parse(path.read_text(), str(path))
     top = {id(n) for n in tree.body}
-    top |= {id(n) for n in tree.body if isinstance(n, ast.If) for n in n.body}  # if TYPE_CHECKING:
+    # `if TYPE_CHECKING:` imports are annotations only: never executed, so they make no circle
+    typing_only = {
+        id(sub)
+        for n in tree.body
+        if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)
+        for node in n.body
+        for sub in ast.walk(node)
+    }
+    top |= {id(n) for n in tree.body if isinstance(n, ast.If) for n in n.body}
     out = []
     is_pkg = path.name == "__init__.py"
     for node in ast.walk(tree):
@@ -57,6 +65,8 @@ def _imports(module: str, path: Path) -> list[tuple[str, int, bool]]:
         for name in names:
             target = _resolve(name)
             # a module's own parent packages are loaded before it: importing from them is no circle
+            if id(node) in typing_only:
+                continue
             if target and target != module and not module.startswith(target + "."):
                 out.append((target, node.lineno, id(node) in top))
     return out
