@@ -456,6 +456,8 @@ class ReportParams(_Section):
     ]
     # comparisons beyond "every run - GRPO", e.g. [[icpo, luffy]]: the paper's ICPO vs the expert-guided baseline
     pairs: list[RunPair] = [["icpo", "luffy"]]
+    # the run every other run is compared with; null: none
+    baseline: Name | None = "grpo"
     # points: the report states how many seeds per run a difference of this size would need (80 % power)
     target_difference: float = Field(5.0, gt=0)
 
@@ -590,6 +592,10 @@ class Params(_Section):
                 raise ValueError(
                     f"report.runs[{i}]: 'base' or a name from runs {sorted(self.runs)} (got {name!r})"
                 )
+        if self.report.baseline is not None and self.report.baseline not in self.runs:
+            raise ValueError(
+                f"report.baseline: a name from runs {sorted(self.runs)} (got {self.report.baseline!r})"
+            )
         return self
 
     @field_validator("seeds")

@@ -168,6 +168,7 @@ BAD_CASES = [
         ["bench.benchmarks[1]: must be a non-empty"],
     ),
     ("report-without-runs", {"report": {"runs": []}}, ["report.runs: needs at least one run"]),
+    ("report-unknown-baseline", {"report": {"baseline": "grpoo"}}, ["report.baseline: a name from runs"]),
     (
         "lora-duplicate-targets",
         {"train": {"lora": {"target_modules": ["q_proj", "q_proj"]}}},

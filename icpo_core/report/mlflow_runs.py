@@ -10,7 +10,7 @@ from typing import Any
 
 from icpo_core.bench.mlflow_log import _base_tags
 from icpo_core.errors import UserError
-from icpo_core.report.table import run_label
+from icpo_core.report.labels import run_label
 from icpo_core.tracking import PARENT_ENV, ensure_experiment, mlflow_client, tracking_uri
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,6 +58,8 @@ class Power:
     n_seeds_a: int
     n_seeds_b: int
     n_problems: int
+    alpha: float = ALPHA  # the test level and power ``mde`` is at
+    power: float = POWER
 
     @property
     def seed_variance_known(self) -> bool:
@@ -92,48 +94,15 @@ class Power:
         def v(x: float | None) -> float | None:
             return None if x is None else x * f * f
 
-        return Power(
-            self.se * f,
-            self.mde * f,
-            v(self.var_seed_a),
-            v(self.var_seed_b),
-            self.var_problem * f * f,
-            v(self.resid_a),
-            v(self.resid_b),
-            self.n_seeds_a,
-            self.n_seeds_b,
-            self.n_problems,
-        )
-
-    def to_json(self) -> dict[str, float | int | None]:
-        return {
-            "se": self.se,
-            "mde": self.mde,
-            "alpha": ALPHA,
-            "power": POWER,
-            "var_seed_a": self.var_seed_a,
-            "var_seed_b": self.var_seed_b,
-            "var_problem": self.var_problem,
-            "resid_a": self.resid_a,
-            "resid_b": self.resid_b,
-            "n_seeds_a": self.n_seeds_a,
-            "n_seeds_b": self.n_seeds_b,
-            "n_problems": self.n_problems,
-        }
-
-    @classmethod
-    def from_json(cls, j: dict) -> Power:
-        return cls(
-            j["se"],
-            j["mde"],
-            j.get("var_seed_a"),
-            j.get("var_seed_b"),
-            j["var_problem"],
-            j.get("resid_a"),
-            j.get("resid_b"),
-            j["n_seeds_a"],
-            j["n_seeds_b"],
-            j["n_problems"],
+        return replace(
+            self,
+            se=self.se * f,
+            mde=self.mde * f,
+            var_seed_a=v(self.var_seed_a),
+            var_seed_b=v(self.var_seed_b),
+            var_problem=self.var_problem * f * f,
+            resid_a=v(self.resid_a),
+            resid_b=v(self.resid_b),
         )
 
 
