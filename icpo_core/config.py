@@ -448,6 +448,9 @@ class ReportParams(_Section):
         "grpo",
         "luffy",
         "icpo",
+        "icpo_no_demos",
+        "grpo_compute_matched",
+        "grpo_shuffled_reward",
         "grpo_random_reward",
         "grpo_format_reward",
         "icpo_rs",
@@ -456,7 +459,7 @@ class ReportParams(_Section):
     ]
     # comparisons beyond "every run - GRPO", e.g. [[icpo, luffy]]: the paper's ICPO vs the expert-guided baseline
     pairs: list[RunPair] = [["icpo", "luffy"]]
-    # the run every other run is compared with; null: none
+    # the run every other run is compared with (secondary comparisons); null: none
     baseline: Name | None = "grpo"
     # points: the report states how many seeds per run a difference of this size would need (80 % power)
     target_difference: float = Field(5.0, gt=0)
@@ -469,18 +472,54 @@ class ReportParams(_Section):
         return v
 
 
+class PrimaryParams(_Section):
+    """The preregistered primary comparison, written before any run: the question, the comparisons ``a - b`` on
+    ``measure``, and the decision rule's level. The report leads with it: per comparison ``supports`` (the
+    ``1 - alpha`` CI of ``a - b`` lies above 0), ``contradicts`` (below 0) or ``inconclusive at MDE x`` (x: the
+    smallest difference the study detects with ``power`` at ``alpha``)."""
+
+    question: NonEmptyStr = (
+        "Do the in-context demonstrations, not the extra rollouts they come with, make ICPO's gain over GRPO?"
+    )
+    comparisons: list[RunPair] = [["icpo", "icpo_no_demos"], ["icpo", "grpo"]]
+    # avg: the held-out benchmark average (unweighted mean over the benchmarks), in points; or one benchmark name
+    measure: NonEmptyStr = "avg"
+    alpha: Float = Field(default=0.05, gt=0, lt=1)
+    power: Float = Field(default=0.8, gt=0, lt=1)
+
+    @field_validator("comparisons")
+    @classmethod
+    def _non_empty(cls, v: list[list[str]]) -> list[list[str]]:
+        if not v:
+            raise ValueError("needs at least one comparison [a, b]")
+        return v
+
+
 class StudyParams(_Section):
     """What ``dvc repro`` trains, merges and benches: ``runs`` at every seed of ``seeds``, ``ablations`` at
-    ``ablation_seeds`` (one DVC stage per run x seed either way)."""
+    ``ablation_seeds`` (one DVC stage per run x seed either way); ``primary``: the preregistered comparison."""
 
     runs: list[Name] = [
         "grpo",
         "icpo",
+        "icpo_no_demos",
         "luffy",
         "grpo_random_reward",
     ]  # dvc.yaml: each at every seed of `seeds`
     ablations: list[Name] = []
     ablation_seeds: list[Seed] = [0]
+    primary: PrimaryParams | None = PrimaryParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwritten_primary(cls, data: Any) -> Any:
+        """A study that does not write ``primary`` and lacks the default comparisons' runs preregistered no
+        primary comparison (None), rather than inheriting one about runs it does not train."""
+        if isinstance(data, dict) and "primary" not in data and isinstance(data.get("runs"), list):
+            wanted = {name for pair in PrimaryParams().comparisons for name in pair}
+            if not wanted <= set(data["runs"]):
+                return {**data, "primary": None}
+        return data
 
     @field_validator("runs", "ablations", "ablation_seeds")
     @classmethod
@@ -596,6 +635,14 @@ class Params(_Section):
             raise ValueError(
                 f"report.baseline: a name from runs {sorted(self.runs)} (got {self.report.baseline!r})"
             )
+        for i, pair in enumerate(self.study.primary.comparisons if self.study.primary else []):
+            for name in pair:
+                if name not in self.study.runs:
+                    raise ValueError(
+                        f"study.primary.comparisons[{i}]: {name!r} is not in study.runs {self.study.runs} (a "
+                        "primary comparison needs both runs at every seed of `seeds`; add it there or change the "
+                        "comparison, or set study.primary: null)"
+                    )
         return self
 
     @field_validator("seeds")

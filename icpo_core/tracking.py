@@ -130,11 +130,12 @@ def env_tags() -> dict[str, str]:
 
 
 def study_id(params: Params) -> str:
-    """What identifies a study: the runs, seeds and every knob they train with (not tracking or report)."""
+    """What identifies a study: the runs, seeds and every knob they train with (not tracking, report or the
+    preregistered primary comparison)."""
     cfg = {
         "profile": params.profile,
         "seeds": list(params.seeds),
-        "study": params.study.model_dump(),
+        "study": params.study.model_dump(exclude={"primary"}),
         "runs": params.runs,
         "model": params.model.model_dump(),
         "data": params.data.model_dump(),

@@ -26,6 +26,7 @@ N_PROBLEMS = 60
 
 def study_params():
     study = {"runs": ["grpo", "icpo"], "ablations": ["icpo_rs", "icpo_no_errs"], "ablation_seeds": [0]}
+    study["primary"] = {"comparisons": [["icpo", "grpo"]]}
     return make_params(bench={"benchmarks": [GREEDY, SAMPLED]}, seeds=[0, 1, 2], study=study)
 
 

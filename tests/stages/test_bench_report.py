@@ -30,6 +30,7 @@ def project(tmp_path_factory):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["study"]["ablations"] = ["icpo_rs", "icpo_no_errs", "icpo_released"]  # the report lists them
     raw["study"]["runs"], raw["seeds"] = ["grpo", "icpo"], [0, 1, 2]  # what the fabricated metrics cover
+    raw["study"]["primary"]["comparisons"] = [["icpo", "grpo"]]  # a primary comparison on those runs
     raw["bench"].update(
         backend="hf",  # the tiny model's head size is below what vLLM's CPU attention takes
         benchmarks=["synthetic_l0", "synthetic_l1", "synthetic_l3"],
