@@ -1,5 +1,6 @@
-"""The report's markdown: the results with their CIs, the paired comparisons, the seed spread, the training
-summaries and the curves. Everything is rendered from a :class:`~icpo_core.report.study_data.Study` (or, for ``icpo compare
+"""The report's markdown: the preregistered primary comparison first, then the exploration gap, the results with
+their CIs, the secondary comparisons, the training-process measures, the seed spread, the training summaries and
+the curves. Everything is rendered from a :class:`~icpo_core.report.study_data.Study` (or, for ``icpo compare
 --per-run``, a :class:`~icpo_core.report.run_table.Table`)."""
 
 from __future__ import annotations
@@ -8,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from icpo_core import paths
+from icpo_core.report.curves import CURVES
+from icpo_core.report.labels import LUFFY_INFORMATION
 from icpo_core.report.power import detectability
 from icpo_core.report.run_table import Table
 from icpo_core.report.stats import format_ci, format_p, format_value
 from icpo_core.report.study_data import AVERAGE, Cell, Decoding, Study, read_json
+from icpo_core.report.study_stats import format_mde
 
 TITLES = {
     "math500": "MATH-500",
@@ -23,6 +27,7 @@ TITLES = {
     "gsm8k": "GSM8K",
     "gpqa_diamond": "GPQA-D",
 }
+MEASURES = {"avg": "the held-out benchmark average (unweighted mean over the benchmarks), in points"}
 
 
 def column_title(name: str) -> str:
@@ -73,6 +78,67 @@ def run_table_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------ primary comparison, regime
+def primary_markdown(study: Study) -> str:
+    """The preregistered question, measure and decision rule, one row of numbers and ONE verdict line per
+    comparison; then the exploration gap of the regime."""
+    pr = study.primary
+    if pr is None:
+        return "No primary comparison is preregistered (params `study.primary`).\n\n" + regime_markdown(study)
+    conf = f"{100 * (1 - pr.alpha):g} %"
+    measure = MEASURES.get(pr.measure, f"the benchmark `{pr.measure}`, in points")
+    lines = [
+        f"**Question.** {pr.question}",
+        "",
+        f"**Measure.** `{pr.measure}`: {measure}. **Decision rule** (params `study.primary`, written before the "
+        f"runs): {pr.rule}.",
+        "",
+        f"| Comparison | Δ points [{conf} CI] | p (seeds) | p (problems) | MDE ({100 * pr.power:g} % power) | "
+        "Seeds A / B | Problems |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in pr.comparisons:
+        d = r.diff
+        if d is None:
+            lines.append(f"| {_pair_name(study, r.a, r.b)} | n/a | n/a | n/a | n/a | n/a | n/a |")
+            continue
+        p_seeds = format_p(d.p_seeds) + (f" (min {format_p(d.p_seeds_min)})" if d.p_seeds is not None else "")
+        mde = "n/a" if r.mde is None else format_mde(r.mde) + ("" if r.seed_variance_known else " (1 seed)")
+        lines.append(
+            f"| {_pair_name(study, r.a, r.b)} | {format_ci(d.diff, d.ci_low, d.ci_high, signed=True)} | "
+            f"{p_seeds} | {format_p(d.p)} | {mde} | {d.n_seeds_a} / {d.n_seeds_b} | {d.n_problems} |"
+        )
+    lines.append("")
+    lines += [f"- Verdict, {_pair_name(study, r.a, r.b)}: **{r.verdict_text}**" for r in pr.comparisons]
+    lines += [
+        "",
+        f"CI: the two-level bootstrap over seeds and problems ({study.method.n_boot} replicates, paired over "
+        "problems). p (seeds): exact permutation test over the trained models (min: the smallest p these seed "
+        "counts allow). p (problems): sign-flip test over problems. MDE: from the measured seed and problem "
+        "variances (`icpo_core.report.power`).",
+        "",
+    ]
+    return "\n".join(lines) + "\n" + regime_markdown(study)
+
+
+def regime_markdown(study: Study) -> str:
+    """The exploration gap: groups with reward signal 0-shot vs with demos, with intervals (metrics/regime.json)."""
+    head = "### Exploration gap (the regime)\n\n"
+    g = study.regime
+    if g is None:
+        return head + study.regime_note + "\n"
+    z, w = g.zero_shot, g.with_demos
+    reward = ""
+    if z.mean_reward is not None and w.mean_reward is not None:
+        reward = f" Mean reward: 0-shot {z.mean_reward:.3f}, with demos {w.mean_reward:.3f}."
+    return head + (
+        f"Share of on-policy groups with reward signal (rewards not all equal among k = {g.k} rollouts) on "
+        f"{g.problems} problems, levels {', '.join(map(str, g.levels)) or 'n/a'}: "
+        f"**0-shot {format_ci(z.groups_with_signal, *z.ci)}** vs **with demos "
+        f"{format_ci(w.groups_with_signal, *w.ci)}** [95 % CI].{reward} Source: {study.regime_note}.\n"
+    )
+
+
 # -------------------------------------------------------------------------------------------- study tables
 def summary_markdown(study: Study) -> str:
     """Runs x benchmarks: mean over seeds and problems with its 95 % CI; Avg. = unweighted mean over benchmarks."""
@@ -110,11 +176,13 @@ def cells_markdown(study: Study) -> str:
 
 
 def comparison_markdown(study: Study) -> str:
-    """Paired differences (every run - baseline, then ``report.pairs``) per benchmark and averaged: points with
-    95 % CI, p-values, and the power figures: the minimum detectable effect at 80 % power for these seeds and
-    problems and the seeds per run a ``target_difference``-point difference would need. A CI that spans zero reads "not detectable at this size
+    """Paired differences of every comparison (primary pairs, every run - baseline, ``report.pairs``) per
+    benchmark and averaged, each row labelled primary (the measure of a preregistered pair, decided above) or
+    secondary: points with 95 % CI, p-values, the MDE at 80 % power and the seeds per run a
+    ``target_difference``-point difference would need. A CI that spans zero reads "not detectable at this size
     (MDE x points)" before its interval."""
     t = f"{study.method.target_difference:g}"
+    measure = AVERAGE if study.primary is None or study.primary.measure == "avg" else study.primary.measure
     lines = [
         "| Comparison | Benchmark | Δ points [95 % CI] | p (problems) | p (seeds) | Seeds A / B | Problems | "
         f"MDE (80 % power) | Seeds for ±{t} |",
@@ -122,7 +190,8 @@ def comparison_markdown(study: Study) -> str:
     ]
     for v in study.comparisons.values():
         for c in [*study.columns, AVERAGE]:
-            name = _pair_name(study, v.a, v.b)
+            role = "primary" if v.role == "primary" and c == measure else "secondary"
+            name = f"{role} · {_pair_name(study, v.a, v.b)}"
             cmp, pw = v.at(c), v.power.get(c)
             if cmp is None:
                 lines.append(f"| {name} | {column_title(c)} | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
@@ -142,6 +211,30 @@ def comparison_markdown(study: Study) -> str:
                 f"| {name} | {column_title(c)} | {delta} | {format_p(cmp.p)} | "
                 f"{p_seeds} | {cmp.n_seeds_a} / {cmp.n_seeds_b} | {cmp.n_problems} | {mde} | {need} |"
             )
+    return "\n".join(lines) + "\n"
+
+
+def process_markdown(study: Study) -> str:
+    """Per run the training-process measures: mean over steps, 95 % t interval across seeds."""
+    titles = dict(CURVES)
+    keys = study.process_keys
+    lines = [
+        "| Method | Run | " + " | ".join(titles.get(k, k) for k in keys) + " |",
+        "|---|---|" + "---:|" * len(keys),
+    ]
+    for run, r in study.runs.items():
+        if run == "base":
+            continue
+        cells = []
+        for k in keys:
+            m = r.process.get(k)
+            if m is None or m.mean is None:
+                cells.append("n/a")
+            elif m.ci_low is None:
+                cells.append(f"{m.mean:.3f} (1 seed)")
+            else:
+                cells.append(f"{format_ci(m.mean, m.ci_low, m.ci_high)} ({m.n_seeds} seeds)")
+        lines.append(f"| {r.label} | `{run}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -216,17 +309,24 @@ def _method_text(study: Study) -> list[str]:
         "the problem noise only; with few seeds it under-states the seed-to-seed noise. A cell shows the digits "
         "its CI supports (rounded at the first significant digit of the CI half-width).",
         "",
-        "ICPO† = ICPO with annealed expert reward shaping (RS); − ERRS = without expert-region reject sampling.",
+        "ICPO† = ICPO with annealed expert reward shaping (RS); − ERRS = without expert-region reject sampling; "
+        "ICPO without demos = ICPO's extra rollouts and ERRS sampled from the plain prompt. LUFFY "
+        f"{LUFFY_INFORMATION}: an upper reference, not a peer.",
     ]
 
 
 def report_markdown(study: Study, generated: str, plotted: dict[str, dict[str, int]] | None = None) -> str:
-    """``reports/report.md``."""
+    """``reports/report.md``: the primary comparison first, then everything else (secondary)."""
     missing = {r: v.missing for r, v in study.runs.items() if v.missing}
     md = [
         "# GRPO vs ICPO",
         "",
         f"Profile `{study.profile}`; generated {generated} by `icpo report`.",
+        "",
+        "## Primary comparison (preregistered)",
+        "",
+        primary_markdown(study),
+        "## Method",
         "",
         *_method_text(study),
         "",
@@ -245,8 +345,9 @@ def report_markdown(study: Study, generated: str, plotted: dict[str, dict[str, i
         "## Per benchmark: seeds, problems, pass@k",
         "",
         cells_markdown(study),
-        f"## Paired comparison with `{study.baseline}`",
+        f"## Secondary comparisons (baseline `{study.baseline}`, `report.pairs`; not preregistered)",
         "",
+        "Secondary: every row but the one marked primary (the primary comparison's measure, decided above). "
         "Δ = A − B in points, on the problems both answered. CI: paired bootstrap (one problem draw for both "
         "runs, the seeds of each run drawn independently: different runs are independent trainings). "
         "p (problems): two-sided sign-flip test; per problem the difference of the two runs' seed-mean scores, "
@@ -256,6 +357,11 @@ def report_markdown(study: Study, generated: str, plotted: dict[str, dict[str, i
         "seed counts allow.",
         "",
         comparison_markdown(study),
+        "## Training process: mean over steps [95 % interval across seeds]",
+        "",
+        f"Interval: {study.process_interval}. Shares and rewards as logged (0-1).",
+        "",
+        process_markdown(study),
         "## Seed-to-seed spread",
         "",
         spread_markdown(study),

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from statistics import NormalDist
 
 import numpy as np
 
@@ -42,6 +43,12 @@ ALPHA = 0.05
 POWER = 0.8
 # z_{1 - alpha/2} + z_{power}: 1.959964 + 0.841621
 Z_SUM = 2.801585
+
+
+def z_sum(alpha: float = ALPHA, power: float = POWER) -> float:
+    """``z_{1 - alpha/2} + z_{power}``: the MDE in standard errors of a two-sided test at ``alpha``."""
+    z = NormalDist().inv_cdf
+    return z(1.0 - alpha / 2.0) + z(power)
 
 
 @dataclass
@@ -87,6 +94,10 @@ class Power:
         per_seed = one - inf  # type: ignore[operator]
         n = max(1, math.ceil(per_seed / (budget - inf) - 1e-9))
         return n if n <= max_seeds else None
+
+    def mde_at(self, alpha: float = ALPHA, power: float = POWER) -> float:
+        """The minimum detectable effect of a two-sided test at ``alpha`` with ``power``."""
+        return z_sum(alpha, power) * self.se
 
     def scaled(self, f: float) -> Power:
         """The same figures in units ``f`` times larger (fractions -> percentage points: ``f = 100``)."""

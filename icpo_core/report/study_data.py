@@ -2,7 +2,7 @@
 
 One training run at one seed is an instance ``<run>_s<seed>``; ``base`` has the single instance ``base``. Per
 instance the study reads ``bench/<instance>/samples.jsonl`` (per-sample verdicts), ``metrics/bench_<instance>
-.json`` and ``metrics/steps_<instance>.jsonl``.
+.json`` and ``metrics/steps_<instance>.jsonl``; ``metrics/regime.json`` (the exploration gap) once per study.
 
 :class:`Study` is what ``reports/study.json`` holds (numbers in percent, n/a as ``null``): a pydantic model, so
 the file is ``Study.model_dump`` and ``icpo compare`` reads it back with ``Study.model_validate``. The numbers
@@ -15,7 +15,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -26,6 +26,7 @@ from icpo_core.report.stats import Comparison, ci_decimals
 log = logging.getLogger(__name__)
 
 AVERAGE = "average"  # the column of the unweighted mean over the benchmarks
+REGIME_FILE = "regime.json"  # under metrics/: groups with reward signal 0-shot vs with demos
 
 
 # ----------------------------------------------------------------------------------------- runs and files
@@ -216,6 +217,7 @@ class Pair(_Model):
 
     a: str
     b: str
+    role: Literal["primary", "secondary"] = "secondary"
     benchmarks: dict[str, Diff | None] = {}
     average: Diff | None = None
     power: dict[str, Power | None] = {}  # benchmark | "average" -> power figures
@@ -224,12 +226,63 @@ class Pair(_Model):
         return self.average if col == AVERAGE else self.benchmarks.get(col)
 
 
+class PrimaryResult(_Model):
+    """One preregistered comparison on the measure, and the verdict its decision rule gives."""
+
+    a: str
+    b: str
+    diff: Diff | None = None
+    mde: float | None = None  # at the rule's alpha and power
+    seed_variance_known: bool = False
+    verdict: Literal["supports", "contradicts", "inconclusive", "n/a"] = "n/a"
+    verdict_text: str = ""
+
+
+class Primary(_Model):
+    """``study.primary`` as it was preregistered, and its comparisons' results."""
+
+    question: str
+    measure: str
+    alpha: float
+    power: float
+    rule: str
+    comparisons: list[PrimaryResult] = []
+
+
+class RegimeArm(_Model):
+    groups_with_signal: float
+    ci: tuple[float, float]
+    mean_reward: float | None = None
+
+
+class Regime(_Model):
+    """``metrics/regime.json``: the share of on-policy groups with reward signal 0-shot and with demos."""
+
+    problems: int
+    k: int
+    levels: list[Any] = []
+    zero_shot: RegimeArm
+    with_demos: RegimeArm
+
+
+class ProcessMeasure(_Model):
+    """A training-process measure of one run: per seed the mean over its logged steps; over the seeds the mean
+    with a Student-t interval (n/a with one seed)."""
+
+    mean: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n_seeds: int = 0
+    per_seed: dict[str, float] = {}
+
+
 class RunData(_Model):
     label: str
     instances: dict[str, str] = {}  # seed -> instance name (the seeds the run is meant to have)
     missing: list[str] = []  # instances with no files yet
     benchmarks: dict[str, Cell] = {}
     average: Cell = Cell()
+    process: dict[str, ProcessMeasure] = {}  # step-log key -> measure
 
     def cell(self, col: str) -> Cell:
         return self.average if col == AVERAGE else self.benchmarks.get(col) or Cell()
@@ -268,6 +321,11 @@ class Study(_Model):
     benchmarks: dict[str, Decoding] = {}  # decoding per benchmark
     runs: dict[str, RunData] = {}
     comparisons: dict[str, Pair] = {}
+    primary: Primary | None = None
+    regime: Regime | None = None
+    regime_note: str = ""  # where the regime came from, or why there is none
+    process_keys: list[str] = []
+    process_interval: str = ""
 
     @model_validator(mode="after")
     def _ordered(self) -> Study:

@@ -37,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from icpo_core.report.markdown import (
         comparison_markdown,
+        primary_markdown,
         run_table_markdown,
         summary_markdown,
     )
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         study_json, run_id = found
         study = Study.model_validate(study_json)
         print(f"Study of MLflow run {run_id} (mean [95 % CI] in %):\n")
+        if study.primary is not None:
+            print(primary_markdown(study))
         print(summary_markdown(study))
         if study.comparisons:
             print(comparison_markdown(study))

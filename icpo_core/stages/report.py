@@ -6,8 +6,10 @@ run at one seed is the instance ``<run>_s<seed>``; a run whose seeded instances 
 name has files (the single-seed layout) is read as one instance.
 
 Reads per instance ``bench/<instance>/samples.jsonl`` (per-problem verdicts: the statistics), and
-``metrics/bench_<instance>.json``, ``metrics/train_<instance>.json``, ``metrics/steps_<instance>.jsonl``. Writes
-``reports/report.md`` (means with 95 % CIs, paired differences with p-values, per-seed spread, training
+``metrics/bench_<instance>.json``, ``metrics/train_<instance>.json``, ``metrics/steps_<instance>.jsonl``, and
+``metrics/regime.json`` (the exploration gap) when it exists. Writes ``reports/report.md`` (led by the
+preregistered primary comparison of ``study.primary`` and its verdicts, then means with 95 % CIs, the secondary
+paired differences with p-values, the training-process measures over seeds, per-seed spread, training
 summary), ``reports/study.json`` (the same numbers, a DVC metrics file), ``reports/table.json`` (the summary table
 as rows), ``reports/curves.png`` (seed-banded training curves) and ``reports/plots/steps_<run>.json`` (mean over
 seeds per step, for dvc.yaml's top-level ``plots:``); logs all of it to MLflow. Missing instances show n/a, never
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from icpo_core.report.curves import plot_curves, write_plot_data
     from icpo_core.report.markdown import (
         comparison_markdown,
+        primary_markdown,
         report_markdown,
         summary_markdown,
     )
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / "report.md", report_markdown(study, generated, plotted))
     atomic_write_json(out / "study.json", study_json)
     atomic_write_json(out / "table.json", {"profile": params.profile, **_table_rows(study)})
+    print(primary_markdown(study))
     print(summary_markdown(study))
     print(comparison_markdown(study))
     if not args.no_mlflow:

@@ -8,7 +8,7 @@ import struct
 from tests_report_helpers import make_params
 
 from icpo_core.report.curves import plot_curves, read_steps
-from icpo_core.report.labels import run_label
+from icpo_core.report.labels import UPPER_REFERENCE, run_label
 from icpo_core.report.markdown import run_table_markdown
 from icpo_core.report.mlflow_runs import metrics_from_run, tag_filter
 from icpo_core.report.run_table import build_table
@@ -51,7 +51,7 @@ def test_labels_follow_the_algorithm_params():
         "icpo_no_demos": "ICPO without demos",
         "grpo_compute_matched": "GRPO, 12 rollouts",
         "icpo_released": "ICPO (released code)",
-        "luffy": "LUFFY (trains on each problem's reference solution)",
+        "luffy": f"LUFFY (trains on each problem's reference solution), {UPPER_REFERENCE}",
         "grpo_shuffled_reward": "GRPO (shuffled reward)",
         "grpo_random_reward": "GRPO (random reward)",
         "grpo_format_reward": "GRPO (format reward)",
