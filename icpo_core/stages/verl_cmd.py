@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.engines.verl.overrides import override_list, shell_command, train_file
+    from icpo_core.engines.verl.job import shell_command
+    from icpo_core.engines.verl.overrides import override_list, train_file
 
     params = args.params_obj
     if args.run not in params.runs:

@@ -188,7 +188,7 @@ def test_verl_train_after_params_yaml_was_edited_is_refused_before_the_launch(pr
     import torch
 
     from icpo_core.engines.local import checkpoint as ckpt
-    from icpo_core.engines.verl import overrides
+    from icpo_core.engines.verl import job
     from icpo_core.engines.verl.resume import PARAMS_FILE
 
     reached: list[str] = []
@@ -197,7 +197,7 @@ def test_verl_train_after_params_yaml_was_edited_is_refused_before_the_launch(pr
         reached.append(run)
         raise _Launched
 
-    monkeypatch.setattr(overrides, "run_preflight", preflight)
+    monkeypatch.setattr(job, "run_preflight", preflight)
     project({"train": {"engine": "verl", "lr": 1e-3}})
     with pytest.raises(_Launched):  # a fresh start records the params, then launches
         main(["train", "--run", "icpo"])

@@ -634,25 +634,9 @@ class LocalTrainer:
         return latest
 
     def _start_tracking(self, fingerprint: str, resumed: bool) -> tracking.Tracker:
-        uri = tracking.tracking_uri(self.params, self.root)
-        tracker = tracking.Tracker(uri, self.params.tracking.experiment, root=self.root)
-        id_file = self.root / tracking.run_id_path(self.name)
-        stored = tracking.read_run_id(id_file, uri)
-        if stored and tracking.read_run_meta(id_file).get("fingerprint") != fingerprint:
-            stored = None
-        params = tracking.flatten(tracking.run_config(self.params, self.run))
-        params["fingerprint"] = fingerprint
-        run_id = tracker.start(
-            self.name,
-            tags=tracking.run_tags(self.params, self.run, root=self.root, instance=self.instance),
-            params=params,
-            resume_run_id=stored,
+        return tracking.open_training_run(
+            self.params, self.run, root=self.root, instance=self.instance, fingerprint=fingerprint
         )
-        if run_id:
-            tracking.write_run_id(id_file, run_id, uri, fingerprint=fingerprint)
-            if run_id != stored:
-                tracker.log_dict(tracking.run_config(self.params, self.run), "config/run_config.json")
-        return tracker
 
     def train(self, stop_after: int | None = None) -> dict[str, Any]:
         """Run (or resume) the training; ``stop_after`` ends this call after that many new steps (tests)."""

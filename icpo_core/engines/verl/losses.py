@@ -8,7 +8,7 @@ The maths is :mod:`icpo_core.algorithm`; this module only adapts signatures:
   ``ppo_loss`` never passes that mask, so without it the function refuses to run instead of silently training
   IEF rows as on-policy ones;
 - :func:`icpo_ppo_loss`: a mirror of verl 0.9.1's ``workers.utils.losses.ppo_loss`` that also reads the
-  ``icpo_ief`` row flag; ``RayICPOTrainer`` installs it on the actor workers with ``set_loss_fn``;
+  ``icpo_ief`` row flag; ``RayICPOTrainer`` installs it on the actor workers of every run with ``set_loss_fn``;
 - :func:`finalize_actor_metrics`: the token means of the ratio metrics from the sums the loss reports.
 
 Ratio metrics over a token subset (``actor/ief_prob`` over IEF tokens, ``actor/pg_clipfrac`` /
@@ -99,8 +99,8 @@ def icpo_policy_loss_fn(
         )
     if rollout_is_weights is not None:
         raise ValueError(
-            "rollout correction weights are not supported with ICPO: IEF rows' rollout log-probs are "
-            "demo-conditioned; keep algorithm.rollout_correction off"
+            "rollout correction weights are not supported by the project's loss (every verl run, GRPO too): IEF "
+            "rows' rollout log-probs are demo-conditioned; keep algorithm.rollout_correction off"
         )
     info = dict(getattr(config, "global_batch_info", {}) or {}) if config is not None else {}
     return icpo_policy_loss(
@@ -199,8 +199,15 @@ def icpo_ppo_loss(
     gamma: float = 0.1,
     released_loss_agg: bool = False,
     clip_on_policy: bool = True,
+    off_policy_rows: bool = True,
 ):
     """verl 0.9.1's ``ppo_loss`` with the ICPO policy term: reads ``icpo_ief`` and passes it as ``ief_mask``.
+
+    The actor loss of every verl run (``RayICPOTrainer`` installs it for GRPO too). With no IEF row it is
+    verl's ``ppo_loss`` with the ``vanilla`` policy loss (dual-clip PPO; tests compare them), so GRPO loses
+    nothing and gains the two switches below. ``off_policy_rows`` (``icpo.n_off > 0``): the batch must carry
+    the ``icpo_ief`` flag; GRPO batches (false) carry none and every row is on-policy. Rollout-correction
+    weights (``rollout_is_weights``) are refused, not dropped (:func:`icpo_policy_loss_fn`).
 
     Pinned to verl 0.9.1 (``verl.workers.utils.losses.ppo_loss``): same global-batch bookkeeping, same
     entropy and KL terms (``actor.entropy_coeff``, ``actor.use_kl_loss`` / ``kl_loss_type`` / ``kl_loss_coef``),
@@ -248,14 +255,26 @@ def icpo_ppo_loss(
         )
         # per micro-batch: no global token count, no data-parallel rescaling
         config.global_batch_info.update(batch_num_tokens=num_tokens, global_batch_size=None, dp_size=1)
-    fields = ["response_mask", "old_log_probs", "advantages", IEF_KEY]
-    if "ref_log_prob" in data:
-        fields.append("ref_log_prob")
+    fields = ["response_mask", "old_log_probs", "advantages"]
+    has_flag = IEF_KEY in data
+    if has_flag:
+        fields.append(IEF_KEY)
+    elif off_policy_rows:
+        raise ValueError(
+            f"the batch has no {IEF_KEY!r} row flag, but this run has off-policy rows (icpo.n_off > 0): the "
+            "ICPO agent-loop manager sets it (actor_rollout_ref.rollout.agent.agent_loop_manager_class)"
+        )
+    for optional in ("ref_log_prob", "rollout_is_weights"):
+        if optional in data:
+            fields.append(optional)
     data = data.select(*fields).to_padded_tensor()
     response_mask = data["response_mask"].to(bool)
     info = {k: v for k, v in config.global_batch_info.items() if k != "loss_scale_factor"}
 
-    ief_mask = data[IEF_KEY].reshape(-1).bool()
+    if has_flag:
+        ief_mask = data[IEF_KEY].reshape(-1).bool()
+    else:  # GRPO: every row on-policy
+        ief_mask = torch.zeros(response_mask.shape[0], dtype=torch.bool, device=response_mask.device)
     pg_loss, _ = icpo_policy_loss_fn(
         old_log_prob=data["old_log_probs"],
         log_prob=log_prob,
@@ -263,6 +282,7 @@ def icpo_ppo_loss(
         response_mask=response_mask,
         loss_agg_mode=config.loss_agg_mode,
         config=config,
+        rollout_is_weights=data.get("rollout_is_weights", None),
         ief_mask=ief_mask,
         gamma=gamma,
         clip=clip_on_policy,

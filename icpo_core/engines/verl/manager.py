@@ -35,7 +35,6 @@ from verl.utils.ray_utils import auto_await
 
 from icpo_core.algorithm import DemoPool, OffPolicySource, off_policy_source, reward_variant
 from icpo_core.algorithm.control_rewards import control_rng
-from icpo_core.config import AlgorithmParams
 from icpo_core.engines.verl.batch_ops import (
     IEF_KEY,
     apply_reward_control,
@@ -48,14 +47,9 @@ from icpo_core.engines.verl.batch_ops import (
     trace_metrics,
 )
 from icpo_core.engines.verl.expert_traces import TraceBook
+from icpo_core.engines.verl.icpo_block import algorithm_from_config
 
 log = logging.getLogger(__name__)
-
-
-def algorithm_from_config(icpo_cfg: Any) -> AlgorithmParams:
-    """The validated algorithm params from the hydra ``icpo`` block (extra launcher keys ignored)."""
-    raw = dict(icpo_cfg)
-    return AlgorithmParams(**{k: raw[k] for k in AlgorithmParams.model_fields if k in raw})
 
 
 class ICPOAgentLoopManager(AgentLoopManager):

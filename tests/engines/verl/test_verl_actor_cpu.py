@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from verl_fixtures import fake_generate, free_port, load_batch, write_tiny_llama
+from verl_fixtures import fake_generate, free_port, icpo_block, load_batch, write_tiny_llama
 
 LR = 1e-2
 N_ON, N_OFF = 4, 2
@@ -58,8 +58,7 @@ def actor(tmp_path_factory, tokenizer):
         "actor_rollout_ref.actor.entropy_coeff=0.0",
         "actor_rollout_ref.actor.shuffle=false",
         f"actor_rollout_ref.rollout.n={N_ON}",
-        f"icpo.n_on={N_ON}",
-        f"icpo.n_off={N_OFF}",
+        *icpo_block(n_on=N_ON, n_off=N_OFF),
     ]
     with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
         cfg = compose("icpo_trainer", overrides=overrides)
@@ -343,12 +342,13 @@ def test_old_log_probs_equal_local_trainer(actor, tokenizer, train_parquet, demo
     torch.testing.assert_close(verl_lp[mask], local_lp[mask], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "icpo", "luffy"])
+@pytest.mark.parametrize("algorithm", ["grpo", "grpo_verl_loss", "icpo", "luffy"])
 def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_parquet, algorithm):
     """From the same weights and rows, one verl ``update_actor`` and one local ``LocalTrainer.update`` move every
-    parameter by the same amount (atol 1e-7 on steps of up to ~1e-3: float32 summation order): GRPO with verl's
-    stock loss, ICPO (accepted IEF rows in the batch) and LUFFY (expert-trace rows flagged off-policy, no PPO clip
-    on the rollouts: ``clip_on_policy: false``) with the project's loss installed by ``set_loss_fn``."""
+    parameter by the same amount (atol 1e-7 on steps of up to ~1e-3: float32 summation order): GRPO, ICPO
+    (accepted IEF rows in the batch) and LUFFY (expert-trace rows flagged off-policy, no PPO clip on the rollouts:
+    ``clip_on_policy: false``) with the project's loss installed by ``set_loss_fn`` as on every verl run, and GRPO
+    with verl's stock loss too."""
     from functools import partial
 
     from omegaconf import OmegaConf
@@ -358,8 +358,8 @@ def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_p
     from icpo_core.engines.verl.trainer import make_actor_loss
 
     worker, cfg, model_dir = actor
-    n_off = {"grpo": 0, "icpo": N_OFF, "luffy": 1}[algorithm]
-    trainer = _local_trainer(worker, model_dir, n_off, run=algorithm)
+    n_off = {"grpo": 0, "grpo_verl_loss": 0, "icpo": N_OFF, "luffy": 1}[algorithm]
+    trainer = _local_trainer(worker, model_dir, n_off, run=algorithm.removesuffix("_verl_loss"))
     if algorithm == "luffy":
         batch = _luffy_batch(tokenizer, train_parquet, trainer.model)
         flag = batch.batch["icpo_ief"].bool()
@@ -373,11 +373,15 @@ def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_p
     else:
         batch = _grpo_batch(tokenizer, train_parquet, trainer.model)
         grpo_cfg = OmegaConf.merge(
-            cfg, {"actor_rollout_ref": {"actor": {"policy_loss": {"loss_mode": "vanilla"}}}}
+            cfg,
+            {"icpo": {"n_off": 0}, "actor_rollout_ref": {"actor": {"policy_loss": {"loss_mode": "vanilla"}}}},
         )
-        worker.set_loss_fn(
-            partial(ppo_loss, config=omega_conf_to_dataclass(grpo_cfg.actor_rollout_ref.actor))
-        )
+        if algorithm == "grpo":  # what RayICPOTrainer installs on a GRPO run (no icpo_ief flag in the batch)
+            worker.set_loss_fn(make_actor_loss(grpo_cfg))
+        else:  # verl's own GRPO loss
+            worker.set_loss_fn(
+                partial(ppo_loss, config=omega_conf_to_dataclass(grpo_cfg.actor_rollout_ref.actor))
+            )
     before = _params(worker)
     worker.update_actor(_verl_td(batch))
     after = _params(worker)

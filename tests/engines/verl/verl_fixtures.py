@@ -186,6 +186,19 @@ def write_tiny_llama(path, tokenizer, seed: int = 0):
     return path
 
 
+def icpo_block(demo_path=None, prompt_suffix: str = "", seed: int = 0, **algorithm) -> list[str]:
+    """Hydra overrides of a whole ``icpo`` block (config/icpo_trainer.yaml states no value there): the typed
+    ``AlgorithmParams(**algorithm)`` (its defaults for the rest) and the three launch keys, as the launch
+    writes them."""
+    from icpo_core.config import AlgorithmParams
+    from icpo_core.engines.verl.icpo_block import icpo_overrides
+    from icpo_core.engines.verl.overrides import format_overrides
+
+    algo = AlgorithmParams(**algorithm)
+    path = None if demo_path is None else str(demo_path)
+    return format_overrides(icpo_overrides(algo, demo_path=path, prompt_suffix=prompt_suffix, seed=seed))
+
+
 def free_port() -> int:
     import socket
 

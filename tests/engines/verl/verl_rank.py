@@ -27,7 +27,7 @@ def main(out: Path, model_dir: Path, train: Path, demos: Path) -> None:
     from transformers import AutoModelForCausalLM
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils.padding import left_right_2_no_padding
-    from verl_fixtures import fake_generate, load_batch, make_tokenizer
+    from verl_fixtures import fake_generate, icpo_block, load_batch, make_tokenizer
 
     from icpo_core.algorithm import DemoPool, off_policy_source
     from icpo_core.config import AlgorithmParams
@@ -59,8 +59,7 @@ def main(out: Path, model_dir: Path, train: Path, demos: Path) -> None:
         "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
         "actor_rollout_ref.actor.shuffle=false",
         f"actor_rollout_ref.rollout.n={N_ON}",
-        f"icpo.n_on={N_ON}",
-        f"icpo.n_off={N_OFF}",
+        *icpo_block(n_on=N_ON, n_off=N_OFF),
     ]
     with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
         cfg = compose("icpo_trainer", overrides=overrides)
