@@ -76,13 +76,12 @@ def arm_params(params: Any, args: argparse.Namespace, arm: str) -> Any:
 
 def run_arm(args: argparse.Namespace, arm: str) -> dict[str, Any]:
     """Train, measure, merge and bench one arm in this process (cwd: the arm's scratch project)."""
-    from icpo_core import paths
+    from icpo_core import paths, steplog
     from icpo_core.bench.backends import make_backend
     from icpo_core.bench.registry import resolve_benchmarks
     from icpo_core.bench.runner import BenchRunner
     from icpo_core.config import load_params
     from icpo_core.engines.local import checkpoint as ckpt
-    from icpo_core.engines.local import steplog
     from icpo_core.engines.local.merger import merge_checkpoint
     from icpo_core.engines.local.trainer import train_local
 

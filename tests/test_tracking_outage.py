@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from icpo_core import tracking
-from icpo_core.engines.local import steplog
+from icpo_core import steplog, tracking
 
 
 def _free_port() -> int:

@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from icpo_core import paths, tracking
+from icpo_core import paths, steplog, tracking
 from icpo_core.algorithm import (
     DemoPool,
     OffPolicySource,
@@ -69,7 +69,7 @@ from icpo_core.config import AlgorithmParams, Params
 from icpo_core.data.expert_traces import ExpertTrace, expert_trace
 from icpo_core.engines import resume_params as resume
 from icpo_core.engines.local import checkpoint as ckpt
-from icpo_core.engines.local import lora, steplog
+from icpo_core.engines.local import lora
 from icpo_core.engines.local.data import PromptRow, chat_ids, load_demo_pool, load_prompts, take
 from icpo_core.engines.local.logprobs import (
     SequenceBatch,

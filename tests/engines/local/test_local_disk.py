@@ -11,8 +11,8 @@ import torch
 from disk_helpers import fill, small_fs
 from local_helpers import parity_reward
 
+from icpo_core import steplog
 from icpo_core.engines.local import checkpoint as ckpt
-from icpo_core.engines.local import steplog
 from icpo_core.io_utils import DiskFullError
 
 
