@@ -43,6 +43,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from icpo_core import checkpoint_layout as layout
 from icpo_core import paths, steplog, tracking
 from icpo_core.algorithm import (
     DemoPool,
@@ -605,7 +606,7 @@ class LocalTrainer:
         recorded resumes unchecked, with one warning. A changed input (data, base model, the data / model
         sections: the fingerprint) starts the run over and removes the old checkpoints.
         """
-        latest = ckpt.latest_step(self.ckpt_root)
+        latest = layout.latest_step(self.ckpt_root)
         if latest is None:
             return None
         state = ckpt.read_resume_state(self.ckpt_root, latest)
@@ -629,7 +630,7 @@ class LocalTrainer:
                 fingerprint,
                 self.name,
             )
-            ckpt.clear(self.ckpt_root)
+            layout.clear(self.ckpt_root)
             return None
         return latest
 
@@ -644,7 +645,7 @@ class LocalTrainer:
         tc = self.train_cfg
         total = tc.steps
         self.ckpt_root.mkdir(parents=True, exist_ok=True)
-        ckpt.prune(self.ckpt_root, None)  # temporaries of a killed checkpoint write
+        layout.prune(self.ckpt_root, None)  # temporaries of a killed checkpoint write
         fingerprint = config_fingerprint(self.params, self.run, self.root)
         training = resume.training_params(self.params, self.run, "local")
         start = self._resume_point(fingerprint, training)
@@ -717,7 +718,7 @@ class LocalTrainer:
                 )
                 if step % self.train_cfg.save_freq == 0 or step == total:
                     save(step)
-            if step > start and ckpt.latest_step(self.ckpt_root) != step:
+            if step > start and layout.latest_step(self.ckpt_root) != step:
                 save(step)  # stopped early (stop_after): keep what was done
             status = "FINISHED" if step >= total else "RUNNING"
         finally:
