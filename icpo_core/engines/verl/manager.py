@@ -48,6 +48,7 @@ from icpo_core.engines.verl.batch_ops import (
 )
 from icpo_core.engines.verl.expert_traces import TraceBook
 from icpo_core.engines.verl.icpo_block import algorithm_from_config
+from icpo_core.engines.verl.reward import compute_score
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class ICPOAgentLoopManager(AgentLoopManager):
         if self._traces is None:
             score_fn = self._score_fn
             if score_fn is None:
-                from icpo_core.engines.verl.reward import compute_score as score_fn
+                score_fn = compute_score
             if self.response_length <= 0:
                 raise ValueError("LUFFY on verl needs actor_rollout_ref.rollout.response_length")
             self._traces = TraceBook(self.policy_tokenizer, self.response_length, score_fn)
