@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from icpo_core.algorithm.advantages import group_advantages
+from icpo_core.algorithm.batch_keys import IEF_KEY
 from icpo_core.algorithm.losses import aggregate_loss, icpo_policy_loss, kl_loss, micro_batch_normalisation
 
-IEF_KEY = "icpo_ief"
 NAME = "icpo"
 SUM_PREFIX = (
     "actor/icpo_sum/"  # per-micro-batch sums (SUM-aggregated); finalize_actor_metrics turns them into means
