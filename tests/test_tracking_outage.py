@@ -70,8 +70,8 @@ class _Server:
 def test_server_outage_mid_run_loses_no_step(tmp_path, monkeypatch, caplog):
     from icpo_core import checkpoint_layout as layout
     from icpo_core.config import load_params
-    from icpo_core.engines.local import train_local
     from icpo_core.engines.local.tiny import make_tiny_project
+    from icpo_core.engines.local.trainer import train_local
 
     server = _Server(tmp_path)
     server.start()

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
+from icpo_core import checkpoint_layout as layout
 from icpo_core import paths
+from icpo_core.engines.local.merger import has_hf_weights, merge_checkpoint
 from icpo_core.errors import DataError, UserError
 from icpo_core.io_utils import atomic_path, check_free_space, disk_full_error, is_disk_full
 
@@ -34,8 +36,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core import checkpoint_layout as layout
-
     params = args.params_obj
     if args.run not in params.runs:
         raise UserError(f"unknown run '{args.run}': params.yaml runs has {sorted(params.runs)}")
@@ -51,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
     target = paths.merged_dir(name)
     # bf16 models: verl's stock merger (bf16 output, as verl's own runs); otherwise the stored dtype is kept.
     dtype = "bfloat16" if params.model.save_dtype == "bfloat16" else "keep"
-    from icpo_core.engines.local.merger import has_hf_weights, merge_checkpoint
-
     weights = layout.weight_files(actor)
     if not weights:
         raise UserError(

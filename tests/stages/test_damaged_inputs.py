@@ -111,7 +111,7 @@ def tiny(tmp_path, monkeypatch, mlflow_uri):
 
 def _train_two_steps(root: Path, run: str) -> None:
     from icpo_core.config import load_params
-    from icpo_core.engines.local import train_local
+    from icpo_core.engines.local.trainer import train_local
 
     def parity(texts, golds):
         return [float(len(t) % 2 == 0) for t in texts]
@@ -228,7 +228,7 @@ def test_verl_train_after_params_yaml_was_edited_is_refused_before_the_launch(pr
 
 def test_merge_of_a_damaged_final_checkpoint_prints_one_line(tiny, capsys):
     from icpo_core.config import load_params
-    from icpo_core.engines.local import train_local
+    from icpo_core.engines.local.trainer import train_local
 
     params = load_params(tiny / "params.yaml")
     train_local(params, "grpo", root=tiny, reward_fn=lambda t, g: [0.0] * len(t), progress=False)

@@ -102,7 +102,7 @@ def test_sigkill_then_resume_has_every_step_once(tmp_path):
 
 def test_unreachable_mlflow_does_not_stop_training(tmp_path, monkeypatch, caplog):
     from icpo_core.config import load_params
-    from icpo_core.engines.local import train_local
+    from icpo_core.engines.local.trainer import train_local
 
     root = make_tiny_project(tmp_path / "p", train={"steps": 2})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
@@ -128,7 +128,8 @@ def test_lora_train_then_merge_gives_a_plain_merged_folder(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from icpo_core.config import load_params
-    from icpo_core.engines.local import lora, train_local
+    from icpo_core.engines.local import lora
+    from icpo_core.engines.local.trainer import train_local
 
     lora_cfg = {"enabled": True, "rank": 4, "alpha": 8}
     root = make_tiny_project(tmp_path / "p", train={"steps": 2, "lr": 1e-2, "lora": lora_cfg})

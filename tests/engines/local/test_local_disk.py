@@ -37,8 +37,8 @@ def test_enospc_mid_checkpoint_keeps_the_last_complete_one_and_resumes(
     tmp_path, monkeypatch, shared_mlflow_uri
 ):
     from icpo_core.config import load_params
-    from icpo_core.engines.local import train_local
     from icpo_core.engines.local.tiny import make_tiny_project
+    from icpo_core.engines.local.trainer import train_local
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_mlflow_uri)
     train = {"steps": 3, "save_freq": 1, "keep_checkpoints": 1}
@@ -83,8 +83,8 @@ def test_enospc_mid_checkpoint_keeps_the_last_complete_one_and_resumes(
 
 def test_free_space_check_stops_before_writing(tmp_path, monkeypatch, shared_mlflow_uri):
     from icpo_core.config import load_params
-    from icpo_core.engines.local import train_local
     from icpo_core.engines.local.tiny import make_tiny_project
+    from icpo_core.engines.local.trainer import train_local
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_mlflow_uri)
     with small_fs(tmp_path / "fs", 4) as fs:  # the tiny project fits, its checkpoints' estimate does not
