@@ -57,6 +57,7 @@ from icpo_core.algorithm import (
     step_seed,
     training_rewards,
 )
+from icpo_core.algorithm.actor_metrics import ratio_metrics, token_metric_sums
 from icpo_core.algorithm.advantages import group_advantages
 from icpo_core.algorithm.control_rewards import control_rng
 from icpo_core.algorithm.losses import (
@@ -505,6 +506,7 @@ class LocalTrainer:
         self.model.train()
         totals: dict[str, float] = {}
         weighted: dict[str, float] = {}
+        ratio_sums: dict[str, float] = {}  # token_metric_sums over the whole update (actor_metrics)
         n_mini = 0
         grad_norms = []
         for first_prompt in range(0, n_prompts, per_mini):
@@ -557,6 +559,18 @@ class LocalTrainer:
                     batch_num_tokens=num_tokens,
                 )
                 (loss * scale).backward()
+                sums = token_metric_sums(
+                    log_prob.detach(),
+                    log_prob.detach() if old is None else old,
+                    batch.advantages[s:e].to(self.device),
+                    mb.response_mask,
+                    batch.ief_mask[s:e].to(self.device),
+                    clip_ratio_low=a.clip_ratio_low,
+                    clip_ratio_high=a.clip_ratio_high,
+                    clip_ratio_c=a.clip_ratio_c,
+                )
+                for k, v in sums.items():
+                    ratio_sums[k] = ratio_sums.get(k, 0.0) + v
                 n_tok = float(mb.response_mask.sum())
                 for k, v in m.items():
                     if k in _ADDITIVE:
@@ -577,6 +591,7 @@ class LocalTrainer:
                 weighted[k] = weighted.get(k, 0.0) + 1
             n_mini += 1
         out = {k: totals[k] / weighted[k] for k in totals}
+        out.update(ratio_metrics(ratio_sums))  # exact token means over the update, as verl's
         out["actor/grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
         out["actor/lr"] = tc.lr
         return out
