@@ -578,7 +578,8 @@ class Params(_Section):
     seed: int = Field(
         default=0, ge=0, le=SEED_MAX
     )  # data: synthetic problems and splits, fixed across the study
-    seeds: list[Seed] = [0, 1, 2, 3]  # training seeds of the study: data order, demo draws, sampling, new weights
+    # training seeds of the study: data order, demo draws, sampling, new weights
+    seeds: list[Seed] = [0, 1, 2, 3]
     study: StudyParams = StudyParams()
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
@@ -626,9 +627,12 @@ class Params(_Section):
                     f"report.runs[{i}]: 'base' or a name from runs {sorted(self.runs)} (got {name!r})"
                 )
         if self.report.baseline is not None and self.report.baseline not in self.runs:
-            raise ValueError(
-                f"report.baseline: a name from runs {sorted(self.runs)} (got {self.report.baseline!r})"
-            )
+            if "baseline" in self.report.model_fields_set:
+                raise ValueError(
+                    f"report.baseline: a name from runs {sorted(self.runs)} (got {self.report.baseline!r})"
+                )
+            # the default names a run this file does not define: no baseline comparisons
+            object.__setattr__(self, "report", self.report.model_copy(update={"baseline": None}))
         for i, pair in enumerate(self.study.primary.comparisons if self.study.primary else []):
             for name in pair:
                 if name not in self.study.runs:

@@ -14,7 +14,7 @@ from icpo_core import checkpoint_layout as layout
 from icpo_core.config import LoraParams
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local import lora
-from icpo_core.engines.local import trainer as trainer_mod
+from icpo_core.engines.local import step as step_mod
 from icpo_core.engines.local.logprobs import batched_log_probs
 from icpo_core.engines.local.merger import merge_checkpoint
 from icpo_core.engines.local.trainer import LocalTrainer, train_local
@@ -68,7 +68,7 @@ def test_lora_trains_only_the_adapters_without_a_reference_copy(tiny_project, mo
             copied.append(type(obj).__name__)
         return real_deepcopy(obj, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_mod.copy, "deepcopy", spy)
+    monkeypatch.setattr(step_mod.copy, "deepcopy", spy)
     trainer = LocalTrainer(params, "icpo", root=root, reward_fn=parity_reward, progress=False)
     trainer.setup()
     assert params.run_algorithm("icpo").use_kl_loss

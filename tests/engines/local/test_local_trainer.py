@@ -118,7 +118,7 @@ def test_changed_input_starts_fresh(tiny_project, caplog):
 
 
 def test_autocast_setting_picks_the_forward_precision():
-    from icpo_core.engines.local.trainer import autocast_dtype
+    from icpo_core.engines.local.step_batch import autocast_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("auto", cuda) is torch.bfloat16
