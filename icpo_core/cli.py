@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "prepare_val",
         "in-training validation benchmarks -> verl parquet (data/val/<name>.parquet)",
     ),
+    "regime": (
+        "regime",
+        "groups with reward signal 0-shot vs with demos on the base model (metrics/regime.json)",
+    ),
     "train": ("train", "train one run of params.yaml `runs` (GRPO / ICPO / ablations) with its engine"),
     "verl-cmd": ("verl_cmd", "print the verl launch command (hydra overrides) for one run"),
     "merge": ("merge", "merge a run's last checkpoint into a Hugging Face folder (verl.model_merger)"),

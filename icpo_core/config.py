@@ -174,6 +174,9 @@ class SyntheticParams(_Section):
     train_per_level: int = Field(default=200, gt=0)
     demos_per_level: int = Field(default=100, gt=0)
     eval_per_level: int = Field(default=150, gt=0)
+    # the demo cache (data.demos.source: synthetic): disjoint = another distribution than the items (other
+    # phrasings and contexts, MATH-style LaTeX solutions; icpo_core.data.synthetic); same = the items' generator
+    demo_style: Literal["disjoint", "same"] = "same"
     prompt_suffix: str = " Put your final answer within \\boxed{}."
     # a system turn before every synthetic prompt (training, IEF, the held-out levels); null: none
     system_prompt: NonEmptyStr | None = (
@@ -432,6 +435,19 @@ class BenchParams(SamplingOverrides):
         return v
 
 
+class RegimeParams(_Section):
+    """``icpo regime``: how much signal the base model's 0-shot and demo-conditioned groups carry (metrics/regime.json).
+
+    Sampling follows the training rollouts (``train.temperature``, ``train.top_p``); the demos follow ``run``'s
+    IEF (``k_demos``, ``demo_format``)."""
+
+    problems: int = Field(default=128, gt=0)  # training prompts, a seeded sample (all of them when fewer)
+    k: int = Field(default=8, ge=2)  # samples per prompt, 0-shot and with demos
+    max_tokens: int | None = Field(default=None, gt=0)  # None: train.max_response_length
+    backend: Literal["hf", "vllm"] = "vllm"  # vllm falls back to hf (one warning) where it cannot start
+    run: Name = "icpo"  # the run whose IEF prompt is measured
+
+
 def _two_runs(pair: list[str]) -> list[str]:
     if len(pair) != 2 or pair[0] == pair[1]:
         raise ValueError(f"needs two different runs [A, B] (the report shows A - B), got {pair}")
@@ -587,6 +603,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     runs: dict[Name, dict[str, Any]] = Field(default_factory=lambda: copy.deepcopy(DEFAULT_RUNS))
     bench: BenchParams = BenchParams()
+    regime: RegimeParams = RegimeParams()
     report: ReportParams = ReportParams()
     tracking: TrackingParams = TrackingParams()
     profiles: dict[Name, dict[str, Any]] = {}
@@ -614,6 +631,10 @@ class Params(_Section):
         if "runs" in self.study.model_fields_set and not self.study.runs:
             raise ValueError(
                 "study.runs: at least one run of `runs` (dvc.yaml trains each at every seed) (got [])"
+            )
+        if self.regime.run not in self.runs:
+            raise ValueError(
+                f"regime.run names '{self.regime.run}', which is not in runs: {sorted(self.runs)}"
             )
         for key, names in (("study.runs", self.study.runs), ("study.ablations", self.study.ablations)):
             for name in names:
