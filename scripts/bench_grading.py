@@ -1,4 +1,4 @@
-"""Grading throughput: samples/s of ``icpo_core.rewards.Grader`` with 1 vs 2 worker processes.
+"""Grading throughput: samples/s of ``icpo_core.grading.Grader`` with 1 vs 2 worker processes.
 
 Generates realistic responses (a few sentences of step-by-step reasoning, then a boxed final answer in one of
 many forms: integers, fractions, decimals, LaTeX expressions, intervals, sets, units, \\text answers; some
@@ -17,7 +17,7 @@ import random
 import time
 from collections import Counter
 
-from icpo_core.rewards import Grader
+from icpo_core.grading import Grader
 
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 

@@ -36,7 +36,7 @@ def main() -> None:
     from verl import DataProto
     from verl.utils.model import compute_position_id_with_mask
 
-    from icpo_core.algorithm import DemoPool
+    from icpo_core.algorithm import DemoPool, off_policy_source
     from icpo_core.config import AlgorithmParams
     from icpo_core.engines.verl.batch_ops import expand_with_ief, mix_generated
 
@@ -69,7 +69,7 @@ def main() -> None:
     for rep in range(args.repeats):
         rng = np.random.default_rng(rep)
         t0 = time.perf_counter()
-        ext, src = expand_with_ief(prompts, algo, pool, " suffix", rng)
+        ext, src = expand_with_ief(prompts, algo, off_policy_source(algo), pool, " suffix", rng)
         expand_s.append(time.perf_counter() - t0)
 
         # what the agent loop returns for the extended batch: left-padded prompts, right-padded responses

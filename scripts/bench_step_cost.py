@@ -38,7 +38,7 @@ def main() -> int:
 
     from icpo_core.config import load_params
     from icpo_core.engines.local.trainer import LocalTrainer
-    from icpo_core.rewards import Grader
+    from icpo_core.grading import Grader
 
     params = load_params(args.params)
     n_on = {r: params.run_algorithm(r).n_on for r in args.runs}

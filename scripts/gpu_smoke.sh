@@ -34,7 +34,7 @@ src, dst, mode = sys.argv[1:]
 gpu = mode == "gpu"
 smoke = {
     "seeds": [0],
-    "study": {"runs": ["grpo", "icpo"], "ablations": []},
+    "study": {"runs": ["grpo", "icpo"], "ablations": [], "primary": None},
     "data": {"synthetic": {"train_per_level": 32, "demos_per_level": 16, "eval_per_level": 16}},
     "train": {
         "engine": "verl",

@@ -51,7 +51,7 @@ def make_project(root: Path, steps: int) -> Path:
     from icpo_core.engines.verl.tiny import make_tiny_verl_project
 
     overrides = {
-        "study": {"runs": ["icpo"], "ablations": []},
+        "study": {"runs": ["icpo"], "ablations": [], "primary": None},
         "train": {
             "steps": steps,
             "keep_checkpoints": 1,  # kills also land in the removal of the previous checkpoint

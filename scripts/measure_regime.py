@@ -3,7 +3,7 @@
 Each candidate is params.yaml with a system turn (``data.synthetic.system_prompt``) and a level mix
 (``data.synthetic.levels``) swapped in. For each, the training set and the demo cache are built exactly as
 ``icpo prepare-train`` / ``icpo prepare-demos`` would build them (in a temporary folder), and the regime is
-measured exactly as ``icpo regime`` measures it (:mod:`icpo_core.regime`): k samples per training prompt, 0-shot
+measured exactly as ``icpo regime`` measures it (:mod:`icpo_core.engines.local.regime`): k samples per training prompt, 0-shot
 (the plain training prompt) and with the run's IEF demos (``algorithm.k_demos`` in ``algorithm.demo_format``,
 each sample with its own draw, via the project's IEF prompt builder), graded by the project's grader:
 
@@ -94,10 +94,10 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out, measure the rest")
     args = ap.parse_args()
 
-    from icpo_core import regime
     from icpo_core.algorithm.demos import DemoPool
     from icpo_core.data.demo_sources import build_demos
-    from icpo_core.rewards import Grader
+    from icpo_core.engines.local import regime
+    from icpo_core.grading import Grader
     from icpo_core.stages.regime import HF_CHUNK, start_engine
 
     raw = yaml.safe_load(Path(args.params).read_text())

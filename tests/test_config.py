@@ -168,6 +168,29 @@ BAD_CASES = [
         ["bench.benchmarks[1]: must be a non-empty"],
     ),
     ("report-without-runs", {"report": {"runs": []}}, ["report.runs: needs at least one run"]),
+    ("report-unknown-baseline", {"report": {"baseline": "grpoo"}}, ["report.baseline: a name from runs"]),
+    (
+        "primary-run-not-in-study",
+        {"study": {"primary": {"comparisons": [["icpo", "icpo_rs"]]}}},
+        ["study.primary.comparisons[0]: 'icpo_rs' is not in study.runs"],
+    ),
+    (
+        "primary-run-is-an-ablation",  # ablations run at ablation_seeds, not at the study's seeds
+        {"study": {"ablations": ["icpo_rs"], "primary": {"comparisons": [["icpo_rs", "grpo"]]}}},
+        ["study.primary.comparisons[0]: 'icpo_rs' is not in study.runs"],
+    ),
+    (
+        "primary-narrowed-study",
+        {"study": {"runs": ["grpo", "icpo"], "primary": {"question": "Is ICPO better?"}}},
+        ["study.primary.comparisons[0]: 'icpo_no_demos' is not in study.runs ['grpo', 'icpo']"],
+    ),
+    ("primary-no-comparisons", {"study": {"primary": {"comparisons": []}}}, ["study.primary.comparisons"]),
+    ("primary-same-run", {"study": {"primary": {"comparisons": [["icpo", "icpo"]]}}}, ["two different runs"]),
+    (
+        "primary-alpha-one",
+        {"study": {"primary": {"alpha": 1.0}}},
+        ["study.primary.alpha: must be less than 1"],
+    ),
     (
         "lora-duplicate-targets",
         {"train": {"lora": {"target_modules": ["q_proj", "q_proj"]}}},
@@ -360,6 +383,20 @@ def test_luffy_and_reward_controls_validate_and_name_their_method():
         AlgorithmParams(n_on=8, n_off=8, off_policy="expert_trace", errs=False)
     with pytest.raises(ValueError):
         AlgorithmParams(reward="random", random_reward_p=1.5)
+
+
+def test_primary_comparison_is_preregistered_in_params(raw):
+    """params.yaml preregisters the primary comparison on runs the study trains at every seed; a params file
+    that writes no primary and does not train the default's runs has none (the report says so)."""
+    p = parse_params(raw)
+    assert p.study.primary is not None and p.report.baseline == "grpo"
+    assert ["icpo", "icpo_no_demos"] in p.study.primary.comparisons and p.study.primary.measure == "avg"
+    assert {r for pair in p.study.primary.comparisons for r in pair} <= set(p.study.runs)
+    assert p.run_algorithm("icpo_no_demos").off_policy == "ief_no_demos"  # IEF rows from the plain prompt
+    narrowed = copy.deepcopy(raw)
+    narrowed["study"] = {"runs": ["grpo", "icpo"]}
+    assert parse_params(narrowed).study.primary is None
+    assert parse_params(deep_merge(raw, {"study": {"primary": None}})).study.primary is None
 
 
 def test_typed_defaults_are_params_yaml():

@@ -52,6 +52,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("tracking.tracking_uri", "string"): "MLflow takes a bare word as a local store folder",
     ("study.ablations", "empty_list"): "a study of the main runs only (DVC expands no ablation stage)",
     ("report.pairs", "empty_list"): "only the comparisons with GRPO",
+    ("report.baseline", "null"): "no every-run-against-one comparisons (primary and report.pairs only)",
+    ("study.primary", "null"): "no preregistered primary comparison (the report says so)",
     ("data.synthetic.system_prompt", "null"): "no system turn (the embedded_strict profile)",
     ("data.synthetic.system_prompt", "string"): "any system turn text",
 }

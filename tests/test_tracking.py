@@ -88,6 +88,42 @@ def test_run_resume_nesting_and_find_run(params, sqlite_uri, tmp_path, monkeypat
     assert tracking.find_run(params, "icpo_rs", root=tmp_path) is None
 
 
+def test_open_training_run_creates_reattaches_and_starts_over(params, sqlite_uri, tmp_path, monkeypatch):
+    """The one way both engines open a training's run: created with tags, params and the config artifact,
+    re-attached after a restart (the id file beside the checkpoints), a new run when the local engine's
+    fingerprint changed; without a fingerprint (verl) the stored run is always re-attached."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
+    monkeypatch.delenv("ICPO_MLFLOW_PARENT_RUN_ID", raising=False)
+    client = MlflowClient(sqlite_uri)
+    first = tracking.open_training_run(params, "icpo_rs", root=tmp_path, fingerprint="f1")
+    run_id = first.run_id
+    assert run_id and first.active
+    id_file = tmp_path / tracking.run_id_path("icpo_rs")
+    assert tracking.read_run_meta(id_file) == {
+        "run_id": run_id,
+        "tracking_uri": sqlite_uri,
+        "fingerprint": "f1",
+    }
+    run = client.get_run(run_id)
+    assert run.info.run_name == "icpo_rs" and run.data.tags["icpo.method"] == "icpo"
+    assert run.data.params["algorithm.reward_shaping"] == "True" and run.data.params["fingerprint"] == "f1"
+    assert [a.path for a in client.list_artifacts(run_id, "config")] == [tracking.CONFIG_ARTIFACT]
+    first.finish()
+    assert tracking.open_training_run(params, "icpo_rs", root=tmp_path, fingerprint="f1").run_id == run_id
+    other = tracking.open_training_run(params, "icpo_rs", root=tmp_path, fingerprint="f2").run_id
+    assert other and other != run_id
+    assert tracking.read_run_meta(id_file)["fingerprint"] == "f2"
+    # verl: no fingerprint; the stored run is re-attached whatever fingerprint the file holds
+    assert tracking.open_training_run(params, "icpo_rs", root=tmp_path).run_id == other
+    # a study instance: its own id file, nested under the study's parent run
+    seeded = tracking.open_training_run(params, "grpo", root=tmp_path, instance="grpo_s1")
+    assert (tmp_path / tracking.run_id_path("grpo_s1")).is_file()
+    tags = client.get_run(seeded.run_id).data.tags
+    assert tags["icpo.instance"] == "grpo_s1" and tags["icpo.run"] == "grpo" and "mlflow.parentRunId" in tags
+
+
 def _exp(client, name):
     exp = client.get_experiment_by_name(name)
     return exp.experiment_id if exp else client.create_experiment(name)

@@ -15,7 +15,7 @@ off-policy rows (``n_off == 0``) every group is its on-policy group unchanged an
 The engines keep only their data plumbing: the local engine trains each group as "kept on-policy rows, then
 accepted off-policy rows" (:attr:`GroupPlan.rows`), verl puts each accepted row into the batch slot of the row it
 replaces (:meth:`GroupPlan.by_slot`); both read the same plan. A new off-policy variant (where its rows come from,
-whether ERRS applies, how its rewards are shaped) goes into :func:`plan_group` once, for both engines.
+whether ERRS applies, how its rewards are shaped) is one entry of :mod:`.variants`, for both engines.
 """
 
 from __future__ import annotations
@@ -23,16 +23,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from icpo_core.algorithm.mixing import GroupMix, mix_group, shaped_ief_rewards, step_bonus
+from icpo_core.algorithm.groups import GroupPlan
+from icpo_core.algorithm.mixing import step_bonus
+from icpo_core.algorithm.variants import off_policy_source
 
 if TYPE_CHECKING:
     from icpo_core.config import AlgorithmParams
-
-Source = Literal["on", "off"]
 
 
 class StepMetrics:
@@ -66,40 +66,6 @@ class StepMetrics:
 
 
 @dataclass(frozen=True)
-class TrainedRow:
-    """One row of a trained group.
-
-    ``source`` and ``index`` name the row in the rewards handed to :func:`plan_group` (``on``: the i-th
-    on-policy row, ``off``: the j-th off-policy row); ``slot`` is its place in the group of N_on (an on-policy
-    row keeps its own index, an off-policy row takes the index of the on-policy row it replaces).
-    """
-
-    source: Source
-    index: int
-    slot: int
-    reward: float
-    off_policy: bool
-
-
-@dataclass(frozen=True)
-class GroupPlan:
-    """One prompt's trained group: :attr:`rows` is kept on-policy rows (in order), then accepted off-policy rows."""
-
-    rows: tuple[TrainedRow, ...]
-    mix: GroupMix
-    on_rewards: tuple[float, ...]
-    off_rewards: tuple[float, ...]
-
-    def by_slot(self) -> list[TrainedRow]:
-        """The rows in slot order 0 .. N_on - 1: the group with each accepted row in its replaced row's place."""
-        return sorted(self.rows, key=lambda r: r.slot)
-
-    @property
-    def accepted_off(self) -> list[TrainedRow]:
-        return [r for r in self.rows if r.source == "off"]
-
-
-@dataclass(frozen=True)
 class StepPlan:
     """Every group of one step plus the step's bonus and group metrics (keys of :class:`StepMetrics`)."""
 
@@ -108,15 +74,9 @@ class StepPlan:
     metrics: dict[str, float]
 
 
-def step_seed(seed: int, step: int, stream: int) -> int:
-    """A 63-bit seed per (run seed, step, purpose): a step's randomness does not depend on earlier steps."""
-    return int(np.random.SeedSequence([seed, step, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
 def on_policy_rollouts(algo: AlgorithmParams) -> int:
-    """On-policy rollouts generated per prompt: ``n_on`` (GRPO, ICPO: accepted IEF rows replace some of them),
-    ``n_on - n_off`` for LUFFY, whose ``n_off`` expert traces fill the rest of the group."""
-    return algo.n_on - algo.n_off if algo.off_policy == "expert_trace" else algo.n_on
+    """On-policy rollouts generated per prompt (:meth:`OffPolicySource.rollouts_per_prompt`)."""
+    return off_policy_source(algo).rollouts_per_prompt(algo)
 
 
 def step_bonus_for(algo: AlgorithmParams, step: int, total_steps: int) -> float:
@@ -138,34 +98,10 @@ def plan_group(
     bonus: float,
     rng: np.random.Generator,
 ) -> GroupPlan:
-    """One group: ERRS + replacement (:func:`mix_group`, one ``rng`` draw per group), then the trained rewards.
-
-    ICPO (paper section 3.2): an off-policy (IEF) row enters when ``R >= delta`` (every row with ``errs`` off:
-    the released code and the -ERRS ablation) and replaces a random on-policy row; accepted rows in the expert
-    region get ``bonus`` (section 3.3). On-policy rows keep their verifier reward. GRPO: no off-policy rows.
-
-    LUFFY (``off_policy: expert_trace``, arXiv 2504.14945): ``on_rewards`` are the ``n_on - n_off`` rollouts and
-    ``off_rewards`` the ``n_off`` expert traces; all of them train, the traces in the slots after the rollouts
-    (LUFFY's group of ``rollout.n`` = 7 rollouts + 1 trace), with their verifier reward and no bonus; nothing is
-    drawn from ``rng``.
-    """
-    on_r = tuple(float(r) for r in on_rewards)
-    off_r = tuple(float(r) for r in off_rewards)
-    if algo.off_policy == "expert_trace":
-        # LUFFY: the n_off expert traces join the n_on - n_off on-policy rollouts; every one enters, none replaces
-        n = len(on_r)
-        mix = GroupMix(on_keep=list(range(n)), ief_keep=list(range(len(off_r))), replaced=[])
-        rows = [TrainedRow("on", i, i, on_r[i], False) for i in range(n)]
-        rows += [TrainedRow("off", j, n + j, off_r[j], True) for j in range(len(off_r))]
-        return GroupPlan(rows=tuple(rows), mix=mix, on_rewards=on_r, off_rewards=off_r)
-    mix = mix_group(on_r, off_r, errs=algo.errs, delta=algo.delta, rng=rng)
-    off_trained = shaped_ief_rewards(off_r, mix.ief_keep, bonus, algo.delta)
-    rows = [TrainedRow("on", i, i, on_r[i], False) for i in mix.on_keep]
-    rows += [
-        TrainedRow("off", j, slot, r, True)
-        for j, slot, r in zip(mix.ief_keep, mix.replaced, off_trained, strict=True)
-    ]
-    return GroupPlan(rows=tuple(rows), mix=mix, on_rewards=on_r, off_rewards=off_r)
+    """One group, planned by the run's off-policy source (:mod:`.variants`, :mod:`.groups`): ICPO and its
+    ablations replace on-policy rows with the ERRS-accepted off-policy rows (one ``rng`` draw per group);
+    LUFFY appends its expert traces; GRPO's group is its on-policy rows."""
+    return off_policy_source(algo).plan_group(on_rewards, off_rewards, algo, bonus, rng)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -21,7 +21,7 @@ import yaml
 from icpo_core import paths
 from icpo_core.config import BenchParams, Params, deep_merge
 from icpo_core.errors import UserError
-from icpo_core.rewards import FALLBACKS
+from icpo_core.grading import FALLBACKS
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 _PARAM_REF = re.compile(r"^\$\{([A-Za-z0-9_.]+)\}$")

@@ -24,8 +24,8 @@ from icpo_core.bench.loaders import BenchProblem, load_problems
 from icpo_core.bench.metrics import overall_average, summarize_benchmark
 from icpo_core.bench.registry import BenchmarkSpec
 from icpo_core.errors import UserError
+from icpo_core.grading import Grader
 from icpo_core.io_utils import atomic_path, atomic_write_json
-from icpo_core.rewards import Grader
 
 log = logging.getLogger(__name__)
 

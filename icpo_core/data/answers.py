@@ -1,40 +1,12 @@
-"""Gold answers from worked solutions: the last ``\\boxed{...}`` (MATH convention), parsed with brace matching.
+"""Demo solutions that teach the answer format: every stored solution ends with a ``\\boxed{}`` answer.
 
-Pure string handling; nothing is evaluated.
+Gold answers are read with :func:`icpo_core.grading.extract.last_boxed`, the same extraction the grader applies to
+responses. Pure string handling; nothing is evaluated.
 """
 
 from __future__ import annotations
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
-
-
-def last_boxed(text: str | None) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` / ``\\boxed X`` in ``text``; None if there is none.
-
-    Nested braces are matched (``\\boxed{\\frac{1}{2}}`` -> ``\\frac{1}{2}``). An unbalanced box yields None.
-    """
-    if not text:
-        return None
-    start = max(text.rfind(cmd) for cmd in _BOX_COMMANDS)
-    if start < 0:
-        return None
-    cmd = next(c for c in _BOX_COMMANDS if text.startswith(c, start))
-    rest = text[start + len(cmd) :]
-    if rest.startswith(" "):  # "\boxed 5": the argument runs to the next '$' or whitespace
-        arg = rest[1:].split("$", 1)[0].split()
-        return arg[0].strip() if arg else None
-    if not rest.startswith("{"):
-        return None
-    depth = 0
-    for i, ch in enumerate(rest):
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                content = rest[1:i].strip()
-                return content or None
-    return None
+from icpo_core.grading.extract import last_boxed
 
 
 def ensure_boxed_ending(solution: str, answer: str) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from icpo_core.data import synthetic
-from icpo_core.data.answers import ensure_boxed_ending, last_boxed
+from icpo_core.data.answers import ensure_boxed_ending
 from icpo_core.data.loading import (
     WRONG_TYPE,
     JsonlRows,
@@ -40,6 +40,7 @@ from icpo_core.data.loading import (
 )
 from icpo_core.data.openr1 import answer_problem, text_field
 from icpo_core.errors import DataError
+from icpo_core.grading.extract import last_boxed
 
 if TYPE_CHECKING:
     from icpo_core.config import Params

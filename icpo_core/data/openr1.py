@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from icpo_core.data.answers import last_boxed
 from icpo_core.data.loading import MAX_TEXT_CHARS, OVERSIZED, WRONG_TYPE
+from icpo_core.grading.extract import last_boxed
 
 LUFFY_COLUMNS = ("prompt", "reward_model")
 OPENR1_COLUMNS = ("problem", "answer", "generations", "correctness_math_verify")

@@ -1,9 +1,10 @@
 """Training curves vs step, one line per run, mean over its seeds with a min-max band over the seeds.
 
-Panels: on-policy reward, expert-region reward (accepted IEF rows), IEF acceptance, KL and entropy. At each step
-the line is the mean over the seeds that logged a finite value at that step, the band spans the smallest and the
-largest seed (min-max: with 3 seeds a +-1 sd band would rest on a 3-point variance; min-max shows every seed).
-A run with one seed is a plain line.
+Panels: on-policy reward, the share of on-policy groups with reward signal, expert-region reward (accepted IEF
+rows), IEF acceptance, the PPO clip fraction, KL and entropy. At each step the line is the mean over the seeds
+that logged a finite value at that step, the band spans the smallest and the largest seed (min-max: with 3 seeds
+a +-1 sd band would rest on a 3-point variance; min-max shows every seed). A run with one seed is a plain line.
+The report's table of the same measures (mean over steps, t interval across seeds): ``study_stats``.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import logging
 import math
 from pathlib import Path
 
-from icpo_core.engines.local.steplog import read_steps
 from icpo_core.io_utils import atomic_write_text
+from icpo_core.steplog import read_steps
 
 log = logging.getLogger(__name__)
 
 CURVES = (
     ("reward/on_policy", "On-policy reward"),
+    ("icpo/on_policy_groups_with_signal", "On-policy groups with reward signal"),
     ("reward/expert_region", "Expert-region reward (accepted IEF)"),
     ("icpo/accept_rate", "IEF acceptance rate"),
+    ("actor/pg_clipfrac", "PPO clip fraction (on-policy tokens)"),
     ("actor/kl", "KL to the reference"),
     ("actor/entropy", "Entropy"),
 )

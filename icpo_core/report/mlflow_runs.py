@@ -10,7 +10,7 @@ from typing import Any
 
 from icpo_core.bench.mlflow_log import _base_tags
 from icpo_core.errors import UserError
-from icpo_core.report.table import run_label
+from icpo_core.report.labels import run_label
 from icpo_core.tracking import PARENT_ENV, ensure_experiment, mlflow_client, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,16 @@ def search_entries(
     return entries
 
 
+VERDICT_CODES = {"supports": 1.0, "inconclusive": 0.0, "contradicts": -1.0}
+
+
 def study_metrics(study: dict[str, Any]) -> dict[str, float]:
-    """The numbers of a ``reports/study.json`` as flat MLflow metrics: ``study/<run>/<benchmark|average>/
-    <mean|ci_low|ci_high|n_seeds|n_problems>`` and ``diff/<a>-<b>/<benchmark|average>/<diff|ci_low|ci_high|p|
-    p_seeds>``; n/a values are left out."""
+    """The numbers of a ``reports/study.json`` as flat MLflow metrics: the preregistered comparisons first,
+    ``primary/<a>-<b>/<diff|ci_low|ci_high|p|p_seeds|mde|n_seeds_a|n_seeds_b|n_problems|verdict>`` (verdict: 1
+    supports, 0 inconclusive, -1 contradicts), the regime ``regime/<zero_shot|with_demos>/<groups_with_signal|
+    ci_low|ci_high|mean_reward>``, then ``study/<run>/<benchmark|average>/<mean|ci_low|ci_high|n_seeds|
+    n_problems>``, ``process/<run>/<step-log key>/<mean|ci_low|ci_high|n_seeds>`` and
+    ``diff/<a>-<b>/<benchmark|average>/<diff|ci_low|ci_high|p|p_seeds>``; n/a values are left out."""
     out: dict[str, float] = {}
 
     def put(prefix: str, d: dict[str, Any] | None, keys: tuple[str, ...]) -> None:
@@ -112,17 +118,45 @@ def study_metrics(study: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, int | float) and not isinstance(v, bool) and v == v:
                 out[f"{prefix}/{k}"] = float(v)
 
+    cmp_keys = ("diff", "ci_low", "ci_high", "p", "p_seeds")
+    for r in (study.get("primary") or {}).get("comparisons") or []:
+        key = f"primary/{r['a']}-{r['b']}"
+        put(key, r.get("diff"), (*cmp_keys, "n_seeds_a", "n_seeds_b", "n_problems"))
+        put(
+            key, {"mde": r.get("mde"), "verdict": VERDICT_CODES.get(r.get("verdict", ""))}, ("mde", "verdict")
+        )
+    regime = study.get("regime") or {}
+    for arm in ("zero_shot", "with_demos"):
+        a = regime.get(arm) or {}
+        lo, hi = (a.get("ci") or [None, None])[:2]
+        put(
+            f"regime/{arm}",
+            {**a, "ci_low": lo, "ci_high": hi},
+            ("groups_with_signal", "ci_low", "ci_high", "mean_reward"),
+        )
     cell_keys = ("mean", "ci_low", "ci_high", "n_seeds", "n_problems", "seed_min", "seed_max")
     for run, r in (study.get("runs") or {}).items():
         for bench, c in (r.get("benchmarks") or {}).items():
             put(f"study/{run}/{bench}", c, cell_keys)
         put(f"study/{run}/average", r.get("average"), cell_keys)
-    cmp_keys = ("diff", "ci_low", "ci_high", "p", "p_seeds")
+        for key, m in (r.get("process") or {}).items():
+            put(f"process/{run}/{key}", m, ("mean", "ci_low", "ci_high", "n_seeds"))
     for key, v in (study.get("comparisons") or {}).items():
         for bench, c in (v.get("benchmarks") or {}).items():
             put(f"diff/{key}/{bench}", c, cmp_keys)
         put(f"diff/{key}/average", v.get("average"), cmp_keys)
     return out
+
+
+def primary_tags(study: dict[str, Any]) -> dict[str, str]:
+    """``icpo.primary.<a>-<b>``: each preregistered comparison's verdict line, and ``icpo.primary.question``."""
+    primary = study.get("primary") or {}
+    if not primary:
+        return {}
+    tags = {"icpo.primary.question": str(primary.get("question", ""))[:5000]}
+    for r in primary.get("comparisons") or []:
+        tags[f"icpo.primary.{r['a']}-{r['b']}"] = str(r.get("verdict_text") or r.get("verdict") or "n/a")
+    return tags
 
 
 def study_view_state() -> dict[str, Any]:
@@ -153,9 +187,9 @@ def study_view_path(experiment_id: str) -> str:
 def log_study(params: Any, study: dict[str, Any], files: list[str]) -> str | None:
     """One MLflow run ``report`` (tag ``icpo.run=report``; a child of the study's parent run when
     ``ICPO_MLFLOW_PARENT_RUN_ID`` is set): the study's metrics (``study_metrics``), the summary as an MLflow
-    table and the files under ``report/``. The parent run gets the same metrics and ``report/study.json``, so
-    the study's compare view shows them on the parent. Returns the report run's id, None when MLflow fails
-    (the files on disk are the source of truth)."""
+    table and the files under ``report/``. The parent run gets the same metrics, the primary verdicts as tags
+    (``primary_tags``) and ``report/study.json``, so the study's compare view shows them on the parent. Returns
+    the report run's id, None when MLflow fails (the files on disk are the source of truth)."""
     try:
         import os
         import time
@@ -184,6 +218,8 @@ def log_study(params: Any, study: dict[str, Any], files: list[str]) -> str | Non
         for target in targets:
             for i in range(0, len(metrics), 1000):
                 client.log_batch(target, metrics=metrics[i : i + 1000])
+            for k, v in primary_tags(study).items():
+                client.set_tag(target, k, v)
         table: dict[str, list[Any]] = {"run": [], "method": [], "benchmark": [], "mean": [], "ci_low": []}
         table.update(ci_high=[], n_seeds=[], n_problems=[])
         for run, r in (study.get("runs") or {}).items():

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from statistics import NormalDist
 
 import numpy as np
 
@@ -42,6 +43,12 @@ ALPHA = 0.05
 POWER = 0.8
 # z_{1 - alpha/2} + z_{power}: 1.959964 + 0.841621
 Z_SUM = 2.801585
+
+
+def z_sum(alpha: float = ALPHA, power: float = POWER) -> float:
+    """``z_{1 - alpha/2} + z_{power}``: the MDE in standard errors of a two-sided test at ``alpha``."""
+    z = NormalDist().inv_cdf
+    return z(1.0 - alpha / 2.0) + z(power)
 
 
 @dataclass
@@ -58,6 +65,8 @@ class Power:
     n_seeds_a: int
     n_seeds_b: int
     n_problems: int
+    alpha: float = ALPHA  # the test level and power ``mde`` is at
+    power: float = POWER
 
     @property
     def seed_variance_known(self) -> bool:
@@ -86,54 +95,25 @@ class Power:
         n = max(1, math.ceil(per_seed / (budget - inf) - 1e-9))
         return n if n <= max_seeds else None
 
+    def mde_at(self, alpha: float = ALPHA, power: float = POWER) -> float:
+        """The minimum detectable effect of a two-sided test at ``alpha`` with ``power``."""
+        return z_sum(alpha, power) * self.se
+
     def scaled(self, f: float) -> Power:
         """The same figures in units ``f`` times larger (fractions -> percentage points: ``f = 100``)."""
 
         def v(x: float | None) -> float | None:
             return None if x is None else x * f * f
 
-        return Power(
-            self.se * f,
-            self.mde * f,
-            v(self.var_seed_a),
-            v(self.var_seed_b),
-            self.var_problem * f * f,
-            v(self.resid_a),
-            v(self.resid_b),
-            self.n_seeds_a,
-            self.n_seeds_b,
-            self.n_problems,
-        )
-
-    def to_json(self) -> dict[str, float | int | None]:
-        return {
-            "se": self.se,
-            "mde": self.mde,
-            "alpha": ALPHA,
-            "power": POWER,
-            "var_seed_a": self.var_seed_a,
-            "var_seed_b": self.var_seed_b,
-            "var_problem": self.var_problem,
-            "resid_a": self.resid_a,
-            "resid_b": self.resid_b,
-            "n_seeds_a": self.n_seeds_a,
-            "n_seeds_b": self.n_seeds_b,
-            "n_problems": self.n_problems,
-        }
-
-    @classmethod
-    def from_json(cls, j: dict) -> Power:
-        return cls(
-            j["se"],
-            j["mde"],
-            j.get("var_seed_a"),
-            j.get("var_seed_b"),
-            j["var_problem"],
-            j.get("resid_a"),
-            j.get("resid_b"),
-            j["n_seeds_a"],
-            j["n_seeds_b"],
-            j["n_problems"],
+        return replace(
+            self,
+            se=self.se * f,
+            mde=self.mde * f,
+            var_seed_a=v(self.var_seed_a),
+            var_seed_b=v(self.var_seed_b),
+            var_problem=self.var_problem * f * f,
+            resid_a=v(self.resid_a),
+            resid_b=v(self.resid_b),
         )
 
 

@@ -271,6 +271,54 @@ def paired_diff(
     )
 
 
+# ------------------------------------------------------------------------------------- intervals over seeds
+def _t_two_sided(t: float, df: int) -> float:
+    """``P(|T| <= t)`` of Student's t with integer ``df`` (closed form, Abramowitz & Stegun 26.7.3 / 26.7.4)."""
+    theta = math.atan(t / math.sqrt(df))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2 == 1:
+        term, total = 1.0, 1.0 if df > 1 else 0.0
+        for k in range(3, df - 1, 2):  # 1 + 2/3 c^2 + (2*4)/(3*5) c^4 + ...
+            term *= c2 * (k - 1) / k
+            total += term
+        return (2.0 / math.pi) * (theta + (s * math.cos(theta) * total if df > 1 else 0.0))
+    term, total = 1.0, 1.0
+    for k in range(2, df - 1, 2):  # 1 + 1/2 c^2 + (1*3)/(2*4) c^4 + ...
+        term *= c2 * (k - 1) / k
+        total += term
+    return s * total
+
+
+def t_quantile(confidence: float, df: int) -> float:
+    """The two-sided Student-t critical value: ``P(|T| <= q) = confidence`` with ``df`` degrees of freedom."""
+    if df < 1 or not 0.0 < confidence < 1.0:
+        raise ValueError(f"t_quantile needs df >= 1 and 0 < confidence < 1, got {df}, {confidence}")
+    lo, hi = 0.0, 1.0
+    while _t_two_sided(hi, df) < confidence:
+        hi *= 2.0
+    for _ in range(100):
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if _t_two_sided(mid, df) < confidence else (lo, mid)
+    return (lo + hi) / 2.0
+
+
+def t_interval(
+    values: Sequence[float], confidence: float = CONFIDENCE
+) -> tuple[float, float | None, float | None]:
+    """(mean, lo, hi) of the Student-t interval of the mean of ``values`` (one value per seed): ``mean +- t *
+    sd / sqrt(n)``, ``sd`` with ddof 1. It asks what another set of trainings would give, assuming the seeds'
+    values are roughly normal; with 2-3 seeds ``t`` is large (12.7 / 4.3), as it must be. One value: no
+    interval (None, None)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("t_interval needs at least one value")
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, None, None
+    half = t_quantile(confidence, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return mean, mean - half, mean + half
+
+
 # ------------------------------------------------------------------------------------------------- formatting
 def ci_decimals(lo: float, hi: float) -> int:
     """Decimals a value with CI ``[lo, hi]`` supports: the position of the first significant digit of the

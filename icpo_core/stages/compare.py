@@ -14,6 +14,15 @@ import argparse
 
 from icpo_core.errors import UserError
 from icpo_core.io_utils import atomic_write_json
+from icpo_core.report.markdown import (
+    comparison_markdown,
+    primary_markdown,
+    run_table_markdown,
+    summary_markdown,
+)
+from icpo_core.report.mlflow_runs import latest_study, search_entries
+from icpo_core.report.run_table import build_table
+from icpo_core.report.study_data import Study
 from icpo_core.tracking import tracking_uri
 
 
@@ -35,9 +44,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.report.mlflow_runs import latest_study, search_entries
-    from icpo_core.report.table import build_table, comparison_markdown, study_from_json, summary_markdown
-
     params = args.params_obj
     experiment = args.experiment or params.tracking.experiment
     uri = tracking_uri(params)
@@ -50,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"MLflow at {uri}: {type(e).__name__}: {e}") from None
     if found:
         study_json, run_id = found
-        study = study_from_json(study_json)
+        study = Study.model_validate(study_json)
         print(f"Study of MLflow run {run_id} (mean [95 % CI] in %):\n")
+        if study.primary is not None:
+            print(primary_markdown(study))
         print(summary_markdown(study))
         if study.comparisons:
             print(comparison_markdown(study))
@@ -64,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         )
     columns = [c.strip() for c in args.benchmarks.split(",")] if args.benchmarks else None
     table = build_table(entries, columns)
-    print(table.to_markdown())
+    print(run_table_markdown(table))
     if args.json_out:
         atomic_write_json(args.json_out, {"experiment": experiment, "filter": args.filter, **table.to_dict()})
     return 0

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from icpo_core import paths
+from icpo_core.algorithm import off_policy_source
+from icpo_core.engines.local import regime
+from icpo_core.engines.local.data import load_demo_pool
+from icpo_core.engines.local.rollout import make_rollout_engine
+from icpo_core.engines.local.step_batch import autocast_dtype, pick_device
 from icpo_core.errors import UserError
+from icpo_core.grading import Grader
 from icpo_core.io_utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -46,9 +52,6 @@ def start_engine(kind: str, model_dir: Path, params: Any) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from icpo_core.engines.local.rollout import make_rollout_engine
-    from icpo_core.engines.local.trainer import autocast_dtype, pick_device
-
     tc = params.train
     device = pick_device(tc.device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -67,10 +70,6 @@ def start_engine(kind: str, model_dir: Path, params: Any) -> tuple[Any, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core import regime
-    from icpo_core.engines.local.data import load_demo_pool
-    from icpo_core.rewards import Grader
-
     start = time.perf_counter()
     params = args.params_obj
     reg, tc = params.regime, params.train
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if problems < 1:
         raise UserError("--problems must be >= 1")
     algo = params.run_algorithm(reg.run)
-    if algo.n_off == 0 or algo.off_policy != "ief" or algo.released_demos_skip_generation:
+    if not off_policy_source(algo).with_demos:
         raise UserError(
             f"regime.run '{reg.run}' samples no demo-conditioned rollouts (n_off {algo.n_off}, off_policy "
             f"{algo.off_policy}); name an ICPO run of `runs` (e.g. icpo)"

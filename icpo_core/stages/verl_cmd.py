@@ -10,6 +10,8 @@ import sys
 
 from icpo_core import paths
 from icpo_core.config import ParamsError
+from icpo_core.engines.verl.job import shell_command
+from icpo_core.engines.verl.overrides import override_list, train_file
 from icpo_core.errors import UserError
 
 
@@ -21,8 +23,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.engines.verl.overrides import override_list, shell_command, train_file
-
     params = args.params_obj
     if args.run not in params.runs:
         raise UserError(f"unknown run '{args.run}': params.yaml runs has {sorted(params.runs)}")

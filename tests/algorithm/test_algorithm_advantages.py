@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icpo_core.algorithm import group_advantages, mix_group, shaped_ief_rewards
+from icpo_core.algorithm import mix_group, shaped_ief_rewards
+from icpo_core.algorithm.advantages import group_advantages
 
 
 def _verl_adv(rewards: torch.Tensor, index, eps=1e-6, norm=True) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from icpo_core.algorithm import aggregate_loss, micro_batch_normalisation
+from icpo_core.algorithm.losses import aggregate_loss, micro_batch_normalisation
 
 
 def _token_weights(released: bool) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from icpo_core.algorithm import (
+from icpo_core.algorithm.losses import (
     aggregate_loss,
     compute_actor_loss,
     effective_entropy_coeff,

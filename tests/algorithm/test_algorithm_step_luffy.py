@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from icpo_core.algorithm import group_advantages, plan_step
+from icpo_core.algorithm import plan_step
+from icpo_core.algorithm.advantages import group_advantages
 from icpo_core.algorithm.losses import icpo_policy_loss
 from icpo_core.algorithm.step import on_policy_rollouts
 from icpo_core.config import DEFAULT_RUNS, AlgorithmParams

@@ -3,7 +3,7 @@ import re
 import pytest
 
 from icpo_core.data import synthetic
-from icpo_core.data.answers import last_boxed
+from icpo_core.grading.extract import last_boxed
 
 EQUATION = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)")
 

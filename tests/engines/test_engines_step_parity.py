@@ -2,8 +2,9 @@
 
 Local: :func:`plan_local_step` (the rollout layout the local trainer trains from). verl: ``mix_generated`` on a real
 verl ``DataProto`` (on-policy rows, then the IEF rows, rewards in ``rm_scores``), as the agent-loop manager calls it.
-Every run of params.yaml goes through both: GRPO, ICPO, ICPO-dagger, -ERRS, the released-code switches, LUFFY (verl:
-``insert_expert_traces`` + ``plan_expert_traces``) and the reward controls (local: ``control_rewards`` over the
+Every run of params.yaml goes through both: GRPO, compute-matched GRPO, ICPO, ICPO without demos, ICPO-dagger, -ERRS,
+the released-code switches, LUFFY (verl: ``insert_expert_traces`` + ``plan_expert_traces``) and the reward
+controls, shuffled included (local: ``training_rewards`` over the
 prompt-major rollouts; verl: ``apply_reward_control`` on the batch), with the same control generator.
 """
 
@@ -15,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from icpo_core.algorithm.control_rewards import control_rewards, control_rng
+from icpo_core.algorithm import off_policy_source, reward_variant, training_rewards
+from icpo_core.algorithm.control_rewards import control_rng
 from icpo_core.config import AlgorithmParams, load_params
-from icpo_core.engines.local.steplog import _clean
-from icpo_core.engines.local.trainer import plan_local_step
+from icpo_core.engines.local.step_batch import plan_local_step
+from icpo_core.steplog import _clean
 
 PARAMS = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
 N_PROMPTS, PROMPT_LEN, RESP_LEN, STEP, TOTAL = 3, 5, 6, 2, 8
@@ -49,7 +51,7 @@ def _local_rewards(groups: list[list[float]], tokens: list[int], algo) -> list[f
     """What the local trainer trains on: the verifier's rewards (prompt-major), or the run's control of them."""
     flat = [r for g in groups for r in g]
     texts = [_Tok.decode([t]) for t in tokens]
-    return control_rewards(flat, texts, algo.reward, control_rng(CONTROL_SEED, STEP), algo.random_reward_p)
+    return training_rewards(algo, flat, texts, control_rng(CONTROL_SEED, STEP))
 
 
 def _verl_step(groups: list[list[float]], algo, rng: np.random.Generator):
@@ -146,7 +148,7 @@ def _variants() -> list[tuple[str, AlgorithmParams]]:
     """Every run of params.yaml, and ICPO / LUFFY with each reward control."""
     out = [(r, PARAMS.run_algorithm(r)) for r in sorted(PARAMS.runs)]
     for base in ("icpo", "luffy"):
-        for reward in ("random", "format"):
+        for reward in ("shuffled", "random", "format"):
             algo = PARAMS.run_algorithm(base).model_copy(update={"reward": reward, "random_reward_p": 0.4})
             out.append((f"{base}_{reward}", algo))
     return out
@@ -155,7 +157,7 @@ def _variants() -> list[tuple[str, AlgorithmParams]]:
 @pytest.mark.parametrize(("run", "algo"), _variants(), ids=[name for name, _ in _variants()])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_both_engines_train_the_same_rows(run, algo, seed):
-    luffy = algo.off_policy == "expert_trace"
+    luffy = off_policy_source(algo).supplied_off_per_prompt(algo) > 0
     n_first = (
         algo.n_on - algo.n_off if luffy else algo.n_on
     )  # per prompt: on-policy rollouts, then off-policy
@@ -172,7 +174,7 @@ def test_both_engines_train_the_same_rows(run, algo, seed):
     tokens = [t for g in range(N_PROMPTS) for t in [*(on_tok[g, i] for i in range(n_first)),
               *(off_base + g * algo.n_off + j for j in range(algo.n_off))]]  # fmt: skip
     rewards = _local_rewards(groups, tokens, algo)
-    if algo.reward != "verifier":
+    if reward_variant(algo).control:
         assert rewards != [r for g in groups for r in g]  # the control did replace the verifier's rewards
     local = plan_local_step(rewards, N_PROMPTS, algo, step=STEP, total_steps=TOTAL,
                             rng=np.random.default_rng(seed))  # fmt: skip

@@ -42,7 +42,7 @@ def test_serve_entry_point_builds_the_same_deployments():
 
     specs = load_deployment_specs()
     deployments = {d.name: d for d in map(to_runner_deployment, specs)}
-    assert set(deployments) == {"bench-nightly", "reproduce-weekly", "ablations"}
+    assert set(deployments) == {"bench-nightly", "reproduce-weekly", "study-weekly", "ablations"}
     nightly = deployments["bench-nightly"]
     assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
     assert nightly.parameters == {
@@ -52,3 +52,6 @@ def test_serve_entry_point_builds_the_same_deployments():
     assert nightly.concurrency_limit == 1
     assert [s.schedule.cron for s in deployments["reproduce-weekly"].schedules] == ["0 4 * * 0"]
     assert deployments["ablations"].entrypoint.endswith("flows/ablations.py:ablations")
+    study = deployments["study-weekly"]
+    assert [s.schedule.cron for s in study.schedules] == ["0 4 * * 3"]
+    assert "seeds=[0,1,2,3,4,5,6,7]" in study.parameters["overrides"]

@@ -15,8 +15,10 @@ import pytest
 from tests_report_helpers import make_params
 
 from icpo_core.report.curves import plot_data, read_steps
+from icpo_core.report.markdown import comparison_markdown, summary_markdown
 from icpo_core.report.stats import ci_decimals
-from icpo_core.report.table import build_study, study_from_json, summary_markdown
+from icpo_core.report.study_data import Study
+from icpo_core.report.study_stats import build_study
 
 GREEDY, SAMPLED = "synthetic_l0", "synthetic_l1"
 N_PROBLEMS = 60
@@ -24,6 +26,7 @@ N_PROBLEMS = 60
 
 def study_params():
     study = {"runs": ["grpo", "icpo"], "ablations": ["icpo_rs", "icpo_no_errs"], "ablation_seeds": [0]}
+    study["primary"] = {"comparisons": [["icpo", "grpo"]]}
     return make_params(bench={"benchmarks": [GREEDY, SAMPLED]}, seeds=[0, 1, 2], study=study)
 
 
@@ -176,18 +179,18 @@ def test_report_means_cis_pairs_spread_and_na(project, capsys):
     assert f"| {rs_pw['mde']:.0f} (1 seed) | n/a |" in rs_line  # no seed count without a seed variance
     spanning = json.loads(json.dumps(study))
     spanning["comparisons"]["icpo_rs-grpo"]["average"].update(ci_low=-5.0, ci_high=3.0)
-    from icpo_core.report.table import comparison_markdown
-
     rs_line = [
         x
-        for x in comparison_markdown(study_from_json(spanning)).splitlines()
+        for x in comparison_markdown(Study.model_validate(spanning)).splitlines()
         if "(`icpo_rs` − `grpo`) | Avg. |" in x
     ][0]
     assert (
         f"not detectable at this size (MDE {rs_pw['mde']:.0f} points, problem noise only: 1 seed)" in rs_line
     )
     # the markdown re-rendered from study.json states the same power figures
-    assert comparison_markdown(study_from_json(study)) == comparison_markdown(build_study(params, n_boot=800))
+    assert comparison_markdown(Study.model_validate(study)) == comparison_markdown(
+        build_study(params, n_boot=800)
+    )
 
     # (c) spread: each seed's score, min-max
     spread = [x for x in md.splitlines() if x.startswith("| GRPO | `grpo` | Synth L0 |") and "s0 " in x][0]
@@ -212,7 +215,7 @@ def test_report_means_cis_pairs_spread_and_na(project, capsys):
     assert [r["run"] for r in table["rows"]] == ["base", "grpo", "icpo", "icpo_rs", "icpo_no_errs"]
 
     # the study.json round-trips into the same table (what `icpo compare` prints from MLflow)
-    assert summary_markdown(study_from_json(study)) == summary_markdown(build_study(params, n_boot=800))
+    assert summary_markdown(Study.model_validate(study)) == summary_markdown(build_study(params, n_boot=800))
     assert "| Method | Run | Seeds |" in capsys.readouterr().out
 
 
@@ -223,7 +226,9 @@ def test_study_is_reproducible_and_seed_override(project):
     assert a == b  # seeded resampling: the same files give the same CIs
     one = build_study(params, seeds=[0], n_boot=500)
     assert one.to_json()["runs"]["grpo"]["benchmarks"][GREEDY]["n_seeds"] == 1
-    assert one.cfg.seeds_of("icpo_rs") == [0] and one.cfg.seeds_of("base") == [None]
+    assert one.runs["icpo_rs"].instances == {"0": "icpo_rs_s0"} and one.runs["base"].instances == {
+        "-": "base"
+    }
 
 
 def test_curves_png_has_bands_only_for_several_seeds(project):

@@ -1,4 +1,4 @@
-"""The comparison table and the training curves, from fabricated metrics files."""
+"""The per-run table, the run labels, the study's columns and the training curves, from fabricated files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import struct
 from tests_report_helpers import make_params
 
 from icpo_core.report.curves import plot_curves, read_steps
+from icpo_core.report.labels import UPPER_REFERENCE, run_label
+from icpo_core.report.markdown import run_table_markdown
 from icpo_core.report.mlflow_runs import metrics_from_run, tag_filter
-from icpo_core.report.table import build_table, run_label, table_from_metrics
+from icpo_core.report.run_table import build_table
+from icpo_core.report.study_stats import build_study
 
 
 def bench_json(values: dict[str, float], n: int = 1) -> dict:
@@ -25,7 +28,7 @@ def test_best_per_column_is_bold_and_missing_is_na():
             ("icpo_rs", "ICPO†", None, ""),
         ]
     )
-    md = t.to_markdown()
+    md = run_table_markdown(t)
     lines = md.splitlines()
     assert lines[0] == "| Method | Run | x (avg@1) | y (avg@1) | Avg. |"
     assert lines[2] == "| Base model | `base` | 10.00 | **50.00** | **30.00** |"
@@ -45,22 +48,28 @@ def test_labels_follow_the_algorithm_params():
         "icpo": "ICPO",
         "icpo_rs": "ICPO†",
         "icpo_no_errs": "ICPO − ERRS",
+        "icpo_no_demos": "ICPO without demos",
+        "grpo_compute_matched": "GRPO, 12 rollouts",
         "icpo_released": "ICPO (released code)",
-        "luffy": "LUFFY",
+        "luffy": f"LUFFY (trains on each problem's reference solution), {UPPER_REFERENCE}",
+        "grpo_shuffled_reward": "GRPO (shuffled reward)",
         "grpo_random_reward": "GRPO (random reward)",
         "grpo_format_reward": "GRPO (format reward)",
     }
 
 
-def test_table_from_metrics_dir_orders_columns_by_params(tmp_path):
-    p = make_params()
+def test_study_columns_follow_params_and_bad_files_show_na(tmp_path):
+    """The study's columns: params' benchmarks first, then any other benchmark a metrics file holds; an
+    unreadable metrics file reads as n/a, no crash (the single-seed layout: metrics/bench_<run>.json)."""
+    p = make_params(seeds=[0])
     (tmp_path / "bench_icpo.json").write_text(json.dumps(bench_json({"extra": 0.9, "synthetic_l1": 0.5})))
-    (tmp_path / "bench_grpo.json").write_text("{not json")  # unreadable -> n/a, no crash
-    t = table_from_metrics(p, ["base", "grpo", "icpo"], tmp_path)
-    assert t.columns == [*p.bench.benchmarks, "extra"]
-    rows = {r.run: r for r in t.rows}
-    assert rows["icpo"].values["synthetic_l1"] == 50.0 and rows["icpo"].average is None
-    assert all(v is None for v in rows["grpo"].values.values())
+    (tmp_path / "bench_grpo.json").write_text("{not json")
+    study = build_study(p, ["base", "grpo", "icpo"], metrics_dir=tmp_path, bench_root=tmp_path, n_boot=50)
+    assert study.columns == [*p.bench.benchmarks, "extra"]
+    icpo = study.runs["icpo"]
+    assert icpo.benchmarks["synthetic_l1"].mean == 50.0 and not icpo.benchmarks["synthetic_l1"].has_ci
+    assert icpo.average.mean is None  # no average over a missing column
+    assert all(c.mean is None for c in study.runs["grpo"].benchmarks.values())
 
 
 def test_curves_png_of_a_single_seed_run(tmp_path):

@@ -30,6 +30,7 @@ def project(tmp_path_factory):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["study"]["ablations"] = ["icpo_rs", "icpo_no_errs", "icpo_released"]  # the report lists them
     raw["study"]["runs"], raw["seeds"] = ["grpo", "icpo"], [0, 1, 2]  # what the fabricated metrics cover
+    raw["study"]["primary"]["comparisons"] = [["icpo", "grpo"]]  # a primary comparison on those runs
     raw["bench"].update(
         backend="hf",  # the tiny model's head size is below what vLLM's CPU attention takes
         benchmarks=["synthetic_l0", "synthetic_l1", "synthetic_l3"],
@@ -188,6 +189,9 @@ def test_report_stage_from_fabricated_metrics(in_project, capsys):
     )
     assert study["runs"]["icpo_no_errs"]["missing"]  # not run: n/a, no crash
     assert "ICPO − GRPO" in md or "icpo − grpo" in md.lower() or "icpo-grpo" in md
+    assert md.split("\n## ")[1].startswith("Primary comparison (preregistered)")  # the report leads with it
+    assert "- Verdict, ICPO − GRPO (`icpo` − `grpo`): **supports**" in md
+    assert study["primary"]["comparisons"][0]["verdict"] == "supports"
     table = json.loads(Path("reports/table.json").read_text())
     assert {"grpo", "icpo"} <= {r["run"] for r in table["rows"]}
     assert Path("reports/curves.png").read_bytes()[:4] == b"\x89PNG"

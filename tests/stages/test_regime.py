@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from icpo_core import regime
 from icpo_core.algorithm.demos import Demo, DemoPool, build_ief_messages
 from icpo_core.cli import main
+from icpo_core.engines.local import regime
 from icpo_core.engines.local.data import PromptRow, chat_ids
 
 SUMMARY_KEYS = {"groups_with_signal", "ci", "mean_reward"}

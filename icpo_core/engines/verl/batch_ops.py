@@ -14,7 +14,7 @@
 LUFFY (``off_policy: expert_trace``): :func:`expert_trace_rows` picks the ``n_on - n_off`` rows per group that
 are rolled out, :func:`insert_expert_traces` fills the other ``n_off`` slots with the row's expert trace (flagged
 ``icpo_ief``: the loss shapes its tokens as it shapes IEF tokens) and :func:`plan_expert_traces` plans the step.
-Reward controls (``reward: random | format``): :func:`apply_reward_control` replaces the rewards after grading and
+Reward controls (``reward: shuffled | random | format``): :func:`apply_reward_control` replaces the rewards after grading and
 before the plan, as the local engine does.
 """
 
@@ -27,17 +27,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from icpo_core.algorithm import DemoPool, build_ief_messages, plan_step
-from icpo_core.algorithm.control_rewards import control_rewards
-from icpo_core.algorithm.step import on_policy_rollouts
+from icpo_core.algorithm import (
+    DemoPool,
+    OffPolicySource,
+    build_ief_messages,
+    on_policy_rollouts,
+    plan_step,
+    reward_variant,
+    training_rewards,
+)
+from icpo_core.algorithm.batch_keys import IEF_KEY
 
 if TYPE_CHECKING:
     from verl import DataProto
 
     from icpo_core.config import AlgorithmParams
     from icpo_core.data.expert_traces import ExpertTrace
-
-IEF_KEY = "icpo_ief"  # per-row float flag, 1.0 = IEF trajectory; travels with the batch into the actor's loss
 
 
 def _question_of(messages: Sequence[Mapping[str, str]], extra_info: Any) -> str | None:
@@ -59,21 +64,24 @@ def first_row_per_group(uids: np.ndarray) -> list[int]:
 def expand_with_ief(
     prompts: DataProto,
     algo: AlgorithmParams,
+    source: OffPolicySource,
     pool: DemoPool | None,
     suffix: str,
     rng: np.random.Generator,
 ) -> tuple[DataProto, np.ndarray]:
-    """``prompts`` (B * N_on rows, grouped by ``uid``) plus N_off IEF rows per group, appended at the end.
+    """``prompts`` (B * N_on rows, grouped by ``uid``) plus the source's generated off-policy rows per group,
+    appended at the end.
 
-    Each IEF row copies its group's first row and replaces ``raw_prompt`` by the IEF messages (k demos drawn
-    from ``pool``, never the question itself). With ``released_demos_skip_generation`` the prompt is left plain,
-    like the released code whose vLLM call reused the plain prompt ids. Returns ``(extended, src)`` where
-    ``src[j]`` is the source row of IEF row j.
+    Each IEF row copies its group's first row; its ``raw_prompt`` becomes the IEF messages when the source draws
+    demos (:meth:`OffPolicySource.draw_demos`: k demos from ``pool``, never the question itself) and stays the
+    plain prompt otherwise (``ief_no_demos``, like the released code whose vLLM call reused the plain prompt
+    ids). Returns ``(extended, src)`` where ``src[j]`` is the source row of IEF row j.
     """
     from verl import DataProto
 
     uids = prompts.non_tensor_batch["uid"]
-    src = np.repeat(np.asarray(first_row_per_group(uids), dtype=np.int64), algo.n_off)
+    per = source.generated_off_per_prompt(algo)
+    src = np.repeat(np.asarray(first_row_per_group(uids), dtype=np.int64), per)
     if len(src) == 0:
         return prompts, src
     ief = prompts.select_idxs(src)
@@ -81,13 +89,10 @@ def expand_with_ief(
     extra = ief.non_tensor_batch.get("extra_info")
     for j in range(len(src)):
         messages = list(raw[j])
-        if algo.released_demos_skip_generation:
-            continue
-        if pool is None:
-            raise ValueError("ICPO needs a demo pool (icpo.demo_path) unless released_demos_skip_generation")
         question = _question_of(messages, extra[j] if extra is not None else None)
-        demos = pool.sample(algo.k_demos, rng, exclude_problem=question)
-        raw[j] = build_ief_messages(messages, demos, algo.demo_format, suffix)
+        demos = source.draw_demos(algo, pool, rng, question)
+        if demos is not None:
+            raw[j] = build_ief_messages(messages, demos, algo.demo_format, suffix)
     ief.non_tensor_batch["raw_prompt"] = raw
     return DataProto.concat([prompts, ief]), src
 
@@ -349,21 +354,22 @@ def apply_reward_control(
     rng: np.random.Generator,
     tokenizer: Any = None,
 ) -> dict[str, float]:
-    """Replace the verifier's ``rm_scores`` by ``algorithm.reward``'s control reward (:func:`control_rewards`),
+    """Replace the verifier's ``rm_scores`` by ``algorithm.reward``'s control reward (:func:`training_rewards`),
     drawn from ``rng`` (:func:`~icpo_core.algorithm.control_rewards.control_rng` of the step) over the rows in
     :func:`group_major_order` (``uids[i]`` / ``off_policy[i]``: row i's group and whether it is an IEF or trace
     row), so trajectory i of a step gets the flip it gets on the local engine. ``format`` decodes the responses
     with ``tokenizer``. Returns ``reward/verifier_on_policy``, the verifier's mean over the on-policy rows (the
     local engine logs it for controls). ``verifier`` changes nothing."""
-    if algo.reward == "verifier":
+    variant = reward_variant(algo)
+    if not variant.control:
         return {}
     order = group_major_order(uids, off_policy)
     scores = batch.batch["rm_scores"].sum(-1).float()
     verifier = [float(scores[i]) for i in order]
-    if algo.reward == "format" and tokenizer is None:
-        raise ValueError("reward: format needs the policy's tokenizer to read the responses")
-    texts = response_texts(batch, tokenizer, order) if algo.reward == "format" else [""] * len(order)
-    new = control_rewards(verifier, texts, algo.reward, rng, algo.random_reward_p)
+    if variant.needs_text and tokenizer is None:
+        raise ValueError(f"reward: {algo.reward} needs the policy's tokenizer to read the responses")
+    texts = response_texts(batch, tokenizer, order) if variant.needs_text else [""] * len(order)
+    new = training_rewards(algo, verifier, texts, rng)
     for i, r in zip(order, new, strict=True):
         set_row_reward(batch, i, r)
     on = [float(scores[i]) for i in order if not off_policy[i]]

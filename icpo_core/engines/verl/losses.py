@@ -8,7 +8,7 @@ The maths is :mod:`icpo_core.algorithm`; this module only adapts signatures:
   ``ppo_loss`` never passes that mask, so without it the function refuses to run instead of silently training
   IEF rows as on-policy ones;
 - :func:`icpo_ppo_loss`: a mirror of verl 0.9.1's ``workers.utils.losses.ppo_loss`` that also reads the
-  ``icpo_ief`` row flag; ``RayICPOTrainer`` installs it on the actor workers with ``set_loss_fn``;
+  ``icpo_ief`` row flag; ``RayICPOTrainer`` installs it on the actor workers of every run with ``set_loss_fn``;
 - :func:`finalize_actor_metrics`: the token means of the ratio metrics from the sums the loss reports.
 
 Ratio metrics over a token subset (``actor/ief_prob`` over IEF tokens, ``actor/pg_clipfrac`` /
@@ -26,26 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from icpo_core.algorithm import (
-    aggregate_loss,
-    group_advantages,
-    icpo_policy_loss,
-    kl_loss,
-    micro_batch_normalisation,
-)
+from icpo_core.algorithm.actor_metrics import ratio_metrics, token_metric_sums
+from icpo_core.algorithm.advantages import group_advantages
+from icpo_core.algorithm.batch_keys import IEF_KEY
+from icpo_core.algorithm.losses import aggregate_loss, icpo_policy_loss, kl_loss, micro_batch_normalisation
 
-IEF_KEY = "icpo_ief"
 NAME = "icpo"
 SUM_PREFIX = (
     "actor/icpo_sum/"  # per-micro-batch sums (SUM-aggregated); finalize_actor_metrics turns them into means
 )
-# ratio metric -> (numerator sum, token-count sum)
-RATIO_METRICS = {
-    "actor/ief_prob": ("ief_prob", "ief_tokens"),
-    "actor/pg_clipfrac": ("pg_clipfrac", "on_tokens"),
-    "actor/pg_clipfrac_lower": ("pg_clipfrac_lower", "on_tokens"),
-    "actor/ppo_kl": ("ppo_kl", "on_tokens"),
-}
 
 
 def icpo_advantage(
@@ -104,8 +93,8 @@ def icpo_policy_loss_fn(
         )
     if rollout_is_weights is not None:
         raise ValueError(
-            "rollout correction weights are not supported with ICPO: IEF rows' rollout log-probs are "
-            "demo-conditioned; keep algorithm.rollout_correction off"
+            "rollout correction weights are not supported by the project's loss (every verl run, GRPO too): IEF "
+            "rows' rollout log-probs are demo-conditioned; keep algorithm.rollout_correction off"
         )
     info = dict(getattr(config, "global_batch_info", {}) or {}) if config is not None else {}
     return icpo_policy_loss(
@@ -123,47 +112,6 @@ def icpo_policy_loss_fn(
         loss_scale_factor=info.get("loss_scale_factor"),
         clip=clip,
     )
-
-
-def token_metric_sums(
-    log_prob: torch.Tensor,
-    old_log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    ief_mask: torch.Tensor,
-    *,
-    clip_ratio_low: float,
-    clip_ratio_high: float,
-    clip_ratio_c: float,
-) -> dict[str, float]:
-    """Sums behind :func:`icpo_core.algorithm.icpo_policy_loss`'s ratio metrics (paper section 3.4 loss).
-
-    On-policy tokens: the PPO ratio r = exp(logp - old_logp) is clipped when ``-A clip(r) > -A r``
-    (``pg_clipfrac``), the dual clip binds when A < 0 and ``max(-A r, -A clip(r)) > -A c``
-    (``pg_clipfrac_lower``), and ``ppo_kl`` sums ``old_logp - logp``. IEF tokens: ``ief_prob`` sums the
-    current token probability p = exp(logp). Token counts ``on_tokens`` / ``ief_tokens`` come along.
-    """
-    with torch.no_grad():
-        mask = response_mask.bool()
-        ief = ief_mask.bool().reshape(-1, 1).expand_as(mask) & mask
-        on = mask & ~ief
-        adv = advantages.to(log_prob.dtype)
-        adv = adv.unsqueeze(-1).expand_as(log_prob) if adv.dim() == 1 else adv
-        neg_kl = torch.clamp(log_prob - old_log_prob, -20.0, 20.0)
-        ratio = torch.exp(neg_kl)
-        loss1 = -adv * ratio
-        loss2 = -adv * torch.clamp(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)
-        clipped = torch.maximum(loss1, loss2)
-        lower = torch.gt(clipped, -adv * clip_ratio_c) & (adv < 0)
-        p = torch.exp(torch.clamp(log_prob, -20.0, 20.0))
-        return {
-            "on_tokens": float(on.sum()),
-            "ief_tokens": float(ief.sum()),
-            "pg_clipfrac": float((torch.gt(loss2, loss1) & on).sum()),
-            "pg_clipfrac_lower": float((lower & on).sum()),
-            "ppo_kl": float((-neg_kl * on).sum()),
-            "ief_prob": float((p * ief).sum()),
-        }
 
 
 def _total(value: Any) -> float:
@@ -189,10 +137,7 @@ def finalize_actor_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     if not sums:
         return metrics
     out = {k: v for k, v in metrics.items() if not k.startswith(SUM_PREFIX)}
-    for name, (num, count) in RATIO_METRICS.items():
-        out[name] = sums[num] / sums[count] if sums[count] else 0.0
-    tokens = sums["on_tokens"] + sums["ief_tokens"]
-    out["actor/ief_token_frac"] = sums["ief_tokens"] / tokens if tokens else 0.0
+    out.update(ratio_metrics(sums))
     return out
 
 
@@ -204,8 +149,15 @@ def icpo_ppo_loss(
     gamma: float = 0.1,
     released_loss_agg: bool = False,
     clip_on_policy: bool = True,
+    off_policy_rows: bool = True,
 ):
     """verl 0.9.1's ``ppo_loss`` with the ICPO policy term: reads ``icpo_ief`` and passes it as ``ief_mask``.
+
+    The actor loss of every verl run (``RayICPOTrainer`` installs it for GRPO too). With no IEF row it is
+    verl's ``ppo_loss`` with the ``vanilla`` policy loss (dual-clip PPO; tests compare them), so GRPO loses
+    nothing and gains the two switches below. ``off_policy_rows`` (``icpo.n_off > 0``): the batch must carry
+    the ``icpo_ief`` flag; GRPO batches (false) carry none and every row is on-policy. Rollout-correction
+    weights (``rollout_is_weights``) are refused, not dropped (:func:`icpo_policy_loss_fn`).
 
     Pinned to verl 0.9.1 (``verl.workers.utils.losses.ppo_loss``): same global-batch bookkeeping, same
     entropy and KL terms (``actor.entropy_coeff``, ``actor.use_kl_loss`` / ``kl_loss_type`` / ``kl_loss_coef``),
@@ -253,14 +205,26 @@ def icpo_ppo_loss(
         )
         # per micro-batch: no global token count, no data-parallel rescaling
         config.global_batch_info.update(batch_num_tokens=num_tokens, global_batch_size=None, dp_size=1)
-    fields = ["response_mask", "old_log_probs", "advantages", IEF_KEY]
-    if "ref_log_prob" in data:
-        fields.append("ref_log_prob")
+    fields = ["response_mask", "old_log_probs", "advantages"]
+    has_flag = IEF_KEY in data
+    if has_flag:
+        fields.append(IEF_KEY)
+    elif off_policy_rows:
+        raise ValueError(
+            f"the batch has no {IEF_KEY!r} row flag, but this run has off-policy rows (icpo.n_off > 0): the "
+            "ICPO agent-loop manager sets it (actor_rollout_ref.rollout.agent.agent_loop_manager_class)"
+        )
+    for optional in ("ref_log_prob", "rollout_is_weights"):
+        if optional in data:
+            fields.append(optional)
     data = data.select(*fields).to_padded_tensor()
     response_mask = data["response_mask"].to(bool)
     info = {k: v for k, v in config.global_batch_info.items() if k != "loss_scale_factor"}
 
-    ief_mask = data[IEF_KEY].reshape(-1).bool()
+    if has_flag:
+        ief_mask = data[IEF_KEY].reshape(-1).bool()
+    else:  # GRPO: every row on-policy
+        ief_mask = torch.zeros(response_mask.shape[0], dtype=torch.bool, device=response_mask.device)
     pg_loss, _ = icpo_policy_loss_fn(
         old_log_prob=data["old_log_probs"],
         log_prob=log_prob,
@@ -268,6 +232,7 @@ def icpo_ppo_loss(
         response_mask=response_mask,
         loss_agg_mode=config.loss_agg_mode,
         config=config,
+        rollout_is_weights=data.get("rollout_is_weights", None),
         ief_mask=ief_mask,
         gamma=gamma,
         clip=clip_on_policy,

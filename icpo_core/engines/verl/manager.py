@@ -4,15 +4,17 @@ Selected by ``actor_rollout_ref.rollout.agent.agent_loop_manager_class`` (set in
 verl's trainer hands it B * N_on rows (``rollout.n = N_on``); it generates those plus B * N_off IEF rows from
 demo-conditioned prompts, lets the streamed reward loop score all of them, then applies ERRS, the replacement,
 the expert bonus and the prompt restore (:mod:`.batch_ops`) and returns B * N_on rows with the ``icpo_ief``
-flag. Validation batches and GRPO runs (``icpo.n_off: 0``) pass straight through, with reward metrics.
+flag. Validation batches and GRPO runs (``icpo.n_off: 0``) pass straight through, with reward metrics. What an
+off-policy row is prompted with is the source's (:mod:`icpo_core.algorithm.variants`): [D; q] for ``ief``, the
+plain q for ``ief_no_demos``.
 
-LUFFY (``icpo.off_policy: expert_trace``): vLLM is asked for only ``n_on - n_off`` samples per prompt (the first
+LUFFY (``icpo.off_policy: expert_trace``, the source whose off-policy rows the data supplies): vLLM is asked for only ``n_on - n_off`` samples per prompt (the first
 rows of each group; generating N_on and dropping N_off would spend N_off of every N_on samples, 1 in 8 at the
 paper's sizes, on rollouts LUFFY never trains), the other ``n_off`` slots get the row's expert trace (the ``target`` column, tokenised once
 with the policy's chat template, graded once by the training verifier: :class:`.expert_traces.TraceBook`), flagged
 ``icpo_ief`` like IEF rows so the loss shapes their tokens with f(p) = p / (p + gamma).
 
-Reward controls (``icpo.reward: random | format``): after the rewards are streamed and before the step's plan,
+Reward controls (``icpo.reward: shuffled | random | format``): after the rewards are streamed and before the step's plan,
 :func:`.batch_ops.apply_reward_control` replaces them, with the local engine's generator
 (:func:`icpo_core.algorithm.control_rewards.control_rng` of ``icpo.seed`` and the 1-based step) drawn over the
 step's trajectories in the local engine's order (prompt by prompt: on-policy rows, then off-policy rows). The
@@ -31,11 +33,10 @@ from verl.experimental.agent_loop import AgentLoopManager
 from verl.protocol import pad_dataproto_to_divisor, unpad_dataproto
 from verl.utils.ray_utils import auto_await
 
-from icpo_core.algorithm import DemoPool
+from icpo_core.algorithm import DemoPool, OffPolicySource, off_policy_source, reward_variant
+from icpo_core.algorithm.batch_keys import IEF_KEY
 from icpo_core.algorithm.control_rewards import control_rng
-from icpo_core.config import AlgorithmParams
 from icpo_core.engines.verl.batch_ops import (
-    IEF_KEY,
     apply_reward_control,
     expand_with_ief,
     expert_trace_rows,
@@ -46,14 +47,10 @@ from icpo_core.engines.verl.batch_ops import (
     trace_metrics,
 )
 from icpo_core.engines.verl.expert_traces import TraceBook
+from icpo_core.engines.verl.icpo_block import algorithm_from_config
+from icpo_core.engines.verl.reward import compute_score
 
 log = logging.getLogger(__name__)
-
-
-def algorithm_from_config(icpo_cfg: Any) -> AlgorithmParams:
-    """The validated algorithm params from the hydra ``icpo`` block (extra launcher keys ignored)."""
-    raw = dict(icpo_cfg)
-    return AlgorithmParams(**{k: raw[k] for k in AlgorithmParams.model_fields if k in raw})
 
 
 class ICPOAgentLoopManager(AgentLoopManager):
@@ -77,12 +74,9 @@ class ICPOAgentLoopManager(AgentLoopManager):
         n_on = int(config.actor_rollout_ref.rollout.n)
         if n_on != self.algo.n_on:
             raise ValueError(f"rollout.n ({n_on}) must equal icpo.n_on ({self.algo.n_on})")
+        self.source: OffPolicySource = off_policy_source(self.algo)
         self.pool: DemoPool | None = None
-        if (
-            self.algo.n_off > 0
-            and self.algo.off_policy == "ief"
-            and not self.algo.released_demos_skip_generation
-        ):
+        if self.source.with_demos:
             self.pool = DemoPool.from_parquet(icpo["demo_path"])
         self._tokenizer = tokenizer
         self._score_fn = score_fn
@@ -116,7 +110,7 @@ class ICPOAgentLoopManager(AgentLoopManager):
         if self._traces is None:
             score_fn = self._score_fn
             if score_fn is None:
-                from icpo_core.engines.verl.reward import compute_score as score_fn
+                score_fn = compute_score
             if self.response_length <= 0:
                 raise ValueError("LUFFY on verl needs actor_rollout_ref.rollout.response_length")
             self._traces = TraceBook(self.policy_tokenizer, self.response_length, score_fn)
@@ -136,11 +130,11 @@ class ICPOAgentLoopManager(AgentLoopManager):
         step = int(prompts.meta_info.get("global_steps", 1))
         rng = np.random.default_rng([self.seed, step])
         uids = np.asarray(prompts.non_tensor_batch["uid"])
-        if self.algo.off_policy == "expert_trace":
+        if self.source.supplied_off_per_prompt(self.algo):
             return await self._generate_with_traces(prompts, uids, step)
-        if self.algo.n_off == 0:
+        if not self.source.generated_off_per_prompt(self.algo):
             out = await self._generate(prompts)
-            if self.algo.reward != "verifier":
+            if reward_variant(self.algo).control:
                 _require_scores(out, "a reward control")
             control = self._control(out, uids, [False] * len(uids), step)
             if "rm_scores" in out.batch.keys():  # noqa: SIM118
@@ -149,7 +143,7 @@ class ICPOAgentLoopManager(AgentLoopManager):
                     **control,
                 }
             return out
-        extended, src = expand_with_ief(prompts, self.algo, self.pool, self.prompt_suffix, rng)
+        extended, src = expand_with_ief(prompts, self.algo, self.source, self.pool, self.prompt_suffix, rng)
         out = await self._generate(extended)
         _require_scores(out, "ICPO's ERRS")
         control = self._control(
@@ -165,9 +159,10 @@ class ICPOAgentLoopManager(AgentLoopManager):
         self, out: DataProto, uids: np.ndarray, off_policy: list[bool], step: int
     ) -> dict[str, float]:
         """The reward control of the run on ``out``'s rows (nothing for ``reward: verifier``)."""
-        if self.algo.reward == "verifier":
+        variant = reward_variant(self.algo)
+        if not variant.control:
             return {}
-        tok = self.policy_tokenizer if self.algo.reward == "format" else None
+        tok = self.policy_tokenizer if variant.needs_text else None
         return apply_reward_control(out, uids, off_policy, self.algo, control_rng(self.seed, step), tok)
 
     async def _generate_with_traces(self, prompts: DataProto, uids: np.ndarray, step: int) -> DataProto:

@@ -1,34 +1,36 @@
-"""params.yaml -> the verl launch command: ``build_command(params, run)`` and ``launch(params, run)``.
+"""params.yaml -> the hydra overrides of one verl run: ``override_list(params, run)``, a pure mapping.
 
-One function builds the whole command line for every run (GRPO and ICPO alike go through
-``python -m icpo_core.engines.verl.launcher``; GRPO is ``n_off: 0``, where the ICPO manager passes generation
-through and the stock verl loss is used). For the paper profiles the resolved values equal the released
+Every run (GRPO and ICPO alike) composes config/icpo_trainer.yaml with these overrides; GRPO is ``n_off: 0``,
+where the ICPO manager passes generation through, and the project's loss (installed for every run, see
+:mod:`.trainer`) is GRPO's clipped PPO loss. For the paper profiles the resolved values equal the released
 scripts' (docs/method.md, "Paper-scale settings"; tests/engines/verl checks them on the composed hydra config).
+
+No side effects here: nothing is started, written or logged (:mod:`.job` does that). The machine is only
+read (:func:`on_cpu`, :func:`flash_attn_available`). The ``icpo`` block's keys come from :mod:`.icpo_block`
+(every :class:`~icpo_core.config.AlgorithmParams` field), which also reads them back, typed, on the verl side.
 
 No verl / torch import here: ``icpo verl-cmd`` prints instantly.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from icpo_core import paths
+from icpo_core.algorithm import off_policy_source
 from icpo_core.algorithm.losses import effective_entropy_coeff
 from icpo_core.bench.registry import val_parquet_paths
 from icpo_core.config import Params, ParamsError
 from icpo_core.engines.verl import preflight
-from icpo_core.engines.verl.resume import check_or_record
+from icpo_core.engines.verl.expert_traces import expert_trace_train_path
+from icpo_core.engines.verl.icpo_block import icpo_overrides
+from icpo_core.engines.verl.metrics import LOG_PATH_ENV, METRICS_DIR_ENV
 
 _PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")  # hydra-safe unquoted values (identifiers, dotted names)
 VERL_ADV_EPS = 1e-6  # the epsilon verl's advantage estimators always run with
-LAUNCHER_MODULE = "icpo_core.engines.verl.launcher"
 MANAGER_FQN = "icpo_core.engines.verl.manager.ICPOAgentLoopManager"
 REWARD_PATH = "pkg://icpo_core.engines.verl.reward"
 
@@ -155,20 +157,6 @@ def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def cpu_env(params: Params) -> dict[str, str]:
-    """The launch environment of a CPU run: verl's CPU platform in every process (``verl.plugins``), vLLM-CPU's
-    KV cache and thread settings from ``train.vllm`` (not the user's shell), one reward process."""
-    v = params.train.vllm
-    return {
-        "VERL_PLATFORM": "cpu",
-        "VLLM_CPU_KVCACHE_SPACE": str(v.kv_cache_gib),
-        "VLLM_CPU_OMP_THREADS_BIND": v.threads_bind,
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-        "ICPO_REWARD_WORKERS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-
-
 def _abs(path: str | Path, root: Path) -> str:
     p = Path(path)
     return str(p if p.is_absolute() else (root / p).resolve())
@@ -183,7 +171,7 @@ def verl_overrides(
 ) -> dict[str, Any]:
     """Every hydra key -> value of one run, in order (``runs.<run>`` applied over ``algorithm``).
 
-    ``env`` is the launch environment (:func:`launch_env`). With ``train.verl.nnodes > 1`` the driver joins a
+    ``env`` is the launch environment (:func:`.job.launch_env`). With ``train.verl.nnodes > 1`` the driver joins a
     running cluster (``ray_init.address=auto``) and the TaskRunner gets the raylet's environment, not the
     launcher's, so these variables also go through ``ray_init.runtime_env.env_vars`` (verl merges that into
     every actor's runtime env). The paths in them must then be on a filesystem every node shares.
@@ -204,7 +192,7 @@ def verl_overrides(
     ov: dict[str, Any] = {
         "algorithm.adv_estimator": "icpo" if icpo else "grpo",
         "algorithm.norm_adv_by_std_in_grpo": algo.norm_adv_by_std,
-        # LUFFY: the training parquet without rows lacking a target, written by launch()
+        # LUFFY: the training parquet without rows lacking a target, written at launch (job.prepare_train_file)
         "data.train_files": [_abs(train_file(params, run, name), root)],
         # verl always builds a validation set; with no val_benchmarks / val_files it reads a tiny stand-in (the
         # train file) and never validates
@@ -277,11 +265,14 @@ def verl_overrides(
     elif not flash_attn_available():
         ov.update(SDPA_FALLBACK)
     ov.update(lora_overrides(params))
-    for key, value in algo.model_dump().items():
-        ov[f"icpo.{key}"] = value
-    ov["icpo.demo_path"] = _abs(paths.DEMOS_PARQUET, root)
-    ov["icpo.prompt_suffix"] = params.train_prompt_suffix
-    ov["icpo.seed"] = params.seed
+    ov.update(
+        icpo_overrides(
+            algo,
+            demo_path=_abs(paths.DEMOS_PARQUET, root),
+            prompt_suffix=params.train_prompt_suffix,
+            seed=params.seed,
+        )
+    )
     if v.nnodes > 1:
         ov["+ray_kwargs.ray_init.address"] = "auto"  # join the cluster started with `ray start` on every node
         for key, value in ray_env_vars(env or {}).items():
@@ -289,27 +280,19 @@ def verl_overrides(
     return ov
 
 
+def supplies_traces(params: Params, run: str) -> bool:
+    """The run's off-policy rows come from the data (LUFFY's expert traces), not from generation."""
+    algo = params.run_algorithm(run)
+    return off_policy_source(algo).supplied_off_per_prompt(algo) > 0
+
+
 def train_file(params: Params, run: str, name: str) -> Path:
     """verl's ``data.train_files`` (relative): the training parquet, or for LUFFY (``off_policy: expert_trace``)
     its copy without rows lacking a ``target`` (:func:`.expert_traces.expert_trace_train_path`, written by
-    :func:`launch`)."""
-    if params.run_algorithm(run).off_policy == "expert_trace":
-        from icpo_core.engines.verl.expert_traces import expert_trace_train_path
-
+    :func:`.job.prepare_train_file`)."""
+    if supplies_traces(params, run):
         return expert_trace_train_path(name)
     return paths.TRAIN_PARQUET
-
-
-def prepare_train_file(params: Params, run: str, root: str | Path = ".", instance: str | None = None) -> Path:
-    """Write LUFFY's training file (:func:`train_file`) from the training parquet; other runs read it as is."""
-    root = Path(root)
-    path = root / train_file(params, run, instance or run)
-    if params.run_algorithm(run).off_policy == "expert_trace":
-        from icpo_core.engines.verl.expert_traces import write_expert_trace_train
-
-        kept, dropped = write_expert_trace_train(root / paths.TRAIN_PARQUET, path)
-        print(f"LUFFY: {kept} training rows with an expert trace, {dropped} without one dropped", flush=True)
-    return path
 
 
 def lora_overrides(params: Params) -> dict[str, Any]:
@@ -338,12 +321,15 @@ def ray_env_vars(env: Mapping[str, str]) -> dict[str, str]:
     verl logs its config as MLflow params and drops MLflow for the run when a resume changes one, so the
     per-launch step-log file is not passed; its folder is (``ICPO_VERL_METRICS_DIR``, see :mod:`.metrics`).
     """
-    from icpo_core.engines.verl.metrics import LOG_PATH_ENV, METRICS_DIR_ENV
-
     out = {k: str(env[k]) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI") if env.get(k)}
     if env.get(LOG_PATH_ENV):
         out[METRICS_DIR_ENV] = str(Path(env[LOG_PATH_ENV]).parent)
     return dict(sorted(out.items()))
+
+
+def format_overrides(overrides: Mapping[str, Any]) -> list[str]:
+    """``key -> value`` as hydra's ``key=value`` command-line overrides (:func:`_fmt` quoting)."""
+    return [f"{k}={_fmt(v)}" for k, v in overrides.items()]
 
 
 def override_list(
@@ -354,183 +340,6 @@ def override_list(
     instance: str | None = None,
 ) -> list[str]:
     """``key=value`` hydra overrides, ``train.verl.extra_overrides`` appended last (they win)."""
-    return [f"{k}={_fmt(v)}" for k, v in verl_overrides(params, run, root, env, instance).items()] + list(
+    return format_overrides(verl_overrides(params, run, root, env, instance)) + list(
         params.train.verl.extra_overrides
     )
-
-
-def build_command(
-    params: Params,
-    run: str,
-    root: str | Path = ".",
-    env: Mapping[str, str] | None = None,
-    instance: str | None = None,
-) -> list[str]:
-    """The full verl launch command of one run: ``python -m icpo_core.engines.verl.launcher <overrides>``."""
-    return [sys.executable, "-m", LAUNCHER_MODULE, *override_list(params, run, root, env, instance)]
-
-
-def tracking_env(params: Params, root: str | Path = ".") -> dict[str, str]:
-    """``MLFLOW_TRACKING_URI`` (:func:`icpo_core.tracking.tracking_uri`); ``MLFLOW_RUN_ID`` passes through when set.
-
-    verl's MLflow logger reads the URI and attaches to ``MLFLOW_RUN_ID`` when it is set.
-    """
-    from icpo_core.tracking import tracking_uri
-
-    env = {"MLFLOW_TRACKING_URI": tracking_uri(params, Path(root).resolve())}
-    if os.environ.get("MLFLOW_RUN_ID"):
-        env["MLFLOW_RUN_ID"] = os.environ["MLFLOW_RUN_ID"]
-    return env
-
-
-def open_mlflow_run(
-    params: Params, run: str, root: str | Path = ".", instance: str | None = None
-) -> tuple[Any, str | None]:
-    """Create (or, after a restart, re-attach to) the run's MLflow run with the project's tags and params.
-
-    verl then logs into it through ``MLFLOW_RUN_ID``, so verl runs carry the same tags as local ones and
-    ``tracking.find_run`` finds them. Returns ``(tracker, run_id)``; ``run_id`` is None when MLflow is down
-    (verl then opens its own run) or when the caller already set ``MLFLOW_RUN_ID``.
-    """
-    from icpo_core import tracking
-
-    if os.environ.get("MLFLOW_RUN_ID"):
-        return None, None
-    root = Path(root)
-    uri = tracking.tracking_uri(params, root.resolve())
-    tracker = tracking.Tracker(uri, params.tracking.experiment, root=root)
-    id_file = root / tracking.run_id_path(instance or run)
-    run_id = tracker.start(
-        instance or run,
-        tags=tracking.run_tags(params, run, root=root, instance=instance),
-        params=tracking.flatten(tracking.run_config(params, run)),
-        resume_run_id=tracking.read_run_id(id_file, uri),
-    )
-    if run_id:
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        tracking.write_run_id(id_file, run_id, uri)
-    return tracker, run_id
-
-
-def launch_env(
-    params: Params, run: str, root: str | Path = ".", instance: str | None = None
-) -> dict[str, str]:
-    """:func:`tracking_env` plus the path of this launch's verl step log (one file per launch, by start time)."""
-    from icpo_core.engines.verl.metrics import launch_log_name, metrics_dir
-
-    log_path = _abs(metrics_dir(instance or run) / launch_log_name(), Path(root).resolve())
-    cpu = cpu_env(params) if on_cpu(params) else {}
-    return {**tracking_env(params, root), "VERL_FILE_LOGGER_PATH": log_path, **cpu}
-
-
-def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
-    """The command as one shell line, environment included (what ``icpo verl-cmd`` prints)."""
-    env_vars = launch_env(params, run, root)
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in env_vars.items())
-    # portable: the node's active environment
-    cmd = ["python", *build_command(params, run, root, env_vars)[1:]]
-    return f"{env} {shlex.join(cmd)}"
-
-
-def run_preflight(params: Params, run: str, root: str | Path = ".") -> None:
-    """The checks of :mod:`.preflight`: the verl pin and the attention fallback for every run, the plugin for runs
-    with off-policy rows (ICPO, LUFFY) and the IEF prompt budget for ICPO runs (GRPO needs neither)."""
-    preflight.check_verl_version()
-    cpu = on_cpu(params)
-    warning = preflight.attention_warning(cpu, cpu or flash_attn_available())
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
-    if params.run_algorithm(run).n_off > 0:
-        preflight.check_plugin()
-        preflight.check_ief_prompt_budget(params, run, root)
-
-
-def warn_unlogged_steps(log_dir: Path, start: int, run: str) -> list[int]:
-    """Warn once naming the steps up to the checkpoint's ``start`` that no launch logged; returns them.
-
-    verl's ``fit`` saves a step's checkpoint before it logs the step's metrics: a kill between the two resumes
-    after a step that is in the weights but in no step log and not in MLflow (the step itself is trained once)."""
-    if start <= 0:
-        return []
-    logged = set(preflight.steps_done(log_dir.glob("*.jsonl")))
-    missing = [s for s in range(1, start + 1) if s not in logged]
-    if missing:
-        print(
-            f"warning: runs.{run}: step(s) {missing} are in the checkpoint but in no step log or MLflow (a kill "
-            "between verl's checkpoint and its metrics log); the weights are complete, those metrics are lost",
-            file=sys.stderr,
-            flush=True,
-        )
-    return missing
-
-
-def launch(params: Params, run: str, root: str | Path = ".", instance: str | None = None) -> int:
-    """Run the verl command of ``run``, streaming its output; returns its exit code.
-
-    First, before anything starts or is written: a resume (verl's ``resume_mode: auto`` finds a complete
-    checkpoint) whose training params differ from the recorded ones is refused naming each changed key, and
-    a fresh start records them (:func:`.resume.check_or_record`). Then runs :func:`run_preflight`, writes
-    LUFFY's training file (:func:`prepare_train_file`), opens the run's MLflow run (:func:`open_mlflow_run`;
-    verl attaches to it) and afterwards, also after a failure, exports verl's step log to
-    ``metrics/steps_<run>.jsonl`` (:func:`.metrics.export_steps`) and removes what verl's pruning leaves of old
-    steps (:func:`~icpo_core.engines.local.checkpoint.remove_step_stubs`). A verl exit 0 that logged no new step while
-    the checkpoint is short of ``train.steps`` is reported and returned as exit code 1 (verl can end a resumed
-    run without training).
-
-    A checkpoint already at ``train.steps`` (a kill after verl's last checkpoint, before DVC recorded the stage)
-    launches nothing: verl's ``fit`` would train one step past the end (it resumes at step N + 1 and stops
-    after it). The step log is rebuilt, the MLflow run finished, and 0 returned.
-    """
-    from icpo_core.engines.local.checkpoint import remove_step_stubs  # torch: not for ``icpo verl-cmd``
-    from icpo_core.engines.verl.metrics import export_steps, metrics_dir
-
-    name = instance or run
-    start = check_or_record(params, run, Path(root) / paths.checkpoints_dir(name)) or 0
-    log_dir = Path(root) / metrics_dir(name)
-    warn_unlogged_steps(log_dir, start, run)
-    if start >= params.train.steps:
-        print(
-            f"runs.{run}: the checkpoint is at step {start} of train.steps {params.train.steps}: nothing to "
-            "train, verl not launched",
-            flush=True,
-        )
-        export_steps(name, root)
-        remove_step_stubs(Path(root) / paths.checkpoints_dir(name))
-        tracker, run_id = open_mlflow_run(params, run, root, instance)
-        if tracker is not None and run_id:
-            tracker.finish("FINISHED")
-        return 0
-    run_preflight(params, run, root)
-    prepare_train_file(params, run, root, instance)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    before = {f: f.stat().st_mtime_ns for f in log_dir.glob("*.jsonl")}
-    tracker, run_id = open_mlflow_run(params, run, root, instance)
-    run_env = launch_env(params, run, root, instance)
-    if run_id:
-        run_env["MLFLOW_RUN_ID"] = run_id
-    cmd = build_command(params, run, root, run_env, instance)
-    env = {**os.environ, **run_env}
-    print(shlex.join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, env=env, cwd=root)
-    try:
-        code = proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        code = proc.wait()
-    export_steps(name, root)
-    remove_step_stubs(Path(root) / paths.checkpoints_dir(name))  # what verl's pruning leaves of old steps
-    if code == 0 and start < params.train.steps:
-        written = [f for f in log_dir.glob("*.jsonl") if before.get(f) != f.stat().st_mtime_ns]
-        new = [s for s in preflight.steps_done(written) if s > start]
-        if not new:
-            print(
-                f"error: verl exited 0 but trained no step of runs.{run} (checkpoint at step {start} of "
-                f"train.steps {params.train.steps}); see its log above. Resume again, or remove "
-                f"{paths.checkpoints_dir(name)} to start over",
-                file=sys.stderr,
-                flush=True,
-            )
-            code = 1
-    if tracker is not None and run_id:
-        tracker.finish("FINISHED" if code == 0 else "FAILED")
-    return code

@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from icpo_core import paths
+from icpo_core.algorithm import build_ief_messages, off_policy_source
 from icpo_core.config import AlgorithmParams, Params
 from icpo_core.engines.local.data import load_demo_pool
 from icpo_core.engines.verl.metrics import read_launch_log
@@ -63,10 +64,10 @@ def ief_prompt_length(params: Params, algo: AlgorithmParams) -> int:
     """Rollout prompt budget: the plain prompt plus k demos of up to the same length each.
 
     verl left-truncates any prompt longer than ``rollout.prompt_length`` (demos first), so IEF prompts need
-    room; GRPO and LUFFY (its expert traces are responses, not prompts) keep ``max_prompt_length``. After the prompt restore the extra padding costs the actor nothing.
+    room; sources without demos (GRPO, ICPO without demos, LUFFY: its traces are responses) keep ``max_prompt_length``. After the prompt restore the extra padding costs the actor nothing.
     """
     base = params.train.max_prompt_length
-    return base if algo.n_off == 0 or algo.off_policy != "ief" else base * (1 + algo.k_demos)
+    return base * (1 + algo.k_demos) if off_policy_source(algo).with_demos else base
 
 
 def check_verl_version(installed: str | None = None) -> None:
@@ -111,8 +112,6 @@ def longest_ief_prompt(params: Params, run: str, root: str | Path = ".") -> tupl
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
-    from icpo_core.algorithm import build_ief_messages
-
     root = Path(root)
     algo = params.run_algorithm(run)
     budget = ief_prompt_length(params, algo)
@@ -136,7 +135,7 @@ def longest_ief_prompt(params: Params, run: str, root: str | Path = ".") -> tupl
 def check_ief_prompt_budget(params: Params, run: str, root: str | Path = ".") -> None:
     """Refuse an ICPO launch whose IEF prompts would be left-truncated (their demos cut) by the rollout."""
     algo = params.run_algorithm(run)
-    if algo.n_off == 0 or algo.off_policy != "ief" or algo.released_demos_skip_generation:
+    if not off_policy_source(algo).with_demos:
         return
     longest, budget = longest_ief_prompt(params, run, root)
     if longest > budget:

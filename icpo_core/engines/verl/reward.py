@@ -2,7 +2,7 @@
 
 verl calls ``compute_score(data_source, solution_str, ground_truth, extra_info)`` per row from threads of its
 reward-loop workers (``reward.custom_reward_function.path=pkg://icpo_core.engines.verl.reward``). Grading goes
-through :class:`icpo_core.rewards.Grader`, whose worker processes hold the hard time limit (math-verify's own
+through :class:`icpo_core.grading.Grader`, whose worker processes hold the hard time limit (math-verify's own
 signal timeouts fail in threads). One grader per process, started on first use.
 """
 
@@ -13,6 +13,8 @@ import os
 import threading
 from typing import Any
 
+from icpo_core.grading import Grader
+
 _grader = None
 _lock = threading.Lock()
 
@@ -21,8 +23,6 @@ def _get_grader():
     global _grader
     with _lock:
         if _grader is None:
-            from icpo_core.rewards import Grader
-
             workers = int(os.environ.get("ICPO_REWARD_WORKERS", "2"))
             timeout_s = float(os.environ.get("ICPO_REWARD_TIMEOUT_S", "5"))
             _grader = Grader(workers=workers, timeout_s=timeout_s)

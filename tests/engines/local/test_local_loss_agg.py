@@ -7,7 +7,7 @@ import pytest
 import torch
 from local_helpers import parity_reward
 
-from icpo_core.algorithm import compute_actor_loss, micro_batch_normalisation
+from icpo_core.algorithm.losses import compute_actor_loss, micro_batch_normalisation
 from icpo_core.engines.local.logprobs import response_logits, token_log_probs
 from icpo_core.engines.local.trainer import LocalTrainer
 

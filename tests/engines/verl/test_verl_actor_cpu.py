@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from verl_fixtures import fake_generate, free_port, load_batch, write_tiny_llama
+from verl_fixtures import fake_generate, free_port, icpo_block, load_batch, write_tiny_llama
 
 LR = 1e-2
 N_ON, N_OFF = 4, 2
@@ -58,8 +58,7 @@ def actor(tmp_path_factory, tokenizer):
         "actor_rollout_ref.actor.entropy_coeff=0.0",
         "actor_rollout_ref.actor.shuffle=false",
         f"actor_rollout_ref.rollout.n={N_ON}",
-        f"icpo.n_on={N_ON}",
-        f"icpo.n_off={N_OFF}",
+        *icpo_block(n_on=N_ON, n_off=N_OFF),
     ]
     with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
         cfg = compose("icpo_trainer", overrides=overrides)
@@ -88,7 +87,7 @@ def _response_logp(model, b) -> torch.Tensor:
 
 def _icpo_batch(tokenizer, train_parquet, demos_parquet, model):
     """A mixed on-policy / IEF batch as fit() hands it to _update_actor (old / ref log-probs, advantages)."""
-    from icpo_core.algorithm import DemoPool
+    from icpo_core.algorithm import DemoPool, off_policy_source
     from icpo_core.config import AlgorithmParams
     from icpo_core.engines.verl.batch_ops import expand_with_ief, mix_generated
     from icpo_core.engines.verl.losses import icpo_advantage
@@ -96,7 +95,9 @@ def _icpo_batch(tokenizer, train_parquet, demos_parquet, model):
     algo = AlgorithmParams(n_on=N_ON, n_off=N_OFF, k_demos=1)
     prompts = load_batch(tokenizer, train_parquet, 2).repeat(N_ON, interleave=True)
     rng = np.random.default_rng(0)
-    ext, src = expand_with_ief(prompts, algo, DemoPool.from_parquet(demos_parquet), "", rng)
+    ext, src = expand_with_ief(
+        prompts, algo, off_policy_source(algo), DemoPool.from_parquet(demos_parquet), "", rng
+    )
     uids = np.asarray(prompts.non_tensor_batch["uid"])
     batch, _ = mix_generated(uids, fake_generate(tokenizer)(ext), src, algo, 1, 10, rng)
     with torch.no_grad():
@@ -126,7 +127,7 @@ def test_update_actor_matches_icpo_core(actor, tokenizer, train_parquet, demos_p
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils.padding import left_right_2_no_padding
 
-    from icpo_core.algorithm import compute_actor_loss
+    from icpo_core.algorithm.losses import compute_actor_loss
     from icpo_core.engines.verl.losses import finalize_actor_metrics
     from icpo_core.engines.verl.trainer import make_actor_loss
 
@@ -210,7 +211,7 @@ def _local_trainer(worker, model_dir, n_off: int, run: str | None = None):
 def _step_batch(batch):
     """The verl batch as the local trainer's StepBatch: the same rows, tokens, advantages and log-probs."""
     from icpo_core.engines.local.logprobs import SequenceBatch
-    from icpo_core.engines.local.trainer import StepBatch
+    from icpo_core.engines.local.step_batch import StepBatch
 
     b = batch.batch
     mask = b["response_mask"]
@@ -341,12 +342,13 @@ def test_old_log_probs_equal_local_trainer(actor, tokenizer, train_parquet, demo
     torch.testing.assert_close(verl_lp[mask], local_lp[mask], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "icpo", "luffy"])
+@pytest.mark.parametrize("algorithm", ["grpo", "grpo_verl_loss", "icpo", "luffy"])
 def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_parquet, algorithm):
     """From the same weights and rows, one verl ``update_actor`` and one local ``LocalTrainer.update`` move every
-    parameter by the same amount (atol 1e-7 on steps of up to ~1e-3: float32 summation order): GRPO with verl's
-    stock loss, ICPO (accepted IEF rows in the batch) and LUFFY (expert-trace rows flagged off-policy, no PPO clip
-    on the rollouts: ``clip_on_policy: false``) with the project's loss installed by ``set_loss_fn``."""
+    parameter by the same amount (atol 1e-7 on steps of up to ~1e-3: float32 summation order): GRPO, ICPO
+    (accepted IEF rows in the batch) and LUFFY (expert-trace rows flagged off-policy, no PPO clip on the rollouts:
+    ``clip_on_policy: false``) with the project's loss installed by ``set_loss_fn`` as on every verl run, and GRPO
+    with verl's stock loss too."""
     from functools import partial
 
     from omegaconf import OmegaConf
@@ -356,8 +358,8 @@ def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_p
     from icpo_core.engines.verl.trainer import make_actor_loss
 
     worker, cfg, model_dir = actor
-    n_off = {"grpo": 0, "icpo": N_OFF, "luffy": 1}[algorithm]
-    trainer = _local_trainer(worker, model_dir, n_off, run=algorithm)
+    n_off = {"grpo": 0, "grpo_verl_loss": 0, "icpo": N_OFF, "luffy": 1}[algorithm]
+    trainer = _local_trainer(worker, model_dir, n_off, run=algorithm.removesuffix("_verl_loss"))
     if algorithm == "luffy":
         batch = _luffy_batch(tokenizer, train_parquet, trainer.model)
         flag = batch.batch["icpo_ief"].bool()
@@ -371,11 +373,15 @@ def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_p
     else:
         batch = _grpo_batch(tokenizer, train_parquet, trainer.model)
         grpo_cfg = OmegaConf.merge(
-            cfg, {"actor_rollout_ref": {"actor": {"policy_loss": {"loss_mode": "vanilla"}}}}
+            cfg,
+            {"icpo": {"n_off": 0}, "actor_rollout_ref": {"actor": {"policy_loss": {"loss_mode": "vanilla"}}}},
         )
-        worker.set_loss_fn(
-            partial(ppo_loss, config=omega_conf_to_dataclass(grpo_cfg.actor_rollout_ref.actor))
-        )
+        if algorithm == "grpo":  # what RayICPOTrainer installs on a GRPO run (no icpo_ief flag in the batch)
+            worker.set_loss_fn(make_actor_loss(grpo_cfg))
+        else:  # verl's own GRPO loss
+            worker.set_loss_fn(
+                partial(ppo_loss, config=omega_conf_to_dataclass(grpo_cfg.actor_rollout_ref.actor))
+            )
     before = _params(worker)
     worker.update_actor(_verl_td(batch))
     after = _params(worker)
@@ -392,7 +398,7 @@ def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_p
         # row, the same SGD step from the same weights moves them otherwise
         from transformers import AutoModelForCausalLM
 
-        from icpo_core.algorithm import compute_actor_loss
+        from icpo_core.algorithm.losses import compute_actor_loss
 
         b = batch.batch
         args = (b["old_log_probs"], b["ref_log_prob"], None, b["advantages"], b["response_mask"])

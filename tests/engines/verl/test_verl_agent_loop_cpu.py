@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from verl_fixtures import SUFFIX, load_batch, project_rows, write_demos
+from verl_fixtures import SUFFIX, icpo_block, load_batch, project_rows, write_demos
 
 import icpo_core
 
@@ -56,10 +56,7 @@ def _overrides(model_dir: Path, demos: Path) -> list[str]:
         "reward.custom_reward_function.name=compute_score",
         "trainer.n_gpus_per_node=1",
         "trainer.total_training_steps=10",
-        f"icpo.n_on={N_ON}",
-        f"icpo.n_off={N_OFF}",
-        "icpo.errs=false",
-        f"icpo.demo_path={demos}",
+        *icpo_block(demo_path=demos, n_on=N_ON, n_off=N_OFF, errs=False),
     ]
 
 

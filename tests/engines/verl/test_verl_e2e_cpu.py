@@ -37,7 +37,7 @@ def _project(root: Path) -> Path:
     from icpo_core.engines.verl.tiny import make_tiny_verl_project
 
     overrides = {
-        "study": {"runs": ["grpo", "icpo"], "ablations": []},
+        "study": {"runs": ["grpo", "icpo"], "ablations": [], "primary": None},
         "train": {
             "steps": STEPS,
             # the weight push: the random model earns no reward, so an entropy bonus moves the weights at every

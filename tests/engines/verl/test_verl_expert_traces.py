@@ -63,6 +63,7 @@ def test_launch_writes_the_file_verl_reads(tmp_path):
     from pathlib import Path
 
     from icpo_core.config import load_params
+    from icpo_core.engines.verl import job
     from icpo_core.engines.verl import overrides as ov
 
     root = tmp_path / "p"
@@ -71,11 +72,11 @@ def test_launch_writes_the_file_verl_reads(tmp_path):
     df["target"] = [df["target"][0], None, df["target"][2]]
     df.to_parquet(root / "data" / "train.parquet")
     params = load_params(Path(__file__).resolve().parents[3] / "params.yaml")  # runs.luffy: expert traces
-    path = ov.prepare_train_file(params, "luffy", root, instance="luffy_s2")
+    path = job.prepare_train_file(params, "luffy", root, instance="luffy_s2")
     assert path == root / "runs" / "luffy_s2" / "expert_trace_train.parquet"
     assert len(pd.read_parquet(path)) == 2
     assert ov.verl_overrides(params, "luffy", root, instance="luffy_s2")["data.train_files"] == [
         str(path.resolve())
     ]
-    assert ov.prepare_train_file(params, "grpo", root) == root / "data" / "train.parquet"
+    assert job.prepare_train_file(params, "grpo", root) == root / "data" / "train.parquet"
     assert not (root / "runs" / "grpo").exists()

@@ -9,13 +9,15 @@ import torch
 from omegaconf import OmegaConf
 from verl_fixtures import SUFFIX, decode_prompt, fake_generate, load_batch
 
+from icpo_core.grading import last_boxed
+
 N_ON, N_PROMPTS = 4, 3
 
 
 def _config(demos_parquet, **icpo):
     base = {
         "n_on": N_ON, "n_off": 2, "k_demos": 1, "demo_format": "chat_turns", "errs": True, "delta": 1.0,
-        "reward_shaping": True, "alpha": 1.0, "gamma": 0.1, "released_demos_skip_generation": False,
+        "reward_shaping": True, "alpha": 1.0, "gamma": 0.1,
         "released_constant_bonus": False, "demo_path": str(demos_parquet), "prompt_suffix": SUFFIX, "seed": 0,
     }  # fmt: skip
     base.update(icpo)
@@ -122,7 +124,7 @@ def test_icpo_step_on_real_batches(monkeypatch, tokenizer, train_parquet, demos_
 def test_errs_rejects_and_released_switches(monkeypatch, tokenizer, train_parquet, demos_parquet):
     # released: demos never reach generation -> the fake server answers IEF rows wrongly; ERRS off keeps them
     mgr, gen, _ = _manager(
-        monkeypatch, tokenizer, demos_parquet, errs=False, released_demos_skip_generation=True,
+        monkeypatch, tokenizer, demos_parquet, errs=False, off_policy="ief_no_demos",
         released_constant_bonus=True, demo_format="inline",
     )  # fmt: skip
     _, gen_batch = _rollout_batch(tokenizer, train_parquet, step=9)
@@ -148,7 +150,7 @@ def test_errs_drops_wrong_ief_rows(monkeypatch, tokenizer, train_parquet, demos_
     mgr, _, _ = _manager(monkeypatch, tokenizer, demos_parquet, reward_shaping=False)
     _, gen_batch = _rollout_batch(tokenizer, train_parquet)
     rng = np.random.default_rng(0)
-    ext, src = batch_ops.expand_with_ief(gen_batch, mgr.algo, mgr.pool, SUFFIX, rng)
+    ext, src = batch_ops.expand_with_ief(gen_batch, mgr.algo, mgr.source, mgr.pool, SUFFIX, rng)
     out = fake_generate(tokenizer)(ext)
     out.batch["rm_scores"][len(gen_batch) :: 2] = 0.0  # the first IEF row of each prompt is wrong
     uids = gen_batch.non_tensor_batch["uid"]
@@ -190,7 +192,6 @@ LONG_TARGET = "1 plus 1 = " + "1 " * 10 + "\\boxed{2}"  # 16 tokens: cut at the 
 
 def _graded(calls):
     """The trace verifier: the last boxed answer equals the ground truth (records its calls)."""
-    from icpo_core.rewards import last_boxed
 
     def score(data_source, text, ground_truth, extra_info):
         calls.append(text)
@@ -303,7 +304,7 @@ def test_luffy_row_without_target_is_refused(monkeypatch, tmp_path, demos_parque
 def test_random_reward_control_flips_the_local_engine_coins(
     monkeypatch, tokenizer, train_parquet, demos_parquet
 ):
-    from icpo_core.algorithm.step import step_seed
+    from icpo_core.algorithm.seeding import step_seed
 
     mgr, _, _ = _manager(
         monkeypatch, tokenizer, demos_parquet, n_off=0, reward="random", random_reward_p=0.5, seed=7
@@ -326,7 +327,7 @@ def test_random_reward_control_flips_the_local_engine_coins(
 
 def test_controls_follow_the_local_trajectory_order(tokenizer, train_parquet, demos_parquet):
     """ICPO rows: per prompt its N_on on-policy rows, then its N_off IEF rows (the local rollout layout)."""
-    from icpo_core.algorithm import DemoPool
+    from icpo_core.algorithm import DemoPool, off_policy_source
     from icpo_core.algorithm.control_rewards import control_rng
     from icpo_core.config import AlgorithmParams
     from icpo_core.engines.verl.batch_ops import apply_reward_control, expand_with_ief, group_major_order
@@ -335,7 +336,12 @@ def test_controls_follow_the_local_trajectory_order(tokenizer, train_parquet, de
     _, gen_batch = _rollout_batch(tokenizer, train_parquet)
     uids = np.asarray(gen_batch.non_tensor_batch["uid"])
     ext, src = expand_with_ief(
-        gen_batch, algo, DemoPool.from_parquet(demos_parquet), SUFFIX, np.random.default_rng(0)
+        gen_batch,
+        algo,
+        off_policy_source(algo),
+        DemoPool.from_parquet(demos_parquet),
+        SUFFIX,
+        np.random.default_rng(0),
     )
     out = fake_generate(tokenizer)(ext)
     n = len(uids)

@@ -14,6 +14,7 @@ import yaml
 from verl_fixtures import fake_verl_step
 
 from icpo_core.config import load_params, parse_params
+from icpo_core.engines.verl import job
 from icpo_core.engines.verl import overrides as ov
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -204,6 +205,52 @@ def test_every_run_composes_with_its_method(composed):
         assert cfg.reward.custom_reward_function.path == ov.REWARD_PATH
 
 
+def test_the_yaml_icpo_block_states_no_algorithm_default():
+    """config/icpo_trainer.yaml's ``icpo`` block is every AlgorithmParams field plus the launch keys, each
+    mandatory (``???``): the typed model is the only place a default lives (a new field needs its ``???`` line)."""
+    from icpo_core.config import AlgorithmParams
+    from icpo_core.engines.verl.icpo_block import ICPO_LAUNCH_KEYS
+
+    cfg = yaml.safe_load((Path(ov.__file__).parent / "config" / "icpo_trainer.yaml").read_text())
+    assert list(cfg["icpo"]) == [*AlgorithmParams.model_fields, *ICPO_LAUNCH_KEYS]
+    assert set(cfg["icpo"].values()) == {"???"}
+    assert cfg["actor_rollout_ref"]["rollout"]["n"] == "???"  # icpo.n_on, set by the launch
+
+
+def test_every_algorithm_field_is_set_from_params(composed):
+    """The mapping sets every AlgorithmParams field of every run and profile (none is left to the yaml), and
+    the verl side reads the composed block back as the same typed params."""
+    from icpo_core.config import AlgorithmParams
+    from icpo_core.engines.verl.icpo_block import algorithm_from_config
+
+    cfgs, root = composed
+    for (profile, run), cfg in cfgs.items():
+        algo = _params(profile).run_algorithm(run)
+        keys = {o.split("=", 1)[0] for o in ov.override_list(_params(profile), run, root)}
+        for field in AlgorithmParams.model_fields:
+            assert f"icpo.{field}" in keys, (profile, run, field)
+            assert cfg.icpo[field] == getattr(algo, field), (profile, run, field)
+        assert algorithm_from_config(cfg.icpo) == algo, (profile, run)
+
+
+def test_an_unset_icpo_key_is_an_error_not_a_default(tmp_path):
+    """Composed without the launch's icpo keys, reading the block fails naming the key (no silent default)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf.errors import MissingMandatoryValue
+
+    from icpo_core.engines.verl.icpo_block import algorithm_from_config
+
+    overrides = [
+        o
+        for o in ov.override_list(_params("embedded"), "icpo", tmp_path)
+        if not o.startswith(("hydra.", "icpo.gamma="))
+    ]
+    with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
+        cfg = compose("icpo_trainer", overrides=overrides)
+    with pytest.raises(MissingMandatoryValue, match="gamma"):
+        algorithm_from_config(cfg.icpo)
+
+
 def test_luffy_actor_loss_drops_the_on_policy_clip(composed):
     """The loss RayICPOTrainer installs on LUFFY's actor workers has no PPO clip on the rollouts."""
     from icpo_core.engines.verl.trainer import make_actor_loss
@@ -321,7 +368,7 @@ def test_unsupported_eps_is_refused():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["runs"]["icpo"] = {"n_off": 1, "adv_eps": 1e-4}
     with pytest.raises(ParamsError, match="adv_eps"):
-        ov.build_command(parse_params(raw), "icpo")
+        ov.override_list(parse_params(raw), "icpo")
 
 
 @pytest.mark.slow
@@ -329,7 +376,7 @@ def test_hydra_string_quoting_round_trips(tmp_path):
     """Through the real launcher (`--cfg job`, one subprocess): odd strings survive hydra's override parser."""
     nasty = ' Let\'s think \\boxed{} "q" ${oc.env:HOME} a\\'
     params = _params("paper_qwen3_8b")
-    cmd = ov.build_command(params, "icpo_rs", tmp_path)
+    cmd = job.build_command(params, "icpo_rs", tmp_path)
     cmd = [c for c in cmd if not c.startswith("icpo.prompt_suffix=")]
     cmd += [f"icpo.prompt_suffix={ov._fmt(nasty)}", "--cfg", "job", "--resolve"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=tmp_path)
@@ -354,7 +401,7 @@ def test_cli_prints_shell_quoted_command(tmp_path):
     # on a machine without CUDA the CPU platform's env (VERL_PLATFORM=cpu, ...) follows
     i = words.index("python")
     assert all("=" in w for w in words[2:i])
-    assert words[i : i + 3] == ["python", "-m", ov.LAUNCHER_MODULE]
+    assert words[i : i + 3] == ["python", "-m", job.LAUNCHER_MODULE]
     algo = load_params(ROOT / "params.yaml").run_algorithm("icpo")
     assert f"icpo.n_off={algo.n_off}" in words and f"actor_rollout_ref.rollout.n={algo.n_on}" in words
     assert "note:" not in r.stderr
@@ -390,11 +437,11 @@ def test_launch_streams_passes_env_and_exports_steps(tmp_path, monkeypatch, capf
         seen_env.append(dict(env or {}))
         return [sys.executable, "-c", script]
 
-    monkeypatch.setattr(ov, "build_command", fake_build)
-    monkeypatch.setattr(ov, "run_preflight", lambda *a: None)  # tested in test_verl_preflight.py
+    monkeypatch.setattr(job, "build_command", fake_build)
+    monkeypatch.setattr(job, "run_preflight", lambda *a: None)  # tested in test_verl_preflight.py
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")
-    assert ov.launch(params, "icpo", tmp_path) == 0
+    assert job.launch(params, "icpo", tmp_path) == 0
     # the command is built with the launch env (nnodes > 1 forwards it through ray's runtime_env)
     assert seen_env[0]["MLFLOW_RUN_ID"] == "abc123" and "VERL_FILE_LOGGER_PATH" in seen_env[0]
     out = capfd.readouterr().out
@@ -406,11 +453,11 @@ def test_launch_streams_passes_env_and_exports_steps(tmp_path, monkeypatch, capf
         "perf/step_time_s": 2.0, "response/length_mean": 30.0,
     }  # fmt: skip
     monkeypatch.setattr(
-        ov,
+        job,
         "build_command",
         lambda p, run, root=".", env=None, instance=None: [sys.executable, "-c", "raise SystemExit(3)"],
     )
-    assert ov.launch(params, "icpo", tmp_path) == 3
+    assert job.launch(params, "icpo", tmp_path) == 3
 
 
 @pytest.mark.slow
@@ -425,12 +472,12 @@ def test_launch_opens_tagged_mlflow_run_that_verl_attaches_to(tmp_path, monkeypa
         "open(os.environ['VERL_FILE_LOGGER_PATH'], 'w').write(json.dumps({'step': 1, 'data': {}}) + chr(10))"
     )
     monkeypatch.setattr(
-        ov, "build_command", lambda p, run, root=".", env=None, instance=None: [sys.executable, "-c", script]
+        job, "build_command", lambda p, run, root=".", env=None, instance=None: [sys.executable, "-c", script]
     )
-    monkeypatch.setattr(ov, "run_preflight", lambda *a: None)
+    monkeypatch.setattr(job, "run_preflight", lambda *a: None)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    assert ov.launch(params, "icpo_rs", tmp_path) == 0
+    assert job.launch(params, "icpo_rs", tmp_path) == 0
     uri = tracking.tracking_uri(params, tmp_path)
     run_id = tracking.read_run_id(tmp_path / tracking.run_id_path("icpo_rs"), uri)
     assert f"attach {run_id}" in capfd.readouterr().out
@@ -439,7 +486,7 @@ def test_launch_opens_tagged_mlflow_run_that_verl_attaches_to(tmp_path, monkeypa
     assert run.data.tags["icpo.run"] == "icpo_rs" and run.data.tags["icpo.method"] == "icpo"
     assert run.data.params["algorithm.reward_shaping"] == "True"
     # a relaunch (resume) attaches to the same run
-    assert ov.launch(params, "icpo_rs", tmp_path) == 0
+    assert job.launch(params, "icpo_rs", tmp_path) == 0
     assert f"attach {run_id}" in capfd.readouterr().out
 
 
@@ -491,7 +538,7 @@ def test_lora_dropout_is_refused_with_verl():
     with pytest.raises(
         ParamsError, match=r"train\.lora\.dropout: must be 0\.0 with train\.engine verl \(got 0\.05\)"
     ):
-        ov.build_command(params, "icpo")
+        ov.override_list(params, "icpo")
 
 
 def test_cpu_and_no_flash_attn_settings(monkeypatch):
@@ -514,8 +561,8 @@ def test_cpu_and_no_flash_attn_settings(monkeypatch):
     assert c["+actor_rollout_ref.rollout.enable_sleep_mode"] is False
     assert c["actor_rollout_ref.rollout.free_cache_engine"] is False
     assert c["actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes"] == 256
-    assert ov.launch_env(cpu, "icpo")["VERL_PLATFORM"] == "cpu"
-    assert "VERL_PLATFORM" not in ov.launch_env(cuda, "icpo")
+    assert job.launch_env(cpu, "icpo")["VERL_PLATFORM"] == "cpu"
+    assert "VERL_PLATFORM" not in job.launch_env(cuda, "icpo")
 
 
 def test_a_checkpoint_at_train_steps_launches_nothing_and_rebuilds_the_step_log(tmp_path, monkeypatch, capfd):
@@ -541,10 +588,10 @@ def test_a_checkpoint_at_train_steps_launches_nothing_and_rebuilds_the_step_log(
     def no_launch(*a, **k):
         raise AssertionError("verl launched")
 
-    monkeypatch.setattr(ov, "build_command", no_launch)
-    monkeypatch.setattr(ov, "run_preflight", no_launch)
+    monkeypatch.setattr(job, "build_command", no_launch)
+    monkeypatch.setattr(job, "run_preflight", no_launch)
     monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")  # no tracker of our own here
-    assert ov.launch(params, "icpo", tmp_path) == 0
+    assert job.launch(params, "icpo", tmp_path) == 0
     out, err = capfd.readouterr()
     assert f"checkpoint is at step {steps} of train.steps {steps}: nothing to train, verl not launched" in out
     assert "warning" not in err
@@ -560,10 +607,10 @@ def test_a_checkpointed_step_no_launch_logged_is_named_once(tmp_path, capfd):
     log_dir = tmp_path / "verl_metrics"
     log_dir.mkdir()
     (log_dir / "a.jsonl").write_text(json.dumps({"step": 1, "data": {}}) + "\n")
-    assert ov.warn_unlogged_steps(log_dir, 0, "icpo") == []
-    assert ov.warn_unlogged_steps(log_dir, 1, "icpo") == []
+    assert job.warn_unlogged_steps(log_dir, 0, "icpo") == []
+    assert job.warn_unlogged_steps(log_dir, 1, "icpo") == []
     assert capfd.readouterr().err == ""
-    assert ov.warn_unlogged_steps(log_dir, 3, "icpo") == [2, 3]
+    assert job.warn_unlogged_steps(log_dir, 3, "icpo") == [2, 3]
     err = capfd.readouterr().err
     assert (
         err.count("warning") == 1

@@ -12,8 +12,8 @@ import yaml
 from verl_fixtures import make_tokenizer, project_rows, write_demos
 
 from icpo_core.config import parse_params
-from icpo_core.engines.verl import overrides as ov
-from icpo_core.engines.verl import preflight
+from icpo_core.engines.verl import job, preflight
+from icpo_core.engines.verl.resume import check_or_record
 from icpo_core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -77,9 +77,9 @@ def test_ief_prompts_longer_than_the_rollout_budget_are_refused(tmp_path):
 
 def _fake_verl(monkeypatch, body: str) -> None:
     monkeypatch.setattr(
-        ov, "build_command", lambda p, run, root=".", env=None, instance=None: [sys.executable, "-c", body]
+        job, "build_command", lambda p, run, root=".", env=None, instance=None: [sys.executable, "-c", body]
     )
-    monkeypatch.setattr(ov, "run_preflight", lambda *a: None)
+    monkeypatch.setattr(job, "run_preflight", lambda *a: None)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")  # no MLflow run opened here
 
@@ -87,21 +87,23 @@ def _fake_verl(monkeypatch, body: str) -> None:
 def test_a_run_that_exits_zero_without_a_step_fails(tmp_path, monkeypatch, capfd):
     params = _params(steps=4)
     _fake_verl(monkeypatch, "print('resumed at an epoch boundary, nothing to do')")
-    assert ov.launch(params, "icpo", tmp_path) == 1
+    assert job.launch(params, "icpo", tmp_path) == 1
     assert "trained no step of runs.icpo" in capfd.readouterr().err
 
     write = "import json, os; open(os.environ['VERL_FILE_LOGGER_PATH'], 'w').write(json.dumps({'step': 1, 'data': {}}))"
     _fake_verl(monkeypatch, write)
-    assert ov.launch(params, "icpo", tmp_path) == 0
+    assert job.launch(params, "icpo", tmp_path) == 0
 
 
 def test_a_finished_run_may_do_no_step(tmp_path, monkeypatch):
     params = _params(steps=4)
-    actor = tmp_path / "runs" / "icpo" / "checkpoints" / "global_step_4" / "actor"
+    ckpts = tmp_path / "runs" / "icpo" / "checkpoints"
+    check_or_record(params, "icpo", ckpts)  # the fresh start's record
+    actor = ckpts / "global_step_4" / "actor"
     actor.mkdir(parents=True)
     (actor / "extra_state_world_size_1_rank_0.pt").write_bytes(b"")
     _fake_verl(monkeypatch, "pass")
-    assert ov.launch(params, "icpo", tmp_path) == 0
+    assert job.launch(params, "icpo", tmp_path) == 0
 
 
 def test_verl_pin_and_flash_attn_warning():

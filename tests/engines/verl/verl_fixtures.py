@@ -186,6 +186,19 @@ def write_tiny_llama(path, tokenizer, seed: int = 0):
     return path
 
 
+def icpo_block(demo_path=None, prompt_suffix: str = "", seed: int = 0, **algorithm) -> list[str]:
+    """Hydra overrides of a whole ``icpo`` block (config/icpo_trainer.yaml states no value there): the typed
+    ``AlgorithmParams(**algorithm)`` (its defaults for the rest) and the three launch keys, as the launch
+    writes them."""
+    from icpo_core.config import AlgorithmParams
+    from icpo_core.engines.verl.icpo_block import icpo_overrides
+    from icpo_core.engines.verl.overrides import format_overrides
+
+    algo = AlgorithmParams(**algorithm)
+    path = None if demo_path is None else str(demo_path)
+    return format_overrides(icpo_overrides(algo, demo_path=path, prompt_suffix=prompt_suffix, seed=seed))
+
+
 def free_port() -> int:
     import socket
 
@@ -196,12 +209,12 @@ def free_port() -> int:
 
 def fake_verl_step(root: Path, step: int) -> None:
     """What verl's FSDPCheckpointManager leaves for one step with one rank (the extra state is what
-    ``checkpoint.is_complete`` reads), then the marker verl writes after the step."""
-    from icpo_core.engines.local import checkpoint as ckpt
+    ``checkpoint_layout.is_complete`` reads), then the marker verl writes after the step."""
+    from icpo_core import checkpoint_layout as layout
 
-    actor = ckpt.actor_dir(root, step)
+    actor = layout.actor_dir(root, step)
     actor.mkdir(parents=True)
     for kind in ("model", "optim"):
         torch.save({}, actor / f"{kind}_world_size_1_rank_0.pt")
     torch.save({"lr_scheduler": None, "rng": {}}, actor / "extra_state_world_size_1_rank_0.pt")
-    (root / ckpt.LATEST_FILE).write_text(f"{step}\n")
+    (root / layout.LATEST_FILE).write_text(f"{step}\n")

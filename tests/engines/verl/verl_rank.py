@@ -27,9 +27,9 @@ def main(out: Path, model_dir: Path, train: Path, demos: Path) -> None:
     from transformers import AutoModelForCausalLM
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils.padding import left_right_2_no_padding
-    from verl_fixtures import fake_generate, load_batch, make_tokenizer
+    from verl_fixtures import fake_generate, icpo_block, load_batch, make_tokenizer
 
-    from icpo_core.algorithm import DemoPool
+    from icpo_core.algorithm import DemoPool, off_policy_source
     from icpo_core.config import AlgorithmParams
     from icpo_core.engines.verl import cpu_shims
     from icpo_core.engines.verl import overrides as ov
@@ -59,8 +59,7 @@ def main(out: Path, model_dir: Path, train: Path, demos: Path) -> None:
         "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
         "actor_rollout_ref.actor.shuffle=false",
         f"actor_rollout_ref.rollout.n={N_ON}",
-        f"icpo.n_on={N_ON}",
-        f"icpo.n_off={N_OFF}",
+        *icpo_block(n_on=N_ON, n_off=N_OFF),
     ]
     with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
         cfg = compose("icpo_trainer", overrides=overrides)
@@ -77,7 +76,7 @@ def main(out: Path, model_dir: Path, train: Path, demos: Path) -> None:
     prompts.non_tensor_batch["uid"] = np.array([f"p{i}" for i in range(len(prompts))], dtype=object)
     prompts = prompts.repeat(N_ON, interleave=True)
     rng = np.random.default_rng(0)
-    ext, src = expand_with_ief(prompts, algo, DemoPool.from_parquet(demos), "", rng)
+    ext, src = expand_with_ief(prompts, algo, off_policy_source(algo), DemoPool.from_parquet(demos), "", rng)
     uids = np.asarray(prompts.non_tensor_batch["uid"])
     batch, _ = mix_generated(uids, fake_generate(tok)(ext), src, algo, 1, 10, rng)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")

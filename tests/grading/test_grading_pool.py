@@ -1,4 +1,4 @@
-"""The grader: extraction rules, equivalent forms, and hostile outputs that must neither run nor hang."""
+"""The Grader: equivalent forms, the in-process decisions, and hostile outputs that must neither run nor hang."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from icpo_core.rewards import MAX_ANSWER_CHARS, Grader, Verdict, extract_answer, last_boxed
+from icpo_core.grading import MAX_ANSWER_CHARS, Grader, Verdict, fast_numeric
 
 TIMEOUT_S = 3.0
 
@@ -15,55 +15,6 @@ TIMEOUT_S = 3.0
 def grader():
     with Grader(workers=2, timeout_s=TIMEOUT_S) as g:
         yield g
-
-
-# ------------------------------------------------------------------------------------------------ extraction
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("so the answer is \\boxed{42}.", "42"),
-        ("\\boxed{1} first, then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),  # several boxes: the last
-        ("nested \\boxed{\\frac{\\sqrt{2}}{2}} ok", "\\frac{\\sqrt{2}}{2}"),
-        ("\\fbox{7}", "7"),
-        ("$\\boxed 5$", "5"),
-        ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),  # escaped braces do not close the box
-        ("no box here, the answer is 3", None),
-        ("\\boxed{3} and then \\boxed{4", "3"),  # the last box is cut off: the previous complete one
-        ("\\boxed{}", None),
-        ("\\boxedx{3}", None),
-    ],
-)
-def test_extract_boxed(text, expected):
-    assert extract_answer(text) == expected
-
-
-def test_thinking_only_text_after_close_is_graded():
-    assert extract_answer("<think>maybe \\boxed{1}</think> final: \\boxed{2}") == "2"
-    assert extract_answer("<think>maybe \\boxed{1}</think> I give up") is None
-    # cut off inside thinking: no answer, even with a boxed guess in the thoughts
-    assert extract_answer("<think>let me see ... \\boxed{1} hmm, wait") is None
-    # prompt ended with <think>: the response holds only the close tag
-    assert extract_answer("reasoning \\boxed{9}\n</think>\nSo \\boxed{8}") == "8"
-
-
-def test_fallbacks_only_when_declared():
-    text = "Adding them up, the final answer is 17."
-    assert extract_answer(text) is None  # training: strict boxed
-    assert extract_answer(text, ("answer_is",)) == "17"
-    assert extract_answer("we get 3 then 12 apples", ("answer_is", "last_number")) == "12"
-    assert extract_answer("reasoning...\nANSWER: C", ("answer_letter",)) == "C"
-    assert extract_answer("\\boxed{4}. The answer is 5", ("answer_is",)) == "4"  # a box always wins
-    with pytest.raises(ValueError, match="unknown answer fallback"):
-        extract_answer("x", ("guess",))
-
-
-def test_extraction_is_linear_on_huge_inputs():
-    t = time.monotonic()
-    assert last_boxed("{" * 1_000_000 + "\\boxed{" + "{" * 100_000) is None
-    assert extract_answer("x " * 500_000 + "\\boxed{1}") == "1"
-    assert time.monotonic() - t < 2.0
 
 
 # -------------------------------------------------------------------------------------------------- grading
@@ -121,6 +72,12 @@ def test_no_answer_and_several_boxes(grader):
     assert v_none.reward == 0.0
     assert v_last.correct and v_last.extracted == "5" and v_last.reward == 1.0
     assert not v_first.correct and v_first.extracted == "3"
+
+
+def test_cut_off_last_box_has_no_answer(grader):
+    """A response cut off inside its last box gets no reward, not the reward of a box it went past."""
+    [v] = grader.grade(["\\boxed{5}, no wait, it is \\boxed{\\frac{11}{2"], ["5"])
+    assert v == Verdict(False, None, False, "no_answer")
 
 
 def test_benchmark_fallback_grading(grader):
@@ -221,18 +178,12 @@ def test_repeated_answers_are_graded_once(grader):
     ],
 )
 def test_plain_numerals_are_decided_without_a_worker(answer, gold, expected):
-    from icpo_core.rewards import fast_numeric
-
     assert fast_numeric(answer, gold) is expected
 
 
 def test_worker_ready_long_before_first_grade_is_not_a_failed_start():
     # Regression: workers spawned without waiting, then left alone for longer than the startup limit (as a
     # trainer does during its first slow step), have their "ready" line waiting unread in the pipe.
-    import time
-
-    from icpo_core.rewards import Grader
-
     g = Grader(workers=1, timeout_s=10.0, startup_timeout_s=4.0).start(wait=False)
     try:
         time.sleep(7.0)

@@ -11,7 +11,7 @@ study measures it on the base model, before training, with the prompts training 
   the problem itself), built by :func:`icpo_core.algorithm.build_ief_prompt` in the run's ``demo_format``, one
   sample each -- as the trainer draws them for its ``n_off`` rollouts.
 
-Both are graded by the project's grader (:class:`icpo_core.rewards.Grader`). Per condition: the share of
+Both are graded by the project's grader (:class:`icpo_core.grading.Grader`). Per condition: the share of
 problems whose ``k`` rewards are neither all right nor all wrong (``groups_with_signal``, the groups that give
 GRPO a non-zero advantage) with a 95 % Wilson interval, and the mean reward with a 95 % bootstrap interval over
 problems. No orchestration here: ``icpo regime`` (:mod:`icpo_core.stages.regime`) is the stage around it.

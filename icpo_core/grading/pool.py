@@ -1,24 +1,17 @@
-"""Math answer grading: last ``\\boxed{}`` answer + math-verify, bounded in time, never executing model text.
-
-Model output is untrusted. Extraction is plain string scanning in the calling process (linear time, no regex
-backtracking, no recursion); the symbolic check (math-verify's ``parse`` / ``verify``) runs in warm worker
-*processes*, one sample at a time, each under a hard wall-clock limit enforced by the parent: a worker that
-overruns is killed and replaced, and its sample gets a ``timed_out`` verdict. math-verify's own signal-based
-timeouts are switched off (they fail outside a main thread, and with them off a hostile answer such as
-``9^{9^{9^{9}}}`` could run forever), so the parent's kill is the only clock. Workers also run under an
-address-space limit, so an answer that tries to build a gigantic number fails with a MemoryError instead of
-swapping the machine.
+"""The Grader: a warm pool of grading processes with a hard per-sample time limit; model text never runs.
 
     with Grader(workers=2, timeout_s=5.0) as g:
         verdicts = g.grade(responses, golds)          # training reward: strict last \\boxed{}, binary
         rewards = [v.reward for v in verdicts]
         bench = g.grade(responses, golds, fallbacks=("answer_is", "last_number"))   # declared per benchmark
 
-Thinking models (``<think> ... </think>``): only the text after the last ``</think>`` is graded; a response
-that opens ``<think>`` and never closes it (cut off while thinking) has no answer.
-
-The module doubles as the worker program: ``python -m icpo_core.rewards --worker`` (started by
-:class:`Grader`; reads one JSON task per line on stdin, answers one JSON line on stdout).
+Per response, in the calling process: the answer is extracted (:func:`~icpo_core.grading.extract.extract_answer`:
+the last ``\\boxed{}``, only the text after the last ``</think>``, no answer when cut off inside ``<think>``) and
+cut to :data:`MAX_ANSWER_CHARS`; no answer, a text-identical answer (:func:`normalize_text`), plain numerals
+(:func:`fast_numeric`) and a memoised (answer, gold) pair are decided here. The rest go to the worker processes
+(:mod:`icpo_core.grading.worker`: math-verify's ``parse`` / ``verify``), one sample at a time per worker, each
+under a wall-clock limit kept by this process: a worker that overruns is killed and replaced, and its sample gets
+a ``timed_out`` verdict; a worker that dies gets its sample an ``error`` verdict and is replaced.
 """
 
 from __future__ import annotations
@@ -29,27 +22,24 @@ import logging
 import os
 import re
 import select
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
+
+from icpo_core.grading.extract import extract_answer
 
 log = logging.getLogger(__name__)
 
 #: The candidate answer is cut to this many characters before math-verify sees it (a real final answer is short).
 MAX_ANSWER_CHARS = 2000
-#: Fallback extractors look only at the tail of a response (the final answer is at the end).
-FALLBACK_TAIL_CHARS = 4000
-#: Names of the benchmark-only fallbacks, tried in the order given when a response has no ``\boxed{}``.
-FALLBACKS = ("answer_is", "answer_letter", "last_number")
-
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
+#: The worker program (:mod:`icpo_core.grading.worker`), named from this package so that it follows a rename.
+#: Not imported here: ``python -m`` of a module the package already imported runs it twice.
+WORKER_MODULE = f"{__package__}.worker"
 
 
 @dataclass(frozen=True)
@@ -72,123 +62,6 @@ class Verdict:
             "timed_out": self.timed_out,
             "reason": self.reason,
         }
-
-
-# ------------------------------------------------------------------------------------------------ extraction
-
-
-def strip_thinking(response: str) -> str | None:
-    """The part of a response that is graded: after the last ``</think>``; None if cut off inside thinking."""
-    close = response.rfind(THINK_CLOSE)
-    if close >= 0:
-        return response[close + len(THINK_CLOSE) :]
-    if THINK_OPEN in response:
-        return None
-    return response
-
-
-def _match_braces(text: str, open_at: int) -> int | None:
-    """Index just past the ``}`` matching the ``{`` at ``open_at``; None when unbalanced. Linear, iterative."""
-    depth = 0
-    i = open_at
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":  # an escaped brace (\{ \}) does not count
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return None
-
-
-def _box_content(text: str, start: int, command: str) -> str | None:
-    """The argument of a box command found at ``start``: ``\\boxed{...}`` or ``\\boxed 5``."""
-    i = start + len(command)
-    if i < len(text) and text[i].isalpha():  # \boxedfoo is another command
-        return None
-    while i < len(text) and text[i] in " \t":
-        i += 1
-    if i >= len(text):
-        return None
-    if text[i] == "{":
-        end = _match_braces(text, i)
-        return None if end is None else text[i + 1 : end - 1]
-    if i == start + len(command):  # \boxed5 without a space is not a box
-        return None
-    # \boxed 5 (TeX's one-token argument): up to the next whitespace, $ or end.
-    j = i
-    while j < len(text) and not text[j].isspace() and text[j] != "$":
-        j += 1
-    return text[i:j]
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last well-formed ``\\boxed{}`` / ``\\fbox{}`` / ``\\boxed x`` in ``text`` (None if none).
-
-    An unbalanced box (e.g. cut off by the token limit) is skipped in favour of the one before it.
-    """
-    positions = []
-    for command in _BOX_COMMANDS:
-        p = text.find(command)
-        while p >= 0:
-            positions.append((p, command))
-            p = text.find(command, p + 1)
-    for start, command in sorted(positions, reverse=True):
-        content = _box_content(text, start, command)
-        if content is not None and content.strip():
-            return content.strip()
-    return None
-
-
-_ANSWER_IS = re.compile(r"(?:final answer|answer)(?: is|:)[ \t]*:?[ \t]*([^\n]{1,200})", re.IGNORECASE)
-_ANSWER_LETTER = re.compile(r"answer[ \t]*:[ \t]*\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE)
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
-
-
-def _fallback(text: str, name: str) -> str | None:
-    tail = text[-FALLBACK_TAIL_CHARS:]
-    if name == "answer_is":
-        matches = _ANSWER_IS.findall(tail)
-        if not matches:
-            return None
-        ans = matches[-1].strip().strip("$").strip()
-        return ans.rstrip(".").strip() or None
-    if name == "answer_letter":
-        matches = _ANSWER_LETTER.findall(tail)
-        return matches[-1].upper() if matches else None
-    if name == "last_number":
-        matches = _NUMBER.findall(tail)
-        return matches[-1].replace(",", "") if matches else None
-    raise ValueError(f"unknown answer fallback {name!r}; allowed: {list(FALLBACKS)}")
-
-
-def extract_answer(response: str, fallbacks: Sequence[str] = ()) -> str | None:
-    """The final answer of a response: the last ``\\boxed{}``, else the declared ``fallbacks`` in order.
-
-    Training rewards use no fallbacks (strict boxed, like the paper); benchmarks declare theirs in
-    ``benchmarks.yaml`` (``answer_is``: "The answer is X"; ``answer_letter``: "ANSWER: C"; ``last_number``).
-    Returns None for no answer, including a response cut off inside ``<think>``.
-    """
-    for name in fallbacks:
-        if name not in FALLBACKS:
-            raise ValueError(f"unknown answer fallback {name!r}; allowed: {list(FALLBACKS)}")
-    text = strip_thinking(response)
-    if text is None:
-        return None
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
-    for name in fallbacks:
-        ans = _fallback(text, name)
-        if ans:
-            return ans
-    return None
 
 
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
@@ -217,88 +90,12 @@ def fast_numeric(answer: str, gold: str) -> bool | None:
     g = normalize_text(gold).replace("{,}", ",")
     if not (_PLAIN_NUMBER.fullmatch(a) and _PLAIN_NUMBER.fullmatch(g)):
         return None
-    from decimal import Decimal
-
     da, dg = Decimal(a.replace(",", "")), Decimal(g.replace(",", ""))
     if da == dg:
         return True
     if "." not in a and "." not in g:
         return False
     return None
-
-
-# --------------------------------------------------------------------------------------------------- worker
-
-
-def _worker_main(mem_mb: int) -> int:
-    """The worker loop (its own process): JSON task lines in, JSON verdict lines out."""
-    # The protocol owns the real stdout; anything a library prints goes to stderr instead.
-    proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
-    sys.stdout = sys.stderr
-    _die_with_parent()
-    if mem_mb > 0:
-        import resource
-
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_AS, (mem_mb * 2**20, mem_mb * 2**20))
-    logging.basicConfig(level=logging.ERROR)
-    for name in ("math_verify", "latex2sympy2_extended"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    from functools import lru_cache
-
-    from math_verify import LatexExtractionConfig, parse, verify
-
-    # Model text goes through the LaTeX parser only (it never reaches sympy's eval-based parse_expr).
-    answer_config = [LatexExtractionConfig()]
-
-    @lru_cache(maxsize=4096)
-    def parse_gold(gold: str) -> list:
-        # Signal timeouts off: the parent's kill is the clock (see the module docstring).
-        if "\\boxed" in gold or "$" in gold:
-            parsed = parse(gold, parsing_timeout=None)
-            if parsed:
-                return parsed
-        return parse(f"${gold}$", parsing_timeout=None) or parse(gold, parsing_timeout=None)
-
-    def check(answer: str, gold: str) -> tuple[bool, str]:
-        gold_parsed = parse_gold(gold)
-        ans_parsed = parse(f"\\boxed{{{answer}}}", answer_config, parsing_timeout=None)
-        if not ans_parsed:
-            ans_parsed = parse(f"${answer}$", answer_config, parsing_timeout=None)
-        if gold_parsed and ans_parsed and verify(gold_parsed, ans_parsed, timeout_seconds=None):
-            return True, "correct"
-        if not gold_parsed:
-            return False, "wrong (gold unparsable: compared as text)"
-        return False, "wrong"
-
-    # Warm up the parser (grammar, sympy caches) before reporting ready: the first real sample's clock starts
-    # only after this, so a cold start cannot eat its time limit.
-    with contextlib.suppress(Exception):
-        check("\\frac{1}{2}", "0.5")
-        check("(1, 2]", "\\{1, 2\\}")
-    print(json.dumps({"ready": os.getpid()}), file=proto)
-    for line in sys.stdin:
-        task = json.loads(line)
-        try:
-            ok, reason = check(task["a"], task["g"])
-            out = {"i": task["i"], "ok": ok, "reason": reason}
-        except MemoryError:
-            out = {"i": task["i"], "ok": False, "reason": "error: memory limit"}
-        except BaseException as e:  # a parser failure is a wrong answer, never a dead worker
-            out = {"i": task["i"], "ok": False, "reason": f"error: {type(e).__name__}"}
-        print(json.dumps(out), file=proto)
-    return 0
-
-
-def _die_with_parent() -> None:
-    """Linux: ask the kernel to kill this worker if the parent dies (a stuck worker must not outlive it)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class _Worker:
@@ -309,7 +106,7 @@ class _Worker:
         # One thread each: the workers are the parallelism.
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONHASHSEED="0")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "icpo_core.rewards", "--worker", "--mem-mb", str(mem_mb)],
+            [sys.executable, "-m", WORKER_MODULE, "--mem-mb", str(mem_mb)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -349,10 +146,13 @@ class _Worker:
 
 
 class Grader:
-    """A warm pool of grading processes with a hard per-sample time limit.
+    """A warm pool of ``workers`` grading processes with a hard per-sample limit of ``timeout_s`` seconds.
 
     Create it once and reuse it (training calls :meth:`grade` every step). Thread-safe: calls are serialised.
     Verdicts of (answer, gold) pairs are memoised (``CACHE_SIZE`` pairs), so repeated answers cost nothing.
+    ``mem_mb``: each worker's address-space limit in MiB (0: none). ``startup_timeout_s``: a worker not ready
+    (math-verify imported and warm) this long after its start raises RuntimeError, as does a worker that exits
+    at start. Raises ValueError for ``workers < 1`` or ``timeout_s <= 0``.
     """
 
     CACHE_SIZE = 200_000
@@ -410,7 +210,11 @@ class Grader:
     def grade(
         self, responses: Sequence[str], golds: Sequence[str], *, fallbacks: Sequence[str] = ()
     ) -> list[Verdict]:
-        """One :class:`Verdict` per response, in order. ``fallbacks``: see :func:`extract_answer`."""
+        """One :class:`Verdict` per response, in order; ValueError if the lengths differ.
+
+        ``fallbacks``: see :func:`~icpo_core.grading.extract.extract_answer`. Every response gets a verdict within
+        about ``timeout_s`` of reaching a worker, whatever its text: ``timeout`` and ``error`` verdicts are wrong.
+        """
         if len(responses) != len(golds):
             raise ValueError(f"{len(responses)} responses but {len(golds)} gold answers")
         verdicts: list[Verdict | None] = [None] * len(responses)
@@ -493,7 +297,7 @@ class Grader:
                         elif not w.ready:
                             raise RuntimeError(
                                 f"grading worker exited at start (code {w.proc.wait()}); "
-                                "run `python -m icpo_core.rewards --worker` to see why"
+                                f"run `python -m {WORKER_MODULE}` to see why"
                             )
                         self._replace(w)
                         continue
@@ -521,17 +325,3 @@ class Grader:
                         "(is math-verify installed in this environment?)"
                     )
         return results
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(description="grading worker (started by icpo_core.rewards.Grader)")
-    p.add_argument("--worker", action="store_true", required=True)
-    p.add_argument("--mem-mb", type=int, default=3072)
-    args = p.parse_args(argv)
-    return _worker_main(args.mem_mb)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
