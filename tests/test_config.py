@@ -330,26 +330,12 @@ def test_embedded_profile_is_offline(raw):
     assert p.train.engine == "local"
 
 
-def test_embedded_regime_profiles_change_only_the_system_turn_and_the_demos(raw):
-    """The default: no system turn, disjoint demos; embedded_example / embedded_strict: the earlier regimes."""
-    default = _resolved(raw, "embedded")
-    example, strict = _resolved(raw, "embedded_example"), _resolved(raw, "embedded_strict")
-    syn = default.data.synthetic
-    assert (syn.system_prompt, syn.demo_style) == (None, "disjoint")
-    assert example.data.synthetic.system_prompt and "\\boxed{7}" in example.data.synthetic.system_prompt
-    assert (example.data.synthetic.demo_style, strict.data.synthetic.demo_style) == ("same", "same")
+def test_embedded_strict_profile_drops_only_the_format_system_turn(raw):
+    default, strict = _resolved(raw, "embedded"), _resolved(raw, "embedded_strict")
+    assert default.data.synthetic.system_prompt and "\\boxed{" in default.data.synthetic.system_prompt
     assert strict.data.synthetic.system_prompt is None
-    for other in (example, strict):
-        assert other.model_dump(exclude={"profile", "data"}) == default.model_dump(
-            exclude={"profile", "data"}
-        )
-        assert other.data.model_dump(exclude={"synthetic"}) == default.data.model_dump(exclude={"synthetic"})
-        changed = {
-            k
-            for k, v in other.data.synthetic.model_dump().items()
-            if v != default.data.synthetic.model_dump()[k]
-        }
-        assert changed <= {"system_prompt", "demo_style"}
+    assert strict.model_dump(exclude={"profile", "data"}) == default.model_dump(exclude={"profile", "data"})
+    assert strict.data.model_dump(exclude={"synthetic"}) == default.data.model_dump(exclude={"synthetic"})
 
 
 def test_cli_prints_a_multi_line_message_on_one_line(monkeypatch, capsys):

@@ -119,10 +119,13 @@ class SyntheticParams(_Section):
     eval_per_level: int = Field(default=150, gt=0)
     # the demo cache (data.demos.source: synthetic): disjoint = another distribution than the items (other
     # phrasings and contexts, MATH-style LaTeX solutions; icpo_core.data.synthetic); same = the items' generator
-    demo_style: Literal["disjoint", "same"] = "disjoint"
+    demo_style: Literal["disjoint", "same"] = "same"
     prompt_suffix: str = " Put your final answer within \\boxed{}."
-    # a system turn before every synthetic prompt (training, IEF, the held-out levels); None: none
-    system_prompt: NonEmptyStr | None = None
+    # a system turn before every synthetic prompt (training, IEF, the held-out levels); null: none
+    system_prompt: NonEmptyStr | None = (
+        "Solve the math problem. End your reply with the final answer inside \\boxed{}. "
+        "Example: What is 3 + 4? 3 + 4 = 7. The answer is \\boxed{7}."
+    )
 
     @field_validator("levels")
     @classmethod

@@ -124,7 +124,7 @@ def test_paper_trio_through_the_registry(project, capsys):
 
 
 def test_embedded_default_validates_on_synthetic_level(project, capsys):
-    root = project({"data": {"synthetic": {"system_prompt": "Solve it."}}})
+    root = project()
     (root / "data/eval").mkdir(parents=True)
     rows = [{"problem": "2 + 5 = ?", "answer": "7", "solution": "\\boxed{7}"}]
     (root / "data/eval/synthetic_l0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -135,8 +135,8 @@ def test_embedded_default_validates_on_synthetic_level(project, capsys):
     params = load_params("params.yaml")
     assert row["data_source"] == "synthetic_l0"
     syn = params.data.synthetic
-    # the training prompt layout: the synthetic system turn (when set), then problem + suffix
-    assert syn.system_prompt == "Solve it."
+    # the training prompt layout: the format system turn of the embedded default, then problem + suffix
+    assert syn.system_prompt
     assert row["prompt"] == [
         {"role": "system", "content": syn.system_prompt},
         {"role": "user", "content": "2 + 5 = ?" + syn.prompt_suffix},
@@ -192,7 +192,7 @@ def test_verl_reads_the_val_parquet_as_its_validation_set(project, capsys, tmp_p
 
     from icpo_core.models.tiny import write_tiny_model
 
-    root = project({"data": {"synthetic": {"system_prompt": "Solve it."}}})
+    root = project()
     (root / "data/eval").mkdir(parents=True)
     rows = [{"problem": f"{i} + 1 = ?", "answer": str(i + 1)} for i in range(3)]
     (root / "data/eval/synthetic_l0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -208,5 +208,5 @@ def test_verl_reads_the_val_parquet_as_its_validation_set(project, capsys, tmp_p
     item = ds[2]
     assert item["data_source"] == "synthetic_l0"
     assert item["reward_model"]["ground_truth"] == "3"
-    system, user = item["raw_prompt"]  # the synthetic system turn, then the problem
+    system, user = item["raw_prompt"]  # the embedded default's format system turn, then the problem
     assert system["role"] == "system" and user["content"].startswith("2 + 1 = ?")

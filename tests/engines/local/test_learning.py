@@ -1,11 +1,10 @@
-"""The learning regression test: the embedded ICPO run learns on the REAL offline model.
+"""The learning regression test: the embedded default ICPO run learns on the REAL offline model.
 
 Every stage is the real one (``icpo base-model / prepare-* / train / merge / bench`` through ``icpo_core.cli``,
-in this process), with params.yaml under the profile ``embedded_example`` (SmolLM2-135M from the GGUF package,
-the worked-example system turn and same-generator demos -- the default the margins were measured on --, 8 steps x
-2 prompts x (8 on-policy + 4 IEF rollouts), vLLM rollouts), the study's ``train@icpo-0``. Only the bench is cut
-to held-out level 0 (200 problems, greedy) to save a minute, and the held-out count is 200 per level where the
-study now uses 150 (``OVERRIDES``).
+in this process), with params.yaml as it is: the embedded default (SmolLM2-135M from the GGUF package, the
+system-turn regime, 8 steps x 2 prompts x (8 on-policy + 4 IEF rollouts), vLLM rollouts), the study's
+``train@icpo-0``. Only the bench is cut to held-out level 0 (200 problems, greedy) to save a minute, and the
+held-out count is 200 per level where the study now uses 150 (``OVERRIDES``).
 
 What it asserts, and what breaks it:
 
@@ -54,14 +53,7 @@ IEF_LIFT_MIN = 0.05  # mean IEF reward (1-shot prompts) - mean on-policy reward 
 # 200 held-out problems per level (the study uses 150): the bench's resolution (+-7 points) and the data the
 # margins were measured on (the synthetic splits are cut from one stream, eval first, so the count moves the
 # training and demo problems too)
-# The margins were measured in the regime of the profile embedded_example (the worked-example system turn,
-# same-generator demos), the default then; the default now (no system turn, disjoint demos) leaves ICPO about 0.4
-# accepted IEF rows per 8-step run (docs/benchmarks.md, "The embedded regime, re-measured"), too few to learn.
-OVERRIDES = {
-    "profile": "embedded_example",
-    "bench": {"benchmarks": ["synthetic_l0"]},
-    "data": {"synthetic": {"eval_per_level": 200}},
-}
+OVERRIDES = {"bench": {"benchmarks": ["synthetic_l0"]}, "data": {"synthetic": {"eval_per_level": 200}}}
 
 
 def _icpo(*argv: str) -> None:
