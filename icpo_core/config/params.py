@@ -133,7 +133,7 @@ class Params(_Section):
             raise ValueError(
                 "study.runs: at least one run of `runs` (dvc.yaml trains each at every seed) (got [])"
             )
-        if self.regime.run not in self.runs:
+        if self.regime.run not in self.runs and "run" in self.regime.model_fields_set:
             raise ValueError(
                 f"regime.run names '{self.regime.run}', which is not in runs: {sorted(self.runs)}"
             )

@@ -76,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     problems = reg.problems if args.problems is None else args.problems
     if problems < 1:
         raise UserError("--problems must be >= 1")
+    if reg.run not in params.runs:
+        raise UserError(
+            f"regime.run '{reg.run}' is not in runs {sorted(params.runs)}; set regime.run to an ICPO run of `runs`"
+        )
     algo = params.run_algorithm(reg.run)
     if not off_policy_source(algo).with_demos:
         raise UserError(
