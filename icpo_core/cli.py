@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from icpo_core.config import ParamsError, load_params
+from icpo_core.config import ParamsError, apply_sets, dvc_study_problem, load_params, read_raw
 from icpo_core.errors import UserError
 
 # sub-command -> (module under icpo_core.stages, help). build_parser imports every stage module (each adds its
@@ -44,13 +44,30 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+SET_HELP = (
+    "set a params key for this command, KEY=VALUE (value read as YAML; repeatable), as `dvc exp run -S` does: "
+    "e.g. -S profile=paper_qwen3_8b -S train.device=cpu"
+)
+
+
+DVC_STAGE_ENV = "DVC_STAGE"  # DVC sets it for every stage command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="icpo", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-S", "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
+    # -S also after the sub-command (`icpo verl-cmd --run icpo -S train.device=cpu`)
+    sets = argparse.ArgumentParser(add_help=False)
+    sets.add_argument(
+        "-S", "--set", dest="sub_sets", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[sets])
         p.set_defaults(_module=module)
         mod = importlib.import_module(f"icpo_core.stages.{module}")
         mod.add_arguments(p)
@@ -68,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         # Validate before anything heavy is imported or downloaded.
-        args.params_obj = load_params(args.params)
+        sets = [*args.sets, *getattr(args, "sub_sets", [])]
+        args.params_obj = load_params(args.params, sets)
+        if os.environ.get(DVC_STAGE_ENV):
+            # a DVC stage: the stages DVC expanded must be the active profile's study
+            problem = dvc_study_problem(apply_sets(read_raw(args.params), sets), args.params_obj)
+            if problem:
+                raise UserError(problem)
         mod = importlib.import_module(f"icpo_core.stages.{args._module}")
         return int(mod.run(args) or 0)
     except ParamsError as e:

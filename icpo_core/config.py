@@ -231,6 +231,9 @@ class AlgorithmParams(_Section):
     clip_on_policy: bool = True  # false: LUFFY's loss_remove_clip (plain ratio on on-policy tokens)
     reward: NonEmptyStr = "verifier"
     random_reward_p: Float = Field(default=0.5, ge=0, le=1)
+    # the training grader's think-block rule (both engines): none (the answer after the last </think>, if any) |
+    # luffy (LUFFY's released reward_impl_version 3: no </think> = wrong; the answer after the first </think>)
+    think_format: Literal["none", "luffy"] = "none"
 
     @model_validator(mode="after")
     def _check(self) -> AlgorithmParams:
@@ -255,7 +258,9 @@ class AlgorithmParams(_Section):
 
 class VerlParams(_Section):
     nnodes: int = Field(default=1, ge=1)
-    n_gpus_per_node: int = Field(default=8, ge=1)
+    # GPUs per node; more than one (or several nodes, or a paper profile) is a GPU run: `train.device: auto`
+    # then stops before launch in a process that sees no CUDA (icpo_core.engines.devices)
+    n_gpus_per_node: int = Field(default=1, ge=1)
     tensor_parallel: int = Field(default=1, ge=1)
     gpu_memory_utilization: Float = Field(default=0.8, gt=0, le=1)
     ppo_micro_batch_size_per_gpu: int = Field(default=2, ge=1)
@@ -269,6 +274,11 @@ class VerlParams(_Section):
     val_temperature: Float = Field(default=0.6, gt=0)
     val_top_p: Float = Field(default=0.7, gt=0, le=1)
     val_top_k: int = Field(default=50, ge=-1)  # -1 = off
+    # FSDP CPU offload of the actor (verl actor.fsdp_config.param_offload / optimizer_offload): placement only,
+    # the same numbers. The colocated vLLM takes gpu_memory_utilization of every GPU while it generates, and what
+    # the actor keeps on the GPU meanwhile must fit in the rest (docs/method.md, "Memory and disk")
+    param_offload: bool = False
+    optimizer_offload: bool = False
     extra_overrides: list[NonEmptyStr] = []
 
 
@@ -344,6 +354,9 @@ class TrainParams(_Section):
     temperature: Float = Field(default=1.0, gt=0)
     top_p: Float = Field(default=1.0, gt=0, le=1)
     save_freq: int = Field(default=4, ge=1)
+    # deterministic kernels: verl's full_determinism (actor, reference, vLLM: batch-invariant kernels, per-request
+    # seeds) / the local engine's torch.use_deterministic_algorithms; slower (docs/method.md, "Determinism")
+    deterministic: bool = False
     # checkpoints kept per run (verl trainer.max_actor_ckpt_to_keep); the last one of a finished run has no
     # optimizer state (local engine: nothing resumes from it). The old key max_ckpt_to_keep is read as this one.
     keep_checkpoints: int = Field(default=1, ge=1)
@@ -456,9 +469,11 @@ class ReportParams(_Section):
         "icpo_rs",
         "icpo_no_errs",
         "icpo_released",
+        "grpo_released",
     ]
-    # comparisons beyond "every run - GRPO", e.g. [[icpo, luffy]]: the paper's ICPO vs the expert-guided baseline
-    pairs: list[RunPair] = []
+    # comparisons beyond "every run - GRPO", e.g. [[icpo, luffy]]: the paper's ICPO vs the expert-guided baseline.
+    # The released code's ICPO against the released code's GRPO (the same loss averaging); shown when both ran
+    pairs: list[RunPair] = [["icpo_released", "grpo_released"]]
     # the run every other run is compared with (secondary comparisons); null: none
     baseline: Name | None = "grpo"
     # points: the report states how many seeds per run a difference of this size would need (80 % power)
@@ -560,6 +575,8 @@ DEFAULT_RUNS: dict[str, dict[str, Any]] = {
         "released_entropy_bonus": 0.001,
         "released_loss_agg": True,
     },
+    # the released code's GRPO (stock verl 0.5): its loss averaging; no entropy bonus, no demos (n_off 0)
+    "grpo_released": {"n_off": 0, "released_loss_agg": True},
     "luffy": {
         "n_off": 1,
         "off_policy": "expert_trace",
@@ -578,7 +595,12 @@ class Params(_Section):
     seed: int = Field(
         default=0, ge=0, le=SEED_MAX
     )  # data: synthetic problems and splits, fixed across the study
-    seeds: list[Seed] = [0, 1, 2, 3]  # training seeds of the study: data order, demo draws, sampling, new weights
+    seeds: list[Seed] = [
+        0,
+        1,
+        2,
+        3,
+    ]  # training seeds of the study: data order, demo draws, sampling, new weights
     study: StudyParams = StudyParams()
     model: ModelParams = ModelParams()
     data: DataParams = DataParams()
@@ -775,10 +797,33 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
 def _in_overrides(overrides: Mapping[str, Any], parts: tuple[Any, ...]) -> bool:
     node: Any = overrides
     for p in parts:
+        if isinstance(node, list) and isinstance(p, int) and 0 <= p < len(node):
+            node = node[p]
+            continue
         if not isinstance(node, Mapping) or p not in node:
             return False
         node = node[p]
     return True
+
+
+_ROOT_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*(?:\[\d+\])*): ")
+
+
+def _root_message_key(e: Mapping[str, Any]) -> str | None:
+    """The key path a root validator's message starts with (``study.runs: ...``), else None."""
+    if e["type"] != "value_error":
+        return None
+    m = _ROOT_KEY.match(e["msg"].removeprefix("Value error, "))
+    return m.group(1) if m else None
+
+
+def _key_parts(key: str) -> tuple[Any, ...]:
+    """``study.primary.comparisons[0]`` -> ``("study", "primary", "comparisons", 0)``."""
+    out: list[Any] = []
+    for part in key.split("."):
+        name, *idx = part.replace("]", "").split("[")
+        out += [name, *(int(i) for i in idx)]
+    return tuple(out)
 
 
 def _validate_profile(raw: dict[str, Any], name: str, overrides: dict[str, Any], active: bool) -> Params:
@@ -788,16 +833,24 @@ def _validate_profile(raw: dict[str, Any], name: str, overrides: dict[str, Any],
     fails in a section an inactive profile touches (the base sections pass alone). Other errors keep their plain
     key path, noting the profile."""
     merged = deep_merge({**raw, "profile": name}, overrides)
+
+    def set_by_profile(parts: tuple[Any, ...]) -> bool:
+        return bool(parts) and (
+            _in_overrides(overrides, parts) or (not active and _in_overrides(overrides, parts[:1]))
+        )
+
     try:
         return Params.model_validate(merged, context={"check_paths": active})
     except ValidationError as err:
         lines = []
         for e in err.errors():
             parts = tuple(p for p in _loc(e) if p != "[key]")
-            if parts and (
-                _in_overrides(overrides, parts) or (not active and _in_overrides(overrides, parts[:1]))
-            ):
+            root_key = _root_message_key(e) if not parts else None
+            if set_by_profile(parts):
                 lines.append(_format_error(e, prefix=f"profiles.{name}"))
+            elif root_key and set_by_profile(_key_parts(root_key)):
+                # a cross-field check names its own key path: one the profile sets is the profile's
+                lines.append(f"profiles.{name}.{_format_error(e)}")
             elif overrides:
                 lines.append(f"with profile {name!r}: {_format_error(e)}")
             else:
@@ -822,8 +875,8 @@ def parse_params(raw: dict[str, Any], source: str = PARAMS_FILE) -> Params:
     return params
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read, resolve and validate ``params.yaml``; raises :class:`ParamsError` on any problem."""
+def read_raw(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """``params.yaml`` as loaded, before any profile is applied; raises :class:`ParamsError`."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: not found; run from the project root or pass --params PATH")
@@ -836,4 +889,122 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raise ParamsError(f"{path}: not valid YAML{where}: {' '.join(str(problem).split())}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ParamsError(f"{path}: cannot be read: {e}") from None
-    return parse_params({} if raw is None else raw, source=str(path))
+    return {} if raw is None else raw
+
+
+def apply_sets(raw: Any, sets: list[str] | None, source: str = PARAMS_FILE) -> Any:
+    """``raw`` with ``KEY=VALUE`` overrides applied (``icpo -S train.device=cpu``, as ``dvc exp run -S`` writes
+    them into params.yaml): the dotted key is set in the base sections (a profile still deep-merges over it), the
+    value read as YAML. Raises :class:`ParamsError` for a malformed entry."""
+    if not sets:
+        return raw
+    out = copy.deepcopy(raw) if isinstance(raw, dict) else {}
+    for entry in sets:
+        key, eq, text = entry.partition("=")
+        if not eq or not re.fullmatch(r"[A-Za-z0-9_.-]+", key) or ".." in key or key.strip(".") != key:
+            raise ParamsError(
+                f"{source}: -S {entry!r}: expected KEY=VALUE with a dotted key, e.g. train.device=cpu"
+            )
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            raise ParamsError(f"{source}: -S {entry!r}: the value is not valid YAML") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def load_params(path: str | Path = PARAMS_FILE, sets: list[str] | None = None) -> Params:
+    """Read, resolve and validate ``params.yaml`` (``sets``: :func:`apply_sets` overrides first); raises
+    :class:`ParamsError` on any problem."""
+    return parse_params(apply_sets(read_raw(path), sets, str(path)), source=str(path))
+
+
+# ------------------------------------------------------------------------------------------- paper profiles
+
+PAPER_PROFILE_PREFIX = "paper_"
+# The keys dvc.yaml expands its train@ / merge@ / bench@ stages from (`${study.runs}`, `${seeds}`, ...).
+STUDY_MATRIX_KEYS = ("seeds", "study.runs", "study.ablations", "study.ablation_seeds")
+
+
+def is_paper_profile(name: str) -> bool:
+    """A profile that reproduces the paper's experiment (``paper_*``): a GPU study with the paper's arms."""
+    return name.startswith(PAPER_PROFILE_PREFIX)
+
+
+def _dotted(node: Any, key: str) -> Any:
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _matrix(values: Mapping[str, Any]) -> dict[str, Any]:
+    """:data:`STUDY_MATRIX_KEYS` of a params mapping (resolved, or params.yaml as DVC reads it: unset keys take
+    the typed defaults)."""
+    defaults = StudyParams().model_dump()
+    out = {}
+    for key in STUDY_MATRIX_KEYS:
+        value = _dotted(values, key)
+        if value is None:
+            value = (
+                Params.model_fields["seeds"].default
+                if key == "seeds"
+                else defaults[key.removeprefix("study.")]
+            )
+        out[key] = value
+    return out
+
+
+def _stages(m: Mapping[str, Any]) -> set[str]:
+    """The train stages dvc.yaml expands from these values (merge@ / bench@ follow them)."""
+    return {f"train@{r}-{s}" for r in m["study.runs"] for s in m["seeds"]} | {
+        f"train_ablation@{r}-{s}" for r in m["study.ablations"] for s in m["study.ablation_seeds"]
+    }
+
+
+def _flag(value: Any) -> str:
+    return "[" + ",".join(str(v) for v in value) + "]"
+
+
+def study_command(params: Params, raw: Mapping[str, Any] | None = None) -> str:
+    """The ``dvc exp run`` line that trains ``params``' study: its profile, and the top-level study keys DVC expands
+    set to the profile's values (those that differ from ``raw``, params.yaml as it is; all of them without it),
+    with ``study.primary=null`` when the top-level primary comparison would name runs outside them (the profile
+    keeps its own)."""
+    want = _matrix(params.model_dump())
+    have = _matrix(raw) if raw is not None else {k: None for k in STUDY_MATRIX_KEYS}
+    flags = [f"-S profile={params.profile}"]
+    for key in STUDY_MATRIX_KEYS:
+        if key == "study.ablation_seeds" and not want["study.ablations"]:
+            continue  # no ablation stage either way
+        if have[key] != want[key]:
+            flags.append(f"-S '{key}={_flag(want[key])}'")
+    top = (raw or {}).get("study") or {}
+    primary = top.get("primary") if "primary" in top else PrimaryParams().model_dump()
+    named = {r for pair in (primary or {}).get("comparisons") or [] for r in pair}
+    if not named <= set(want["study.runs"]):
+        flags.append("-S study.primary=null")
+    return "dvc exp run " + " ".join(flags)
+
+
+def dvc_study_problem(raw: dict[str, Any], params: Params) -> str | None:
+    """Why DVC would expand other stages than the active profile's study, or None.
+
+    DVC's templating reads ``${study.runs}`` and ``${seeds}`` from params.yaml's top level, before any stage runs;
+    it cannot see a profile's deep merge. A profile that sets its own study (the paper profiles: their arms at one
+    seed) therefore needs the same values at the top level, which ``dvc exp run -S`` writes (:func:`study_command`)."""
+    want, have = _matrix(params.model_dump()), _matrix(raw)
+    if _stages(want) == _stages(have):
+        return None
+    differ = [k for k in STUDY_MATRIX_KEYS if want[k] != have[k]]
+    shown = ", ".join(f"{k} {want[k]} (dvc.yaml expands {have[k]})" for k in differ)
+    return (
+        f"profile {params.profile!r} trains {shown}: dvc.yaml expands its train@/merge@/bench@ stages from "
+        "params.yaml's top-level keys, which a profile cannot reach. Run the profile's study with: "
+        f"{study_command(params, raw)} (to change a value the profile sets, set profiles.{params.profile}.<key>)"
+    )
