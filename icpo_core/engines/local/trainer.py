@@ -31,6 +31,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +68,7 @@ from icpo_core.algorithm.losses import (
 from icpo_core.algorithm.seeding import MIXING_STREAM, SAMPLING_STREAM
 from icpo_core.config import AlgorithmParams, Params
 from icpo_core.data.expert_traces import ExpertTrace, expert_trace
+from icpo_core.engines import devices
 from icpo_core.engines import resume_params as resume
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local import lora, steplog
@@ -79,7 +81,7 @@ from icpo_core.engines.local.logprobs import (
     token_log_probs,
 )
 from icpo_core.engines.local.rollout import RolloutEngine, make_rollout_engine
-from icpo_core.errors import DataError, UserError
+from icpo_core.errors import DataError
 from icpo_core.grading import Grader
 from icpo_core.io_utils import atomic_write_json, check_free_space
 from icpo_core.report.curves import plot_curves
@@ -136,12 +138,28 @@ def config_fingerprint(params: Params, run: str, root: Path) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda")
-    return torch.device("cpu")
+def pick_device(params: Params) -> torch.device:
+    """``train.device`` as a torch device: ``auto`` is CUDA when this process sees it, else the CPU only for a run
+    that asks for no GPUs; a paper profile without CUDA stops with one line naming the cause
+    (:func:`icpo_core.engines.devices.resolve_device`)."""
+    return torch.device(devices.resolve_device(params))
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool):
+    """``train.deterministic``: torch's deterministic kernels for the block (cuBLAS needs its workspace setting
+    on CUDA), the process's previous setting restored afterwards. Off: nothing changes."""
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
 @dataclass
@@ -228,7 +246,7 @@ class LocalTrainer:
         self.train_cfg = params.train
         self.reward_fn = reward_fn
         self.progress = progress
-        self.device = pick_device(self.train_cfg.device)
+        self.device = pick_device(params)
         self.autocast = autocast_dtype(self.train_cfg.autocast, self.device)
         self.ckpt_root = self.root / paths.checkpoints_dir(self.name)
         self.steps_path = self.root / paths.train_metrics_jsonl(self.name)
@@ -356,7 +374,8 @@ class LocalTrainer:
             raise RuntimeError(
                 "no grader: call setup(grader=...) (or train()) before a step without reward_fn"
             )
-        return [v.reward for v in self._grader.grade(list(texts), list(golds))]
+        verdicts = self._grader.grade(list(texts), list(golds), think_format=self.algo.think_format)
+        return [v.reward for v in verdicts]
 
     # -------------------------------------------------------------------------------------- one step
     @property
@@ -639,7 +658,12 @@ class LocalTrainer:
         )
 
     def train(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Run (or resume) the training; ``stop_after`` ends this call after that many new steps (tests)."""
+        """Run (or resume) the training; ``stop_after`` ends this call after that many new steps (tests). With
+        ``train.deterministic``, under torch's deterministic kernels (:func:`deterministic_algorithms`)."""
+        with deterministic_algorithms(self.train_cfg.deterministic):
+            return self._train(stop_after)
+
+    def _train(self, stop_after: int | None) -> dict[str, Any]:
         wall0 = time.time()
         tc = self.train_cfg
         total = tc.steps

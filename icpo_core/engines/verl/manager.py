@@ -24,6 +24,7 @@ each engine's own data order.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -48,6 +49,7 @@ from icpo_core.engines.verl.batch_ops import (
 )
 from icpo_core.engines.verl.expert_traces import TraceBook
 from icpo_core.engines.verl.icpo_block import algorithm_from_config
+from icpo_core.engines.verl.reward import compute_score
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +110,8 @@ class ICPOAgentLoopManager(AgentLoopManager):
     def trace_book(self) -> TraceBook:
         if self._traces is None:
             score_fn = self._score_fn
-            if score_fn is None:
-                from icpo_core.engines.verl.reward import compute_score as score_fn
+            if score_fn is None:  # the training verifier, with the run's think-block rule
+                score_fn = functools.partial(compute_score, think_format=self.algo.think_format)
             if self.response_length <= 0:
                 raise ValueError("LUFFY on verl needs actor_rollout_ref.rollout.response_length")
             self._traces = TraceBook(self.policy_tokenizer, self.response_length, score_fn)
