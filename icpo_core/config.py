@@ -80,6 +80,11 @@ class _Section(BaseModel):
 # ---------------------------------------------------------------------------------------------- model / data
 
 
+def _is_active(info: ValidationInfo) -> bool:
+    """Validating the active profile (or plain params), not another profile of the file."""
+    return not (isinstance(info.context, dict) and not info.context.get("check_paths", True))
+
+
 def _missing(path: str, info: ValidationInfo, folder: bool = False) -> str | None:
     """An error message when ``path`` (relative to the project root) does not exist, else None.
 
@@ -613,7 +618,7 @@ class Params(_Section):
     profiles: dict[Name, dict[str, Any]] = {}
 
     @model_validator(mode="after")
-    def _check_runs(self) -> Params:
+    def _check_runs(self, info: ValidationInfo) -> Params:
         # Root-level messages name their own key paths (see _format_validation).
         for name, overrides in self.runs.items():
             if name == "base":
@@ -640,7 +645,11 @@ class Params(_Section):
             for name in names:
                 if name not in self.runs:
                     raise ValueError(f"{key} names '{name}', which is not in runs: {sorted(self.runs)}")
-        if overlap := set(self.study.runs) & set(self.study.ablations):
+        overlap = set(self.study.runs) & set(self.study.ablations)
+        # an inactive profile that sets its own study.runs meets the top-level ablations of another study (the
+        # README's `-S 'study.ablations=[icpo_rs]'` beside the paper profiles' icpo_rs): only the study DVC
+        # expands, the active profile's, must list each run once
+        if overlap and _is_active(info):
             raise ValueError(f"study.ablations repeats study.runs {sorted(overlap)}: list each run once")
         for i, name in enumerate(self.report.runs):
             if name != "base" and name not in self.runs:

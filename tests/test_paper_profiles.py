@@ -120,3 +120,12 @@ def test_gpu_hour_estimates_count_every_row_a_step_processes():
     assert round(estimates.gpu_hours(p, "grpo")) == 1333 and round(estimates.gpu_hours(p, "icpo")) == 1500
     padded = estimates.gpu_hours(p, "grpo", estimates.PUBLISHED_THROUGHPUT_PADDED)
     assert padded / estimates.gpu_hours(p, "grpo") == pytest.approx(699 / 128)
+
+
+def test_top_level_ablations_of_the_embedded_study_leave_the_paper_profiles_valid():
+    """`dvc exp run -S 'study.ablations=[icpo_rs,...]'` (README) ablates the embedded study; the paper profiles
+    train icpo_rs as a main arm, which is no conflict until one of them is the study DVC expands."""
+    raw = deep_merge(RAW, {"study": {"ablations": ["icpo_rs", "icpo_no_errs"]}})
+    assert parse_params(raw).study.ablations == ["icpo_rs", "icpo_no_errs"]
+    with pytest.raises(ParamsError, match=r"study.ablations repeats study.runs \['icpo_rs'\]"):
+        parse_params({**raw, "profile": "paper_qwen3_8b"})
