@@ -76,13 +76,12 @@ def arm_params(params: Any, args: argparse.Namespace, arm: str) -> Any:
 
 def run_arm(args: argparse.Namespace, arm: str) -> dict[str, Any]:
     """Train, measure, merge and bench one arm in this process (cwd: the arm's scratch project)."""
-    from icpo_core import paths
+    from icpo_core import checkpoint_layout as layout
+    from icpo_core import paths, steplog
     from icpo_core.bench.backends import make_backend
     from icpo_core.bench.registry import resolve_benchmarks
     from icpo_core.bench.runner import BenchRunner
     from icpo_core.config import load_params
-    from icpo_core.engines.local import checkpoint as ckpt
-    from icpo_core.engines.local import steplog
     from icpo_core.engines.local.merger import merge_checkpoint
     from icpo_core.engines.local.trainer import train_local
 
@@ -94,8 +93,8 @@ def run_arm(args: argparse.Namespace, arm: str) -> dict[str, Any]:
     times = [r["perf/step_time_s"] for r in rows]
     measured = times[1:] if len(times) > 1 else times  # step 1 warms up (first vLLM / grader calls)
     root = Path(paths.checkpoints_dir(instance))
-    step = ckpt.latest_step(root)
-    actor = ckpt.actor_dir(root, step)
+    step = layout.latest_step(root)
+    actor = layout.actor_dir(root, step)
     merged = Path(paths.merged_dir(instance))
     shutil.rmtree(merged, ignore_errors=True)
     dtype = "bfloat16" if params.model.save_dtype == "bfloat16" else "keep"

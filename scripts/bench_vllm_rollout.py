@@ -43,8 +43,8 @@ def main() -> int:
     from icpo_core.config import TrainVllmParams
     from icpo_core.engines.local.data import load_prompts
     from icpo_core.engines.local.rollout import HFRolloutEngine
+    from icpo_core.engines.local.vllm_rollout import VLLMRolloutEngine
     from icpo_core.rollout.eos import eos_token_ids
-    from icpo_core.rollout.vllm_engine import VLLMRolloutEngine
 
     tok = AutoTokenizer.from_pretrained(args.model)
     if tok.pad_token_id is None:

@@ -157,12 +157,12 @@ def _reap(pgid: int) -> None:
 
 def state(root: Path) -> dict:
     """What the project holds: steps in the log, the latest checkpoint, a merged model."""
-    from icpo_core.engines.local import checkpoint as ckpt
-    from icpo_core.engines.local import steplog
+    from icpo_core import checkpoint_layout as layout
+    from icpo_core import steplog
 
     return {
         "logged_steps": len(steplog.read_steps(root / "metrics/steps_icpo.jsonl")),
-        "checkpoint": ckpt.latest_step(root / "runs/icpo/checkpoints"),
+        "checkpoint": layout.latest_step(root / "runs/icpo/checkpoints"),
         "merged": (root / "runs/icpo/merged/config.json").is_file(),
         "bench_samples": len(_samples(root)),
         "bench_metrics": (root / "metrics/bench_icpo.json").is_file(),
@@ -206,7 +206,7 @@ def _bench_problems(root: Path, ref: Path) -> list[str]:
 
 
 def _comparable(root: Path) -> list[dict]:
-    from icpo_core.engines.local import steplog
+    from icpo_core import steplog
 
     rows = steplog.read_steps(root / "metrics/steps_icpo.jsonl")
     return [{k: v for k, v in r.items() if not k.startswith(("perf/", "timing/"))} for r in rows]

@@ -1,135 +1,167 @@
-"""Measure the embedded regime: how much learning signal GRPO and ICPO get from the offline model.
+"""Measure candidate regimes: how much learning signal GRPO and ICPO get from the offline model.
 
-For each candidate prompt format x synthetic level mix, on >= 128 held-out-style problems, sample k responses
-per prompt at temperature 1.0, 0-shot (the plain prompt) and 1-shot (one solved demo as a prior chat turn, as
-IEF builds it), grade them with the project's grader and report:
+Each candidate is params.yaml with a system turn (``data.synthetic.system_prompt``) and a level mix
+(``data.synthetic.levels``) swapped in. For each, the training set and the demo cache are built exactly as
+``icpo prepare-train`` / ``icpo prepare-demos`` would build them (in a temporary folder), and the regime is
+measured exactly as ``icpo regime`` measures it (:mod:`icpo_core.engines.local.regime`): k samples per training prompt, 0-shot
+(the plain training prompt) and with the run's IEF demos (``algorithm.k_demos`` in ``algorithm.demo_format``,
+each sample with its own draw, via the project's IEF prompt builder), graded by the project's grader:
 
-- accuracy: mean reward over all samples (avg@k);
-- signal: the share of prompts whose k samples have reward variance (0 < correct < k), i.e. the groups that give
-  GRPO a non-zero advantage.
+- groups with signal: the share of prompts whose k rewards are neither all right nor all wrong (the groups that
+  give GRPO a non-zero advantage), with a 95 % Wilson interval;
+- mean reward (avg@k) with a 95 % bootstrap interval over problems;
+- rescued: prompts whose 0-shot group is all wrong while the demo group finds a reward.
 
-    python scripts/measure_regime.py --backend vllm --problems 128 --k 8 --max-tokens 64 --out regime.json
+    python scripts/measure_regime.py --systems none format example --mixes L0+L1 L0 L1+L2 \\
+        --demo-styles disjoint same --problems 128 --k 8 --max-tokens 64 --out regime.json
 
-The model is ``models/base`` (run `icpo base-model` first). Problems and demos come from the project's synthetic
-generator (seeded), never from the training split a run uses (a fresh seed). Print a markdown table.
+``--demo-styles`` beyond the first re-measure only the with-demos condition (0-shot does not depend on the demos).
+The model is ``models/base`` (run `icpo base-model` first). One engine (the trainer's rollout engine, ``train.vllm``) serves every candidate. Prints a markdown
+table; each finished row is also printed as JSON as it comes (and the JSON file is rewritten), so a long sweep
+can be read while it runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-PAPER_SUFFIX = " Let's think step by step and output the final answer within \\boxed{}."
-OURS_SUFFIX = " Put your final answer within \\boxed{}."
-SYSTEM_FORMAT = (
-    "You are a helpful assistant. Solve the problem, then give the final answer as a number inside "
-    "\\boxed{}, for example \\boxed{42}."
-)
-SYSTEM_EXAMPLE = (
-    "Solve the math problem. End your reply with the final answer inside \\boxed{}. Example: "
-    "What is 3 + 4? 3 + 4 = 7. The answer is \\boxed{7}."
-)
-FORMATS = {
-    "paper_suffix": (None, PAPER_SUFFIX),
-    "ours_suffix": (None, OURS_SUFFIX),
-    "system_prompt": (SYSTEM_FORMAT, OURS_SUFFIX),
-    "system_example": (SYSTEM_EXAMPLE, OURS_SUFFIX),
+import yaml
+
+# Candidate system turns. `example` is the embedded default before this measurement.
+SYSTEMS: dict[str, str | None] = {
+    "none": None,
+    "format": "Solve the math problem. End your reply with the final answer inside \\boxed{}.",
+    "example": (
+        "Solve the math problem. End your reply with the final answer inside \\boxed{}. Example: What is 3 + 4? "
+        "3 + 4 = 7. The answer is \\boxed{7}."
+    ),
+    "boxed_only": (
+        "Solve the math problem. End your reply with the final answer inside \\boxed{}, for example \\boxed{42}."
+    ),
 }
-MIXES = {"L0+L1": (0, 1), "L1+L2": (1, 2), "L0": (0,), "L1": (1,)}
+MIXES = {"L0": [0], "L1": [1], "L0+L1": [0, 1], "L1+L2": [1, 2], "L0+L1+L2": [0, 1, 2], "L2": [2]}
 
 
-def messages(problem: str, fmt: str, demo=None) -> list[dict[str, str]]:
-    system, suffix = FORMATS[fmt]
-    msgs = [{"role": "system", "content": system}] if system else []
-    if demo is not None:
-        msgs += [
-            {"role": "user", "content": demo.problem + suffix},
-            {"role": "assistant", "content": demo.solution},
-        ]
-    return msgs + [{"role": "user", "content": problem + suffix}]
+def candidate_params(raw: dict[str, Any], system: str | None, levels: list[int], demo_style: str) -> Any:
+    from icpo_core.config import deep_merge, parse_params
+
+    over = {"data": {"synthetic": {"system_prompt": system, "levels": levels, "demo_style": demo_style}}}
+    return parse_params(deep_merge(raw, over))
+
+
+def build_data(params: Any, model_dir: Path, folder: Path) -> tuple[Path, list[dict[str, str]]]:
+    """The candidate's data/train.parquet (in ``folder``) and demo rows, as the prepare stages build them."""
+    from icpo_core.data.demo_sources import build_demos
+    from icpo_core.data.train_set import build_train_set
+
+    train = folder / "train.parquet"
+    build_train_set(params, train, model_dir)
+    rows, _ = build_demos(params)
+    return train, rows
+
+
+def fmt_ci(x: dict[str, Any], key: str, ci: str) -> str:
+    lo, hi = x[ci]
+    return f"{100 * x[key]:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--model", default="models/base")
     ap.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
-    ap.add_argument("--formats", nargs="+", default=list(FORMATS))
-    ap.add_argument("--mixes", nargs="+", default=["L0+L1", "L1+L2"])
+    ap.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    ap.add_argument("--mixes", nargs="+", default=["L0+L1"], choices=list(MIXES))
+    ap.add_argument("--demo-styles", nargs="+", default=["disjoint"], choices=["disjoint", "same"])
     ap.add_argument("--problems", type=int, default=128)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=777, help="problem generator seed (not the training data's)")
-    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="vLLM dtype")
-    ap.add_argument("--shots", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--out", default="regime.json")
     args = ap.parse_args()
 
-    import numpy as np
-
-    from icpo_core.bench.backends import make_backend
-    from icpo_core.bench.registry import Sampling
-    from icpo_core.config import BenchParams
-    from icpo_core.data.synthetic import generate_splits
+    from icpo_core.algorithm.demos import DemoPool
+    from icpo_core.engines.local import regime
     from icpo_core.grading import Grader
+    from icpo_core.stages.regime import HF_CHUNK, start_engine
 
-    bench = BenchParams(backend=args.backend, batch_size=64, grade_workers=2, vllm={"dtype": args.dtype})
+    raw = yaml.safe_load(Path(args.params).read_text())
+    model_dir = Path(args.model)
+    base = candidate_params(raw, None, [0], args.demo_styles[0])
+    algo = base.run_algorithm(base.regime.run)
     t0 = time.perf_counter()
-    backend = make_backend(args.backend, Path(args.model), bench, 0)
+    engine, tokenizer = start_engine(args.backend, model_dir, base)
     startup = time.perf_counter() - t0
-    grader = Grader(workers=2, timeout_s=5.0).start(wait=True)
-    sampling = Sampling(n=args.k, temperature=1.0, top_p=1.0, top_k=None, max_tokens=args.max_tokens)
-    rows = []
+    grader = Grader(workers=base.train.grade_workers, timeout_s=base.train.grade_timeout_s).start(wait=True)
+
+    def grade(texts: list[str], golds: list[str]) -> list[float]:
+        return [v.reward for v in grader.grade(texts, golds)]
+
+    settings = regime.RegimeSettings(
+        k=args.k,
+        max_tokens=args.max_tokens,
+        temperature=base.train.temperature,
+        top_p=base.train.top_p,
+        k_demos=algo.k_demos,
+        demo_format=algo.demo_format,
+        seed=base.seed,
+        chunk=HF_CHUNK if engine.name == "hf" else None,
+    )
+    rows_out: list[dict[str, Any]] = []
+
+    def emit(row: dict[str, Any]) -> None:
+        rows_out.append(row)
+        print(json.dumps(row), flush=True)
+        meta = {"startup_s": round(startup, 1), "backend": engine.name, "settings": settings.__dict__}
+        Path(args.out).write_text(json.dumps({**meta, "rows": rows_out}, indent=1))
+
     try:
         for mix in args.mixes:
-            levels = MIXES[mix]
-            per = -(-args.problems // len(levels))
-            splits = generate_splits(levels, train=0, demo=per, eval=per, seed=args.seed)
-            problems, demos = splits["eval"][: args.problems], splits["demo"]
-            rng = np.random.default_rng(args.seed)
-            for fmt in args.formats:
-                for shots in args.shots:
-                    prompts = []
-                    for p in problems:
-                        demo = demos[int(rng.integers(len(demos)))] if shots else None
-                        prompts.append(backend.render(messages(p.problem, fmt, demo)))
-                    t1 = time.perf_counter()
-                    outs = backend.generate(prompts, sampling)
-                    gen_s = time.perf_counter() - t1
-                    texts = [c.text for o in outs for c in o]
-                    golds = [p.answer for p in problems for _ in range(args.k)]
-                    rewards = np.array([v.reward for v in grader.grade(texts, golds)]).reshape(
-                        len(problems), -1
-                    )
-                    correct = rewards.sum(1)
-                    tokens = sum(c.tokens for o in outs for c in o)
-                    row = {
-                        "mix": mix,
-                        "format": fmt,
-                        "shots": shots,
-                        "problems": len(problems),
-                        "k": args.k,
-                        "accuracy": float(rewards.mean()),
-                        "signal": float(((correct > 0) & (correct < args.k)).mean()),
-                        "any_correct": float((correct > 0).mean()),
-                        "boxed": float(np.mean(["\\boxed{" in t for t in texts])),
-                        "tokens": tokens,
-                        "gen_s": round(gen_s, 1),
-                    }
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+            for system in args.systems:
+                zero_rewards = None
+                for style in args.demo_styles:
+                    params = candidate_params(raw, SYSTEMS[system], MIXES[mix], style)
+                    with tempfile.TemporaryDirectory() as tmp:
+                        train, demo_rows = build_data(params, model_dir, Path(tmp))
+                        rows = regime.load_rows(
+                            train,
+                            tokenizer,
+                            params.train.max_prompt_length,
+                            params.train_prompt_suffix,
+                        )
+                    rows = [rows[i] for i in regime.pick_problems(rows, args.problems, params.seed)]
+                    golds = [r.gold for r in rows]
+                    head = {"mix": mix, "system": system, "problems": len(rows), "k": args.k}
+                    if zero_rewards is None:
+                        groups = [[list(r.prompt_ids)] * args.k for r in rows]
+                        zero, zero_rewards = regime.measure_condition(
+                            engine, grade, groups, golds, settings, 0
+                        )
+                        emit({**head, "condition": "0-shot", **zero})
+                    pool = DemoPool.from_records(demo_rows)
+                    groups = regime.ief_prompts(rows, pool, tokenizer, settings)
+                    demos, demo_rewards = regime.measure_condition(engine, grade, groups, golds, settings, 0)
+                    rescue = regime.rescued(zero_rewards, demo_rewards)
+                    emit({**head, "condition": f"{algo.k_demos}-shot {style}", **demos, **rescue})
     finally:
         grader.close()
-        backend.close()
-    Path(args.out).write_text(json.dumps({"startup_s": startup, "rows": rows}, indent=1))
-    print(f"\nengine start-up {startup:.0f} s\n")
-    print("| mix | format | shots | accuracy | prompts with signal | any correct | boxed | gen s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
+        engine.close()
+    print(f"\nengine start-up {startup:.0f} s ({engine.name})\n")
+    print(
+        "| mix | system turn | condition | groups with signal % [95 % CI] | mean reward % [95 % CI] | "
+        "any correct % | boxed % | rescued % | gen s |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows_out:
+        rescued_pct = f"{100 * r['rescued']:.0f}" if "rescued" in r else ""
         print(
-            f"| {r['mix']} | {r['format']} | {r['shots']} | {100 * r['accuracy']:.1f} % | "
-            f"{100 * r['signal']:.0f} % | {100 * r['any_correct']:.0f} % | {100 * r['boxed']:.0f} % | {r['gen_s']} |"
+            f"| {r['mix']} | `{r['system']}` | {r['condition']} | {fmt_ci(r, 'groups_with_signal', 'ci')} | "
+            f"{fmt_ci(r, 'mean_reward', 'mean_reward_ci')} | {100 * r['any_correct']:.0f} | "
+            f"{100 * r['boxed']:.0f} | {rescued_pct} | {r['gen_s']} |"
         )
 
 

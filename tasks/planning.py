@@ -18,9 +18,10 @@ DOWNLOAD_STAGES = frozenset({"base_model", "prepare_train", "prepare_demos"})
 
 
 def is_gpu_stage(stage: str) -> bool:
-    """Training and benchmark stages hold the accelerator (one at a time per Prefect server)."""
-    return (
-        stage.startswith(("train@", "bench@", "train_ablation@", "bench_ablation@")) or stage == "bench_base"
+    """Training, benchmark and regime stages hold the accelerator (one at a time per Prefect server)."""
+    return stage.startswith(("train@", "bench@", "train_ablation@", "bench_ablation@")) or stage in (
+        "bench_base",
+        "regime",
     )
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from icpo_core import tracking
-from icpo_core.engines.local import steplog
+from icpo_core import steplog, tracking
 
 
 def _free_port() -> int:
@@ -69,10 +68,10 @@ class _Server:
 
 @pytest.mark.slow
 def test_server_outage_mid_run_loses_no_step(tmp_path, monkeypatch, caplog):
+    from icpo_core import checkpoint_layout as layout
     from icpo_core.config import load_params
-    from icpo_core.engines.local import checkpoint as ckpt
-    from icpo_core.engines.local import train_local
     from icpo_core.engines.local.tiny import make_tiny_project
+    from icpo_core.engines.local.trainer import train_local
 
     server = _Server(tmp_path)
     server.start()
@@ -126,7 +125,7 @@ def test_server_outage_mid_run_loses_no_step(tmp_path, monkeypatch, caplog):
         history = client.get_metric_history(run_id, tracking.STEP_KEY)
         assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
         assert client.get_run(run_id).info.status == "FINISHED"
-        assert ckpt.latest_step(root / "runs" / "grpo" / "checkpoints") == 6
+        assert layout.latest_step(root / "runs" / "grpo" / "checkpoints") == 6
     finally:
         server.stop()
 

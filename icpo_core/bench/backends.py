@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from icpo_core.bench.registry import Sampling
 from icpo_core.config import VllmParams
 from icpo_core.errors import UserError
+from icpo_core.rollout import vllm_engine
 from icpo_core.rollout.eos import eos_token_ids, eos_token_ids_of_dir
 
 log = logging.getLogger(__name__)
@@ -191,10 +192,6 @@ class VLLMBackend:
         self.tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(self.model_dir)
         self._eos = sorted(eos_token_ids_of_dir(self.model_dir, self.tokenizer))
         if llm is None or sampling_params_cls is None:
-            from icpo_core.rollout import (
-                vllm_engine,  # imports torch: the bench's hf path and tests need no vLLM
-            )
-
             if device == "auto":
                 import torch
 
@@ -261,10 +258,8 @@ class VLLMBackend:
         )
 
     def close(self) -> None:
-        from icpo_core.rollout.vllm_engine import shutdown_llm
-
         llm, self.llm = self.llm, None
-        shutdown_llm(llm)
+        vllm_engine.shutdown_llm(llm)
 
 
 def make_backend(kind: str, model_dir: str | Path, bench: Any, seed: int) -> Backend:

@@ -14,8 +14,8 @@ import logging
 import math
 from pathlib import Path
 
-from icpo_core.engines.local.steplog import read_steps
 from icpo_core.io_utils import atomic_write_text
+from icpo_core.steplog import read_steps
 
 log = logging.getLogger(__name__)
 

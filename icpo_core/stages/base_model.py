@@ -10,6 +10,7 @@ import time
 
 from icpo_core import paths
 from icpo_core.io_utils import atomic_path, atomic_write_json
+from icpo_core.models.base_model import materialise
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,8 +20,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.models.base_model import materialise
-
     params = args.params_obj
     start = time.perf_counter()
     with atomic_path(args.out) as tmp:

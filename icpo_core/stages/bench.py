@@ -12,6 +12,10 @@ import logging
 from pathlib import Path
 
 from icpo_core import paths
+from icpo_core.bench.backends import make_backend
+from icpo_core.bench.mlflow_log import log_bench
+from icpo_core.bench.registry import resolve_benchmarks
+from icpo_core.bench.runner import BenchRunner
 from icpo_core.errors import UserError
 from icpo_core.io_utils import atomic_write_json
 
@@ -30,11 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.bench.backends import make_backend
-    from icpo_core.bench.mlflow_log import log_bench
-    from icpo_core.bench.registry import resolve_benchmarks
-    from icpo_core.bench.runner import BenchRunner
-
     params = args.params_obj
     run_name = args.run
     if run_name != "base" and run_name not in params.runs:

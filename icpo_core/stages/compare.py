@@ -14,6 +14,15 @@ import argparse
 
 from icpo_core.errors import UserError
 from icpo_core.io_utils import atomic_write_json
+from icpo_core.report.markdown import (
+    comparison_markdown,
+    primary_markdown,
+    run_table_markdown,
+    summary_markdown,
+)
+from icpo_core.report.mlflow_runs import latest_study, search_entries
+from icpo_core.report.run_table import build_table
+from icpo_core.report.study_data import Study
 from icpo_core.tracking import tracking_uri
 
 
@@ -35,16 +44,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.report.markdown import (
-        comparison_markdown,
-        primary_markdown,
-        run_table_markdown,
-        summary_markdown,
-    )
-    from icpo_core.report.mlflow_runs import latest_study, search_entries
-    from icpo_core.report.run_table import build_table
-    from icpo_core.report.study_data import Study
-
     params = args.params_obj
     experiment = args.experiment or params.tracking.experiment
     uri = tracking_uri(params)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from icpo_core.bench.metrics import overall_average, summarize_benchmark
+from icpo_core.bench.registry import load_registry
 from icpo_core.errors import DataError, UserError
 from icpo_core.grading import FALLBACKS, Grader
 from icpo_core.io_utils import atomic_path, atomic_write_json, read_jsonl
@@ -57,8 +58,6 @@ def verdicts_path(out: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.bench.registry import load_registry
-
     params = args.params_obj
     out = Path(args.out)
     rows = read_predictions(Path(args.predictions))

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
+from icpo_core import checkpoint_layout as layout
 from icpo_core import paths
+from icpo_core.engines.local.merger import has_hf_weights, merge_checkpoint
 from icpo_core.errors import DataError, UserError
 from icpo_core.io_utils import atomic_path, check_free_space, disk_full_error, is_disk_full
 
@@ -34,26 +36,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.engines.local import checkpoint as ckpt
-
     params = args.params_obj
     if args.run not in params.runs:
         raise UserError(f"unknown run '{args.run}': params.yaml runs has {sorted(params.runs)}")
     name = paths.instance(args.run, args.seed)
     root = paths.checkpoints_dir(name)
-    step = args.step if args.step is not None else ckpt.latest_step(root)
+    step = args.step if args.step is not None else layout.latest_step(root)
     if step is None:
         seed = "" if args.seed is None else f" --seed {args.seed}"
         raise UserError(f"{root}: no checkpoint to merge; run `icpo train --run {args.run}{seed}` first")
-    actor = ckpt.actor_dir(root, step)
+    actor = layout.actor_dir(root, step)
     if not (actor / "fsdp_config.json").is_file():
         raise UserError(f"{actor}: not a verl FSDP actor checkpoint (no fsdp_config.json)")
     target = paths.merged_dir(name)
     # bf16 models: verl's stock merger (bf16 output, as verl's own runs); otherwise the stored dtype is kept.
     dtype = "bfloat16" if params.model.save_dtype == "bfloat16" else "keep"
-    from icpo_core.engines.local.merger import has_hf_weights, merge_checkpoint
-
-    weights = ckpt.weight_files(actor)
+    weights = layout.weight_files(actor)
     if not weights:
         raise UserError(
             f"{actor}: checkpoint has no model file; delete {actor.parent} and rerun the training"

@@ -10,6 +10,8 @@ import time
 from dataclasses import asdict
 
 from icpo_core import paths
+from icpo_core.data.demo_sources import build_demos
+from icpo_core.data.schema import DEMO_SCHEMA, check_schema, write_demos
 from icpo_core.io_utils import atomic_path, atomic_write_json
 
 
@@ -19,9 +21,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.data.demo_sources import build_demos
-    from icpo_core.data.schema import DEMO_SCHEMA, check_schema, write_demos
-
     start = time.perf_counter()
     rows, stats = build_demos(args.params_obj)
     with atomic_path(args.out) as tmp:

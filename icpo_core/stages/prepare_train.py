@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict
 
 from icpo_core import paths
+from icpo_core.data.train_set import TOKEN_FILTERED, build_train_set, write_eval_sets
 from icpo_core.errors import UserError
 from icpo_core.io_utils import atomic_path, atomic_write_json
 
@@ -24,8 +25,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from icpo_core.data.train_set import TOKEN_FILTERED, build_train_set, write_eval_sets
 
     params = args.params_obj
     start = time.perf_counter()

@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from icpo_core import paths
+from icpo_core.bench.loaders import BenchProblem, load_problems
+from icpo_core.bench.registry import resolve_benchmarks
 from icpo_core.config import Params
+from icpo_core.data.schema import ABILITY, TRAIN_SCHEMA
 from icpo_core.io_utils import atomic_path, atomic_write_json
-
-if TYPE_CHECKING:
-    from icpo_core.bench.loaders import BenchProblem
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,8 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def val_rows(name: str, problems: list[BenchProblem]) -> list[dict[str, Any]]:
     """Benchmark problems -> verl rows (the benchmark's chat prompt as is, its gold as the rule-based answer)."""
-    from icpo_core.data.schema import ABILITY
-
     return [
         {
             "data_source": name,
@@ -55,10 +53,6 @@ def write_val_sets(params: Params, out_dir: str | Path) -> dict[str, int]:
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from icpo_core.bench.loaders import load_problems
-    from icpo_core.bench.registry import resolve_benchmarks
-    from icpo_core.data.schema import TRAIN_SCHEMA
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,11 @@ from typing import Any
 
 from icpo_core import paths
 from icpo_core.io_utils import atomic_path, atomic_write_json, atomic_write_text
+from icpo_core.report.curves import plot_curves, write_plot_data
+from icpo_core.report.markdown import comparison_markdown, primary_markdown, report_markdown, summary_markdown
+from icpo_core.report.mlflow_runs import log_study
+from icpo_core.report.study_data import AVERAGE, steps_files
+from icpo_core.report.study_stats import build_study
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _table_rows(study: Any) -> dict[str, Any]:
     """``reports/table.json``: one row per run (``{"rows": [...]}``, what the Prefect table artifact reads)."""
-    from icpo_core.report.study_data import AVERAGE
-
     rows = []
     for run, r in study.runs.items():
         row: dict[str, Any] = {"run": run, "method": r.label}
@@ -55,16 +58,6 @@ def _table_rows(study: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from icpo_core.report.curves import plot_curves, write_plot_data
-    from icpo_core.report.markdown import (
-        comparison_markdown,
-        primary_markdown,
-        report_markdown,
-        summary_markdown,
-    )
-    from icpo_core.report.study_data import steps_files
-    from icpo_core.report.study_stats import build_study
-
     params = args.params_obj
     runs = [r.strip() for r in args.runs.split(",")] if args.runs else None
     seeds = [int(s) for s in args.seeds.split(",")] if getattr(args, "seeds", None) else None
@@ -87,8 +80,6 @@ def run(args: argparse.Namespace) -> int:
     print(summary_markdown(study))
     print(comparison_markdown(study))
     if not args.no_mlflow:
-        from icpo_core.report.mlflow_runs import log_study
-
         log_study(
             params,
             study_json,

@@ -12,8 +12,7 @@ import argparse
 import json
 import logging
 
-from icpo_core import paths, tracking
-from icpo_core.engines.local import steplog
+from icpo_core import paths, steplog, tracking
 from icpo_core.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,8 @@ import argparse
 import logging
 
 from icpo_core import paths
+from icpo_core.engines import verl as verl_engine
+from icpo_core.engines.local.trainer import train_local
 from icpo_core.errors import UserError
 from icpo_core.io_utils import atomic_write_json
 
@@ -42,9 +44,7 @@ def run(args: argparse.Namespace) -> int:
     instance = None if args.seed is None else paths.instance(args.run, args.seed)
     name = instance or args.run
     if params.train.engine == "verl":
-        from icpo_core.engines.verl import launch
-
-        rc = int(launch(params, args.run, instance=instance) or 0)
+        rc = int(verl_engine.launch(params, args.run, instance=instance) or 0)
         summary_path = paths.train_summary(name)
         if rc == 0 and not summary_path.exists():
             # DVC declares the summary as an output; verl's own metrics are in MLflow.
@@ -52,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
                 summary_path, {"run": args.run, "instance": name, "engine": "verl", "returncode": rc}
             )
         return rc
-    from icpo_core.engines.local import train_local
-
     summary = train_local(params, args.run, progress=not args.no_progress, instance=instance)
     log.info(
         "%s: %d/%d steps, on-policy reward mean %.3f (last 5: %.3f), %.0f s",

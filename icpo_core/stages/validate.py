@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.run:
         out["run_algorithm"] = params.run_algorithm(args.run).model_dump()
     print(json.dumps(out, indent=2))
-    raw = apply_sets(read_raw(args.params), [*args.sets, *getattr(args, "sub_sets", [])], args.params)
+    raw = apply_sets(read_raw(args.params), args.sets, args.params)
     for name in sorted(params.profiles):
         if is_paper_profile(name):
             resolved = parse_params({**raw, "profile": name}, source=str(args.params))

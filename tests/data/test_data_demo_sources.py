@@ -11,12 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from icpo_core.data import synthetic
+from icpo_core.data.answers import last_boxed
 from icpo_core.data.demo_sources import RELEASED_SUFFIX, build_demos
 from icpo_core.errors import DataError
 
 
 def test_synthetic_demos_are_the_demo_split(make_params):
-    params = make_params({"data": {"synthetic": {"levels": [1], "demos_per_level": 12}}})
+    params = make_params(
+        {"data": {"synthetic": {"levels": [1], "demos_per_level": 12, "demo_style": "same"}}}
+    )
     rows, stats = build_demos(params)
     assert stats.rows_in == stats.rows_kept == 12 and stats.dropped == {}
     syn = params.data.synthetic
@@ -27,6 +30,22 @@ def test_synthetic_demos_are_the_demo_split(make_params):
     assert all(
         r["source"] == "synthetic_l1" and r["solution"].endswith(f"\\boxed{{{r['answer']}}}.") for r in rows
     )
+
+
+def test_synthetic_disjoint_demos_are_seeded_and_reproducible(make_params):
+    """The default demo cache: the disjoint-style demos of the levels, the same rows for the same seed."""
+    params = make_params({"data": {"synthetic": {"levels": [0, 3], "demos_per_level": 20}}})
+    assert params.data.synthetic.demo_style == "disjoint"
+    rows, stats = build_demos(params)
+    again, _ = build_demos(params)
+    other, _ = build_demos(params.model_copy(update={"seed": params.seed + 1}))
+    assert rows == again and stats.rows_kept == 40 and stats.dropped == {}
+    assert [r["problem"] for r in rows] != [r["problem"] for r in other]
+    assert [r["problem"] for r in rows] == [
+        p.problem for p in synthetic.generate_demos([0, 3], 20, params.seed)
+    ]
+    assert all(last_boxed(r["solution"]) == r["answer"] for r in rows)
+    assert {r["source"] for r in rows} == {"synthetic_l0", "synthetic_l3"}
 
 
 def test_math_lighteval_layout_keeps_solutions(make_params, tmp_path):

@@ -124,7 +124,7 @@ def test_verl_cmd_says_it_printed_the_gpu_command(capsys, monkeypatch):
 
 @pytest.mark.skipif(not CPU_ONLY_TORCH, reason="checks the local engine on a machine without CUDA")
 def test_the_local_engine_refuses_a_paper_profile_without_cuda():
-    from icpo_core.engines.local.trainer import pick_device
+    from icpo_core.engines.local.step_batch import pick_device
 
     assert pick_device(_params()).type == "cpu"
     with pytest.raises(UserError, match="needs CUDA"):

@@ -19,8 +19,8 @@ import torch
 from icpo_core.algorithm import off_policy_source, reward_variant, training_rewards
 from icpo_core.algorithm.control_rewards import control_rng
 from icpo_core.config import AlgorithmParams, load_params
-from icpo_core.engines.local.steplog import _clean
-from icpo_core.engines.local.trainer import plan_local_step
+from icpo_core.engines.local.step_batch import plan_local_step
+from icpo_core.steplog import _clean
 
 PARAMS = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
 N_PROMPTS, PROMPT_LEN, RESP_LEN, STEP, TOTAL = 3, 5, 6, 2, 8

@@ -111,7 +111,7 @@ def tiny(tmp_path, monkeypatch, mlflow_uri):
 
 def _train_two_steps(root: Path, run: str) -> None:
     from icpo_core.config import load_params
-    from icpo_core.engines.local import train_local
+    from icpo_core.engines.local.trainer import train_local
 
     def parity(texts, golds):
         return [float(len(t) % 2 == 0) for t in texts]
@@ -187,7 +187,7 @@ class _Launched(Exception):
 def test_verl_train_after_params_yaml_was_edited_is_refused_before_the_launch(project, capsys, monkeypatch):
     import torch
 
-    from icpo_core.engines.local import checkpoint as ckpt
+    from icpo_core import checkpoint_layout as layout
     from icpo_core.engines.verl import job
     from icpo_core.engines.verl.resume import PARAMS_FILE
 
@@ -205,10 +205,10 @@ def test_verl_train_after_params_yaml_was_edited_is_refused_before_the_launch(pr
     assert (ckpt_root / PARAMS_FILE).is_file() and reached == ["icpo"]
 
     # verl wrote step 2 (one rank), then params.yaml was edited
-    actor = ckpt.actor_dir(ckpt_root, 2)
+    actor = layout.actor_dir(ckpt_root, 2)
     actor.mkdir(parents=True)
     torch.save({"lr_scheduler": None, "rng": {}}, actor / "extra_state_world_size_1_rank_0.pt")
-    (ckpt_root / ckpt.LATEST_FILE).write_text("2\n")
+    (ckpt_root / layout.LATEST_FILE).write_text("2\n")
     project({"train": {"engine": "verl", "lr": 1e-5, "keep_checkpoints": 3}})
     rc, _, err = _icpo(capsys, "train", "--run", "icpo")
     assert rc == 2 and reached == ["icpo"]  # refused before the launch went on
@@ -228,7 +228,7 @@ def test_verl_train_after_params_yaml_was_edited_is_refused_before_the_launch(pr
 
 def test_merge_of_a_damaged_final_checkpoint_prints_one_line(tiny, capsys):
     from icpo_core.config import load_params
-    from icpo_core.engines.local import train_local
+    from icpo_core.engines.local.trainer import train_local
 
     params = load_params(tiny / "params.yaml")
     train_local(params, "grpo", root=tiny, reward_fn=lambda t, g: [0.0] * len(t), progress=False)

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from icpo_core.cli import main
+from icpo_core.data.answers import last_boxed
 from icpo_core.data.schema import DEMO_SCHEMA, EVAL_FIELDS, TRAIN_SCHEMA, check_schema
 
 
@@ -75,7 +76,7 @@ def test_offline_default_stages(project, tiny_gguf, capsys):
     assert "prepare-demos: synthetic (synthetic): 60 rows in, 60 kept" in out
     check_schema(root / "data/demos.parquet", DEMO_SCHEMA)
     demos = pq.read_table(root / "data/demos.parquet").to_pylist()
-    assert all(d["solution"].endswith(f"\\boxed{{{d['answer']}}}.") for d in demos)
+    assert all(last_boxed(d["solution"]) == d["answer"] for d in demos)
     assert json.loads((root / "metrics/prepare_demos.json").read_text())["rows_kept"] == 60
 
     # The three splits share no problem.

@@ -21,6 +21,7 @@ from stage_helpers import env as _env
 from stage_helpers import icpo as _icpo
 from stage_helpers import steps as _steps
 
+from icpo_core import checkpoint_layout as layout
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local.tiny import make_tiny_project
 
@@ -90,7 +91,7 @@ def test_sigkill_then_resume_has_every_step_once(tmp_path):
     actor = root / "runs/icpo/checkpoints/global_step_12/actor"
     trained = ckpt.load_weights(actor)  # the finished run: Hugging Face weights, linked into merged/
     assert not (actor / "model_world_size_1_rank_0.pt").exists()
-    for f in ckpt.hf_weight_files(actor):  # one copy on disk: the merged file is the same inode
+    for f in layout.hf_weight_files(actor):  # one copy on disk: the merged file is the same inode
         assert (root / "runs/icpo/merged" / f.name).stat().st_ino == f.stat().st_ino
     state = model.state_dict()
     assert model.dtype == torch.float32
@@ -101,7 +102,7 @@ def test_sigkill_then_resume_has_every_step_once(tmp_path):
 
 def test_unreachable_mlflow_does_not_stop_training(tmp_path, monkeypatch, caplog):
     from icpo_core.config import load_params
-    from icpo_core.engines.local import train_local
+    from icpo_core.engines.local.trainer import train_local
 
     root = make_tiny_project(tmp_path / "p", train={"steps": 2})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
@@ -110,7 +111,7 @@ def test_unreachable_mlflow_does_not_stop_training(tmp_path, monkeypatch, caplog
     assert caplog.text.count("training continues without MLflow") == 1
     assert summary["steps"] == 2 and summary["mlflow_run_id"] is None
     assert _steps(root, "grpo") == [1, 2]
-    assert ckpt.hf_weight_files(root / "runs/grpo/checkpoints/global_step_2/actor")
+    assert layout.hf_weight_files(root / "runs/grpo/checkpoints/global_step_2/actor")
 
 
 def test_bad_run_and_missing_checkpoint_exit_2(tmp_path):
@@ -127,7 +128,8 @@ def test_lora_train_then_merge_gives_a_plain_merged_folder(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from icpo_core.config import load_params
-    from icpo_core.engines.local import lora, train_local
+    from icpo_core.engines.local import lora
+    from icpo_core.engines.local.trainer import train_local
 
     lora_cfg = {"enabled": True, "rank": 4, "alpha": 8}
     root = make_tiny_project(tmp_path / "p", train={"steps": 2, "lr": 1e-2, "lora": lora_cfg})

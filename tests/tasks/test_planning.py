@@ -47,6 +47,7 @@ def test_plan_markdown_says_why():
 
 def test_gpu_stages():
     assert is_gpu_stage("train@grpo") and is_gpu_stage("bench@icpo") and is_gpu_stage("bench_base")
+    assert is_gpu_stage("regime")
     assert not is_gpu_stage("merge@icpo") and not is_gpu_stage("prepare_train") and not is_gpu_stage("report")
 
 

@@ -1,17 +1,8 @@
-"""Checkpoints in verl's FSDP actor layout, written atomically, pruned to ``max_ckpt_to_keep``.
+"""The local engine's checkpoints: verl's FSDP actor layout with one rank (:mod:`icpo_core.checkpoint_layout`, which
+also finds, prunes and names them), written atomically, pruned to ``max_ckpt_to_keep``. This module reads and
+writes the torch files.
 
-```
-<root>/latest_checkpointed_iteration.txt          # "N", written after global_step_N is complete
-<root>/global_step_N/actor/model_world_size_1_rank_0.pt        # full state dict (world size 1: no shards)
-<root>/global_step_N/actor/optim_world_size_1_rank_0.pt        # AdamW state
-<root>/global_step_N/actor/extra_state_world_size_1_rank_0.pt  # verl's {lr_scheduler, rng} + "icpo" resume state
-<root>/global_step_N/actor/fsdp_config.json                    # {"FSDP_version": 1, "world_size": 1}
-<root>/global_step_N/actor/lora_train_meta.json                 # LoRA runs only: {"r", "lora_alpha", "task_type"}
-<root>/global_step_N/actor/huggingface/                         # config, generation config, tokenizer
-<root>/global_step_N/actor/huggingface/model.safetensors       # final checkpoint only: the weights (see below)
-```
-
-This is what verl's ``FSDPCheckpointManager`` writes with one rank, so ``python -m verl.model_merger merge
+It is what verl's ``FSDPCheckpointManager`` writes with one rank, so ``python -m verl.model_merger merge
 --backend fsdp`` reads the local engine's checkpoints as it reads verl's. The ``icpo`` entry of the extra
 state holds what a resume needs beyond verl's keys: step, data position, config fingerprint.
 
@@ -36,14 +27,13 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from icpo_core import checkpoint_layout as layout
 from icpo_core.engines.local import lora
 from icpo_core.errors import DataError
 from icpo_core.io_utils import (
@@ -56,72 +46,6 @@ from icpo_core.io_utils import (
 )
 
 log = logging.getLogger(__name__)
-
-LATEST_FILE = "latest_checkpointed_iteration.txt"
-_STEP_DIR = re.compile(r"^global_step_(\d+)$")
-_EXTRA_STATE = re.compile(r"^extra_state_world_size_(\d+)_rank_(\d+)\.pt$")
-WORLD = "world_size_1_rank_0"
-HF_DIR = "huggingface"
-
-
-def hf_weight_files(actor: str | Path) -> list[Path]:
-    """The Hugging Face weight files of an actor folder (a final checkpoint), or [] when it has none."""
-    return sorted((Path(actor) / HF_DIR).glob("*.safetensors"))
-
-
-def weight_files(actor: str | Path) -> list[Path]:
-    """The files holding an actor folder's weights: ``model_*.pt`` shards, else the Hugging Face ones."""
-    actor = Path(actor)
-    return sorted(actor.glob("model_world_size_*_rank_*.pt")) or hf_weight_files(actor)
-
-
-def actor_dir(root: str | Path, step: int) -> Path:
-    return Path(root) / f"global_step_{step}" / "actor"
-
-
-def is_complete(actor: str | Path) -> bool:
-    """True when an actor folder holds the extra state of every rank of some world size W.
-
-    verl's ``FSDPCheckpointManager`` writes ``extra_state_world_size_{W}_rank_{r}.pt`` for r = 0..W-1 (the
-    local engine is W = 1); a folder missing a rank (a killed multi-rank save) is not complete.
-    """
-    actor = Path(actor)
-    if not actor.is_dir():
-        return False
-    ranks: dict[int, set[int]] = {}
-    for f in actor.iterdir():
-        m = _EXTRA_STATE.match(f.name)
-        if m and f.is_file():
-            ranks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    return any(w > 0 and got >= set(range(w)) for w, got in ranks.items())
-
-
-def list_steps(root: str | Path) -> list[int]:
-    """Steps of the complete ``global_step_N`` folders under ``root`` (:func:`is_complete`), ascending."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    steps = []
-    for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and is_complete(p / "actor"):
-            steps.append(int(m.group(1)))
-    return sorted(steps)
-
-
-def latest_step(root: str | Path) -> int | None:
-    """The step in ``latest_checkpointed_iteration.txt`` if its folder is complete, else the newest complete one."""
-    root = Path(root)
-    steps = list_steps(root)
-    marker = root / LATEST_FILE
-    if marker.is_file():
-        try:
-            n = int(marker.read_text().strip())
-            if n in steps:
-                return n
-        except ValueError:
-            pass
-    return steps[-1] if steps else None
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -182,7 +106,7 @@ def save_checkpoint(
     previous checkpoints as they were."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    prev = latest_step(root)
+    prev = layout.latest_step(root)
     fix = (
         f"free some space (or lower train.keep_checkpoints) and rerun: training resumes from step {prev}"
         if prev is not None
@@ -190,25 +114,26 @@ def save_checkpoint(
     )
     need = estimate_bytes(model, with_optimizer=not final)
     check_free_space(root, need, f"checkpoint step {step}", fix)
-    target = root / f"global_step_{step}"
+    target = layout.step_dir(root, step)
     try:
         with atomic_path(target) as tmp:
             actor = tmp / "actor"
             actor.mkdir(parents=True)
-            hf = actor / HF_DIR
+            hf = actor / layout.HF_DIR
             if lora.is_peft(model):
                 (actor / lora.META_FILE).write_text(json.dumps(lora.train_meta(model), indent=4))
-                torch.save(lora.adapter_state_dict(model), actor / f"model_{WORLD}.pt")
+                torch.save(lora.adapter_state_dict(model), actor / f"model_{layout.WORLD}.pt")
             elif final:  # the weights once, as the merged model will be (merge links these files)
                 model.save_pretrained(hf)
             else:
                 torch.save(
-                    {k: v.detach().cpu() for k, v in model.state_dict().items()}, actor / f"model_{WORLD}.pt"
+                    {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    actor / f"model_{layout.WORLD}.pt",
                 )
             if not final:
-                torch.save(optimizer.state_dict(), actor / f"optim_{WORLD}.pt")
+                torch.save(optimizer.state_dict(), actor / f"optim_{layout.WORLD}.pt")
             extra = {"lr_scheduler": None, "rng": get_rng_state(), "icpo": dict(resume_state, step=step)}
-            torch.save(extra, actor / f"extra_state_{WORLD}.pt")
+            torch.save(extra, actor / f"extra_state_{layout.WORLD}.pt")
             (actor / "fsdp_config.json").write_text(
                 json.dumps({"FSDP_version": 1, "world_size": 1}, indent=4)
             )
@@ -216,45 +141,15 @@ def save_checkpoint(
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.save_pretrained(hf)
             tokenizer.save_pretrained(hf)
-        atomic_write_text(root / LATEST_FILE, f"{step}\n")
+        atomic_write_text(root / layout.LATEST_FILE, f"{step}\n")
     except Exception as e:
         # torch's writer reports a full disk as assorted RuntimeErrors ("iostream error", "unexpected pos"):
         # a checkpoint that does not fit in what is free (the partial one is gone by now) is a full disk too
         if is_disk_full(e) or free_bytes(root) < need:
             raise disk_full_error(e, target, fix) from None
         raise
-    prune(root, max_to_keep)
-    return actor_dir(root, step)
-
-
-def prune(root: str | Path, max_to_keep: int | None) -> None:
-    """Delete all but the newest ``max_to_keep`` checkpoints, and temporaries left by killed writes."""
-    root = Path(root)
-    for p in root.glob(".global_step_*"):
-        shutil.rmtree(p, ignore_errors=True)
-    if not max_to_keep:
-        return
-    for step in list_steps(root)[:-max_to_keep]:
-        shutil.rmtree(root / f"global_step_{step}", ignore_errors=True)
-
-
-def remove_step_stubs(root: str | Path) -> list[int]:
-    """Delete the ``global_step_N`` folders that hold no ``actor`` folder; returns their steps.
-
-    verl's pruning (``max_actor_ckpt_to_keep``) removes an old step's actor folder and leaves the folder with the
-    dataloader state (``data.pt``) behind, which lists like a checkpoint but cannot be resumed or merged. verl
-    writes a step's actor folder before its ``data.pt``, so a folder without one is never a save in progress; the
-    marker's step is kept whatever it holds."""
-    root = Path(root)
-    marker = root / LATEST_FILE
-    keep = marker.read_text().strip() if marker.is_file() else None
-    removed = []
-    for p in root.glob("global_step_*"):
-        m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and m.group(1) != keep and not (p / "actor").exists():
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(int(m.group(1)))
-    return sorted(removed)
+    layout.prune(root, max_to_keep)
+    return layout.actor_dir(root, step)
 
 
 def load_checkpoint(
@@ -266,20 +161,22 @@ def load_checkpoint(
     restore_rng: bool = True,
 ) -> dict[str, Any]:
     """Load weights / optimizer / RNG of ``global_step_<step>`` in place; returns the ``icpo`` resume state."""
-    actor = actor_dir(root, step)
-    extra = _load_file(actor / f"extra_state_{WORLD}.pt", weights_only=False)
+    actor = layout.actor_dir(root, step)
+    extra = _load_file(actor / f"extra_state_{layout.WORLD}.pt", weights_only=False)
     if model is not None:
         state = load_weights(actor)
         try:
             load_model_state(model, state, actor)
         except (RuntimeError, ValueError) as e:
-            raise _damaged(weight_files(actor)[0], f"weights do not fit the model ({str(e)[:120]})") from None
+            raise _damaged(
+                layout.weight_files(actor)[0], f"weights do not fit the model ({str(e)[:120]})"
+            ) from None
     if optimizer is not None:
         try:
-            optimizer.load_state_dict(_load_file(actor / f"optim_{WORLD}.pt"))
+            optimizer.load_state_dict(_load_file(actor / f"optim_{layout.WORLD}.pt"))
         except (KeyError, ValueError, RuntimeError) as e:
             raise _damaged(
-                actor / f"optim_{WORLD}.pt", f"not this optimizer's state ({str(e)[:120]})"
+                actor / f"optim_{layout.WORLD}.pt", f"not this optimizer's state ({str(e)[:120]})"
             ) from None
     if restore_rng and extra.get("rng"):
         set_rng_state(extra["rng"])
@@ -308,8 +205,8 @@ def load_weights(actor: str | Path) -> dict[str, torch.Tensor]:
     """The weights of a world-size-1 actor folder: ``model_*.pt``, or a final checkpoint's Hugging Face files
     (which, as ``save_pretrained`` writes them, hold a tied weight once); a damaged file is a :class:`DataError`."""
     actor = Path(actor)
-    shard = actor / f"model_{WORLD}.pt"
-    hf_files = hf_weight_files(actor)
+    shard = actor / f"model_{layout.WORLD}.pt"
+    hf_files = layout.hf_weight_files(actor)
     if shard.is_file() or not hf_files:
         return _load_file(shard)
     from safetensors import SafetensorError
@@ -357,14 +254,3 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], whe
 def read_resume_state(root: str | Path, step: int) -> dict[str, Any]:
     """The ``icpo`` resume state of a checkpoint without loading weights."""
     return load_checkpoint(root, step, restore_rng=False)
-
-
-def clear(root: str | Path) -> None:
-    """Remove every checkpoint under ``root`` (a fresh start after a config change)."""
-    root = Path(root)
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)

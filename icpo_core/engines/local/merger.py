@@ -31,16 +31,12 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 from verl.model_merger.fsdp_model_merger import FSDPModelMerger, merge_non_dtensor_shards
 
-from icpo_core.engines.local import checkpoint as ckpt
+from icpo_core import checkpoint_layout as layout
 from icpo_core.engines.local import lora
 from icpo_core.io_utils import link_or_copy_tree
-
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # older torch
-    from torch.distributed._tensor import DTensor
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -134,7 +130,7 @@ def has_hf_weights(local_dir: str | Path) -> bool:
     """True for an actor folder whose weights are only in ``huggingface/`` (a finished local run's last
     checkpoint): :func:`merge_checkpoint` links them instead of merging shards."""
     actor = Path(local_dir)
-    return not list(actor.glob("model_world_size_*_rank_*.pt")) and bool(ckpt.hf_weight_files(actor))
+    return not list(actor.glob("model_world_size_*_rank_*.pt")) and bool(layout.hf_weight_files(actor))
 
 
 def _stored_dtype(files: list[Path]) -> torch.dtype | None:
@@ -161,8 +157,8 @@ def link_hf_weights(local_dir: str | Path, target_dir: str | Path, dtype: str = 
     verl's stock merger casts to bfloat16). Returns the bytes written (0 when all was linked)."""
     from safetensors.torch import load_file, save_file
 
-    hf = Path(local_dir) / ckpt.HF_DIR
-    files = ckpt.hf_weight_files(local_dir)
+    hf = Path(local_dir) / layout.HF_DIR
+    files = layout.hf_weight_files(local_dir)
     want = None if dtype == "keep" else DTYPES[dtype]
     stored = _stored_dtype(files)
     if want is None or stored == want:

@@ -4,7 +4,7 @@
   at EOS). The sampler is ``model.generate`` itself (no custom decode loop): :func:`generate` only pads, seeds and
   splits the output into response tokens and a response mask (every token up to and including the first EOS).
 - ``vllm``: a colocated offline vLLM engine that the trainer pushes its weights into after every optimizer step
-  (:mod:`icpo_core.rollout.vllm_engine`, shared with the bench).
+  (:mod:`.vllm_rollout`; the engine is started by :mod:`icpo_core.rollout.vllm_engine`, shared with the bench).
 
 :func:`make_rollout_engine` picks one from ``train.rollout_backend``; when vLLM cannot be imported or started it
 falls back to ``hf`` with one warning naming the cause.
@@ -20,10 +20,11 @@ from typing import Any, Protocol
 import torch
 from transformers import GenerationConfig
 
+from icpo_core.engines.local.vllm_rollout import VLLMRolloutEngine
 from icpo_core.errors import UserError
 from icpo_core.rollout.eos import eos_token_ids
 from icpo_core.rollout.tokens import Rollouts, left_pad, response_mask_from
-from icpo_core.rollout.vllm_engine import VLLMRolloutEngine, VLLMUnavailable
+from icpo_core.rollout.vllm_engine import VLLMUnavailable
 
 __all__ = [
     "HFRolloutEngine",

@@ -36,14 +36,13 @@ from icpo_core.algorithm import (
     reward_variant,
     training_rewards,
 )
+from icpo_core.algorithm.batch_keys import IEF_KEY
 
 if TYPE_CHECKING:
     from verl import DataProto
 
     from icpo_core.config import AlgorithmParams
     from icpo_core.data.expert_traces import ExpertTrace
-
-IEF_KEY = "icpo_ief"  # per-row float flag, 1.0 = IEF trajectory; travels with the batch into the actor's loss
 
 
 def _question_of(messages: Sequence[Mapping[str, str]], extra_info: Any) -> str | None:

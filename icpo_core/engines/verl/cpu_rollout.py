@@ -22,7 +22,7 @@ after loading (``dispatch_cpu_unquantized_gemm(remove_weight=True)`` leaves an e
 ``_get_worker_extension_cls`` hook) receives the same buckets and loads them through vLLM's layerwise reload
 (``initialize_layerwise_reload`` / ``finalize_layerwise_reload``, as vLLM's own ``reload_weights``), then
 re-packs the LM head, whose packed copy of tied embeddings the reload does not refresh (the trap the local
-engine met: stale log-probs without an error).
+engine met: stale log-probs without an error; :func:`icpo_core.rollout.vllm_engine.repack_lm_head`, shared).
 
 :func:`register` hands the replica out for ``rollout.name=vllm`` through verl's ``RolloutReplicaRegistry``. The
 rollout config must set ``enable_sleep_mode=false`` (vLLM: "Sleep mode is not supported on current platform")
@@ -35,6 +35,8 @@ Not covered: tensor / data / pipeline parallel rollout (world size per replica >
 from __future__ import annotations
 
 import torch
+
+from icpo_core.rollout.vllm_engine import repack_lm_head
 
 _EXTENSION_FQN = f"{__name__}.CPUvLLMWorkerExtension"
 _cache: dict[str, type] = {}
@@ -74,15 +76,6 @@ def _extension_class() -> type:
 
     CPUvLLMWorkerExtension.__module__ = __name__
     return CPUvLLMWorkerExtension
-
-
-def repack_lm_head(model) -> None:
-    """Re-run the LM head's post-load processing: vLLM-CPU keeps a packed copy of the (tied) embedding matrix in
-    the LM head, which a reload of the embeddings does not refresh."""
-    head = getattr(model, "lm_head", None)
-    method = getattr(head, "quant_method", None)
-    if head is not None and method is not None and hasattr(method, "process_weights_after_loading"):
-        method.process_weights_after_loading(head)
 
 
 def __getattr__(name: str):

@@ -19,9 +19,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from icpo_core import paths, tracking
+from icpo_core.checkpoint_layout import remove_step_stubs
 from icpo_core.config import Params
 from icpo_core.engines import devices
 from icpo_core.engines.verl import overrides, preflight
+from icpo_core.engines.verl.expert_traces import write_expert_trace_train
+from icpo_core.engines.verl.metrics import export_steps, launch_log_name, metrics_dir
 from icpo_core.engines.verl.resume import check_or_record
 
 LAUNCHER_MODULE = "icpo_core.engines.verl.launcher"
@@ -58,8 +61,6 @@ def prepare_train_file(params: Params, run: str, root: str | Path = ".", instanc
     root = Path(root)
     path = root / overrides.train_file(params, run, instance or run)
     if overrides.supplies_traces(params, run):
-        from icpo_core.engines.verl.expert_traces import write_expert_trace_train
-
         kept, dropped = write_expert_trace_train(root / paths.TRAIN_PARQUET, path)
         print(f"LUFFY: {kept} training rows with an expert trace, {dropped} without one dropped", flush=True)
     return path
@@ -93,8 +94,6 @@ def launch_env(
     params: Params, run: str, root: str | Path = ".", instance: str | None = None
 ) -> dict[str, str]:
     """:func:`tracking_env` plus the path of this launch's verl step log (one file per launch, by start time)."""
-    from icpo_core.engines.verl.metrics import launch_log_name, metrics_dir
-
     log_path = str((Path(root).resolve() / metrics_dir(instance or run) / launch_log_name()).resolve())
     cpu = cpu_env(params) if overrides.on_cpu(params) else {}
     return {**tracking_env(params, root), "VERL_FILE_LOGGER_PATH": log_path, **cpu}
@@ -158,7 +157,7 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
     LUFFY's training file (:func:`prepare_train_file`), opens the run's MLflow run (:func:`open_mlflow_run`;
     verl attaches to it) and afterwards, also after a failure, exports verl's step log to
     ``metrics/steps_<run>.jsonl`` (:func:`.metrics.export_steps`) and removes what verl's pruning leaves of old
-    steps (:func:`~icpo_core.engines.local.checkpoint.remove_step_stubs`). A verl exit 0 that logged no new step while
+    steps (:func:`~icpo_core.checkpoint_layout.remove_step_stubs`). A verl exit 0 that logged no new step while
     the checkpoint is short of ``train.steps`` is reported and returned as exit code 1 (verl can end a resumed
     run without training).
 
@@ -166,9 +165,6 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
     launches nothing: verl's ``fit`` would train one step past the end (it resumes at step N + 1 and stops
     after it). The step log is rebuilt, the MLflow run finished, and 0 returned.
     """
-    from icpo_core.engines.local.checkpoint import remove_step_stubs  # torch: not for ``icpo verl-cmd``
-    from icpo_core.engines.verl.metrics import export_steps, metrics_dir
-
     name = instance or run
     overrides.on_cpu(params)  # a GPU run in a process without CUDA stops here, naming the cause
     start = check_or_record(params, run, Path(root) / paths.checkpoints_dir(name)) or 0

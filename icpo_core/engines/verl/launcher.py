@@ -13,6 +13,10 @@ import ray
 from verl.trainer.main_ppo import run_ppo
 from verl.trainer.main_ppo_v0 import BaseTaskRunner
 
+from icpo_core.engines.verl import cpu_shims
+from icpo_core.engines.verl.metrics import task_runner_log_path
+from icpo_core.engines.verl.trainer import RayICPOTrainer
+
 
 def _cpu(config) -> bool:
     """A CPU run (``trainer.device=cpu``, set by :func:`.overrides.cpu_overrides`): not ``torch.cuda``, which
@@ -31,8 +35,6 @@ class ICPOTaskRunner(BaseTaskRunner):
         actor_rollout_cls, ray_worker_group_cls = super().add_actor_rollout_worker(config)
         if not _cpu(config):
             return actor_rollout_cls, ray_worker_group_cls
-        from icpo_core.engines.verl import cpu_shims
-
         cpu_cls = cpu_shims.cpu_worker_class()
         for role, remote in list(self.role_worker_mapping.items()):
             if getattr(remote, "__ray_actor_class__", None) is actor_rollout_cls:
@@ -43,8 +45,6 @@ class ICPOTaskRunner(BaseTaskRunner):
         manager = super().init_resource_pool_mgr(config)
         if not _cpu(config):
             return manager
-        from icpo_core.engines.verl import cpu_shims
-
         return cpu_shims.cpu_resource_pool_manager(manager.resource_pool_spec, manager.mapping)
 
     def build_trainer(self, config):
@@ -58,8 +58,6 @@ class ICPOTaskRunner(BaseTaskRunner):
         )
         from verl.utils.config import omega_conf_to_dataclass, validate_config
         from verl.utils.dataset.rl_dataset import collate_fn
-
-        from icpo_core.engines.verl.trainer import RayICPOTrainer
 
         OmegaConf.resolve(config)
         actor_rollout_cls, ray_worker_group_cls = self.add_actor_rollout_worker(config)
@@ -104,8 +102,6 @@ class ICPOTaskRunner(BaseTaskRunner):
         )
 
     def run(self, config):
-        from icpo_core.engines.verl.metrics import task_runner_log_path
-
         task_runner_log_path()  # before fit() opens verl's file logger (multi-node: the env has only the dir)
         trainer = self.build_trainer(config)
         trainer.init_workers()

@@ -26,21 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from icpo_core.algorithm.actor_metrics import ratio_metrics, token_metric_sums
 from icpo_core.algorithm.advantages import group_advantages
+from icpo_core.algorithm.batch_keys import IEF_KEY
 from icpo_core.algorithm.losses import aggregate_loss, icpo_policy_loss, kl_loss, micro_batch_normalisation
 
-IEF_KEY = "icpo_ief"
 NAME = "icpo"
 SUM_PREFIX = (
     "actor/icpo_sum/"  # per-micro-batch sums (SUM-aggregated); finalize_actor_metrics turns them into means
 )
-# ratio metric -> (numerator sum, token-count sum)
-RATIO_METRICS = {
-    "actor/ief_prob": ("ief_prob", "ief_tokens"),
-    "actor/pg_clipfrac": ("pg_clipfrac", "on_tokens"),
-    "actor/pg_clipfrac_lower": ("pg_clipfrac_lower", "on_tokens"),
-    "actor/ppo_kl": ("ppo_kl", "on_tokens"),
-}
 
 
 def icpo_advantage(
@@ -120,47 +114,6 @@ def icpo_policy_loss_fn(
     )
 
 
-def token_metric_sums(
-    log_prob: torch.Tensor,
-    old_log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    ief_mask: torch.Tensor,
-    *,
-    clip_ratio_low: float,
-    clip_ratio_high: float,
-    clip_ratio_c: float,
-) -> dict[str, float]:
-    """Sums behind :func:`icpo_core.algorithm.icpo_policy_loss`'s ratio metrics (paper section 3.4 loss).
-
-    On-policy tokens: the PPO ratio r = exp(logp - old_logp) is clipped when ``-A clip(r) > -A r``
-    (``pg_clipfrac``), the dual clip binds when A < 0 and ``max(-A r, -A clip(r)) > -A c``
-    (``pg_clipfrac_lower``), and ``ppo_kl`` sums ``old_logp - logp``. IEF tokens: ``ief_prob`` sums the
-    current token probability p = exp(logp). Token counts ``on_tokens`` / ``ief_tokens`` come along.
-    """
-    with torch.no_grad():
-        mask = response_mask.bool()
-        ief = ief_mask.bool().reshape(-1, 1).expand_as(mask) & mask
-        on = mask & ~ief
-        adv = advantages.to(log_prob.dtype)
-        adv = adv.unsqueeze(-1).expand_as(log_prob) if adv.dim() == 1 else adv
-        neg_kl = torch.clamp(log_prob - old_log_prob, -20.0, 20.0)
-        ratio = torch.exp(neg_kl)
-        loss1 = -adv * ratio
-        loss2 = -adv * torch.clamp(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)
-        clipped = torch.maximum(loss1, loss2)
-        lower = torch.gt(clipped, -adv * clip_ratio_c) & (adv < 0)
-        p = torch.exp(torch.clamp(log_prob, -20.0, 20.0))
-        return {
-            "on_tokens": float(on.sum()),
-            "ief_tokens": float(ief.sum()),
-            "pg_clipfrac": float((torch.gt(loss2, loss1) & on).sum()),
-            "pg_clipfrac_lower": float((lower & on).sum()),
-            "ppo_kl": float((-neg_kl * on).sum()),
-            "ief_prob": float((p * ief).sum()),
-        }
-
-
 def _total(value: Any) -> float:
     """Sum of one metric as verl hands it back: a float, a list (one per mini-batch) or a ``Metric``."""
     from verl.utils.metric import Metric
@@ -184,10 +137,7 @@ def finalize_actor_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     if not sums:
         return metrics
     out = {k: v for k, v in metrics.items() if not k.startswith(SUM_PREFIX)}
-    for name, (num, count) in RATIO_METRICS.items():
-        out[name] = sums[num] / sums[count] if sums[count] else 0.0
-    tokens = sums["on_tokens"] + sums["ief_tokens"]
-    out["actor/ief_token_frac"] = sums["ief_tokens"] / tokens if tokens else 0.0
+    out.update(ratio_metrics(sums))
     return out
 
 

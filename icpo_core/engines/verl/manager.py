@@ -35,9 +35,9 @@ from verl.protocol import pad_dataproto_to_divisor, unpad_dataproto
 from verl.utils.ray_utils import auto_await
 
 from icpo_core.algorithm import DemoPool, OffPolicySource, off_policy_source, reward_variant
+from icpo_core.algorithm.batch_keys import IEF_KEY
 from icpo_core.algorithm.control_rewards import control_rng
 from icpo_core.engines.verl.batch_ops import (
-    IEF_KEY,
     apply_reward_control,
     expand_with_ief,
     expert_trace_rows,

@@ -1,8 +1,11 @@
-"""verl's per-step log -> the project's ``metrics/steps_<run>.jsonl`` (metric names of docs/architecture.md).
+"""verl's per-launch step logs -> the project's step log ``metrics/steps_<run>.jsonl`` (:mod:`icpo_core.steplog`,
+metric names of docs/architecture.md).
 
 verl's ``file`` logger writes ``{"step": N, "data": {...}}`` lines to ``VERL_FILE_LOGGER_PATH`` and truncates
 that file when it opens it, so every launch gets its own file under ``runs/<run>/verl_metrics/`` and
-:func:`export_steps` merges them (a resumed run's later lines win for a repeated step).
+:func:`export_steps` merges them (a resumed run's later lines win for a repeated step) and writes the step log
+through :func:`icpo_core.steplog.write`. What is here is verl's side only: its file names, its record format,
+its metric names.
 
 Multi-node runs cannot hand the per-launch file name to verl's TaskRunner through the hydra config (verl
 logs the config as MLflow params, and a value that changes on resume makes MLflow refuse the run): the
@@ -20,8 +23,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
-from icpo_core import paths
-from icpo_core.io_utils import atomic_write_text
+from icpo_core import paths, steplog
 
 # verl metric name -> contract name (names already in the contract, e.g. reward/*, icpo/*, adv/*, pass through)
 RENAMES = {
@@ -106,13 +108,12 @@ def export_steps(run: str, root: str | Path = ".") -> Path | None:
     """Merge ``runs/<run>/verl_metrics/*.jsonl`` into ``metrics/steps_<run>.jsonl``; None if verl logged nothing."""
     root = Path(root)
     files = sorted((root / metrics_dir(run)).glob("*.jsonl"))
-    steps: dict[int, dict[str, Any]] = {}
-    for f in files:  # launch files are named by start time: later launches override earlier steps
-        for rec in read_launch_log(f):
-            steps[rec["step"]] = {"step": rec["step"], **convert_record(rec.get("data", {}))}
-    if not steps:
+    # launch files are named by start time: later launches override earlier steps (steplog.write: last row wins)
+    rows = [
+        {**convert_record(rec.get("data", {})), "step": rec["step"]}
+        for f in files
+        for rec in read_launch_log(f)
+    ]
+    if not rows:
         return None
-    target = root / paths.train_metrics_jsonl(run)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(target, "".join(json.dumps(steps[s]) + "\n" for s in sorted(steps)))
-    return target
+    return steplog.write(root / paths.train_metrics_jsonl(run), rows)

@@ -26,7 +26,9 @@ from icpo_core.bench.registry import val_parquet_paths
 from icpo_core.config import Params, ParamsError
 from icpo_core.engines import devices
 from icpo_core.engines.verl import preflight
+from icpo_core.engines.verl.expert_traces import expert_trace_train_path
 from icpo_core.engines.verl.icpo_block import icpo_overrides
+from icpo_core.engines.verl.metrics import LOG_PATH_ENV, METRICS_DIR_ENV
 
 _PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")  # hydra-safe unquoted values (identifiers, dotted names)
 VERL_ADV_EPS = 1e-6  # the epsilon verl's advantage estimators always run with
@@ -316,8 +318,6 @@ def train_file(params: Params, run: str, name: str) -> Path:
     its copy without rows lacking a ``target`` (:func:`.expert_traces.expert_trace_train_path`, written by
     :func:`.job.prepare_train_file`)."""
     if supplies_traces(params, run):
-        from icpo_core.engines.verl.expert_traces import expert_trace_train_path
-
         return expert_trace_train_path(name)
     return paths.TRAIN_PARQUET
 
@@ -348,8 +348,6 @@ def ray_env_vars(env: Mapping[str, str]) -> dict[str, str]:
     verl logs its config as MLflow params and drops MLflow for the run when a resume changes one, so the
     per-launch step-log file is not passed; its folder is (``ICPO_VERL_METRICS_DIR``, see :mod:`.metrics`).
     """
-    from icpo_core.engines.verl.metrics import LOG_PATH_ENV, METRICS_DIR_ENV
-
     out = {k: str(env[k]) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI") if env.get(k)}
     if env.get(LOG_PATH_ENV):
         out[METRICS_DIR_ENV] = str(Path(env[LOG_PATH_ENV]).parent)

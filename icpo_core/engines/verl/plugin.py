@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from icpo_core.engines.verl import cpu_shims
 from icpo_core.engines.verl.losses import NAME, icpo_advantage, icpo_policy_loss_fn
 
 
@@ -33,6 +34,4 @@ def register() -> None:
 
 register()
 if os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu":
-    from icpo_core.engines.verl import cpu_shims
-
     cpu_shims.install()

@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 
 from icpo_core import paths
-from icpo_core.algorithm import off_policy_source
+from icpo_core.algorithm import build_ief_messages, off_policy_source
 from icpo_core.config import AlgorithmParams, Params
 from icpo_core.engines import devices, estimates
 from icpo_core.engines.local.data import load_demo_pool
@@ -143,8 +143,6 @@ def longest_ief_prompt(params: Params, run: str, root: str | Path = ".") -> tupl
     """
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
-
-    from icpo_core.algorithm import build_ief_messages
 
     root = Path(root)
     algo = params.run_algorithm(run)

@@ -8,16 +8,16 @@ silently train the remaining steps with other settings. So :func:`check_or_recor
 (atomically); with one, it compares them as the local engine compares its checkpoint's and refuses a change
 naming each key (:func:`~icpo_core.engines.resume_params.check_resume`).
 
-No verl / torch import at module top: ``icpo verl-cmd`` imports this package and prints instantly.
+No verl / torch import here: the checkpoint folder is read with :mod:`icpo_core.checkpoint_layout`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from icpo_core.checkpoint_layout import latest_step
 from icpo_core.engines import resume_params
 from icpo_core.errors import DataError
 from icpo_core.io_utils import atomic_write_json
@@ -25,7 +25,6 @@ from icpo_core.io_utils import atomic_write_json
 if TYPE_CHECKING:
     from icpo_core.config import Params
 
-log = logging.getLogger(__name__)
 
 # Next to verl's global_step_N folders and latest_checkpointed_iteration.txt; verl's pruning removes old step
 # folders only, and a fresh start (no complete step) rewrites it.
@@ -48,8 +47,7 @@ def read_record(ckpt_root: str | Path) -> dict[str, Any] | None:
         why = "not a JSON object"
     if not isinstance(state, dict):
         raise DataError(
-            f"{path}: damaged record of the training params ({why}); delete it to resume without checking "
-            f"params.yaml, or delete {Path(ckpt_root)} to start over"
+            f"{path}: damaged record of the training params ({why}); delete {Path(ckpt_root)} to start over"
         )
     return state
 
@@ -71,11 +69,9 @@ def write_record(ckpt_root: str | Path, run: str, training: dict[str, Any]) -> P
 def check_or_record(params: Params, run: str, ckpt_root: str | Path) -> int | None:
     """Before a verl launch: refuse a resume whose training params changed, or record them for a fresh start.
 
-    Returns the step verl will resume from (None: a fresh start, the params recorded). A resume whose
-    checkpoint root has no record (a run started by an older version) resumes unchecked with one warning, and
-    the params of this launch are recorded for the next one (the steps still to train use them)."""
-    from icpo_core.engines.local.checkpoint import latest_step  # torch: only when launching
-
+    Returns the step verl will resume from (None: a fresh start, the params recorded). A checkpoint whose root
+    holds no record of its params (a fresh start always writes one) is a :class:`DataError`: resuming unchecked
+    would hide exactly the edit the record is there to catch."""
     root = Path(ckpt_root)
     training = resume_params.training_params(params, run, "verl")
     step = latest_step(root)
@@ -86,11 +82,8 @@ def check_or_record(params: Params, run: str, ckpt_root: str | Path) -> int | No
     if state is None or not resume_params.check_resume(
         state, training, engine="verl", step=step, ckpt_root=str(root)
     ):
-        log.warning(
-            "%s: the checkpoint at step %d has no record of its training params (made by an older version): "
-            "resuming without checking params.yaml against it; this launch's params are recorded from now on",
-            root,
-            step,
+        raise DataError(
+            f"{root}: the checkpoint at step {step} has no record of its training params ({PARAMS_FILE}, written "
+            f"at the run's fresh start), so params.yaml cannot be checked against it; delete {root} to start over"
         )
-        write_record(root, run, training)
     return step

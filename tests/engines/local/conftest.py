@@ -66,7 +66,7 @@ def vllm_engine(vllm_model_dir: Path):
     from transformers import AutoTokenizer
 
     from icpo_core.config import TrainVllmParams
-    from icpo_core.rollout.vllm_engine import VLLMRolloutEngine
+    from icpo_core.engines.local.vllm_rollout import VLLMRolloutEngine
 
     tok = AutoTokenizer.from_pretrained(vllm_model_dir)
     engine = VLLMRolloutEngine(

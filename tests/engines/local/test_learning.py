@@ -42,8 +42,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from icpo_core import steplog
 from icpo_core.config import deep_merge
-from icpo_core.engines.local import steplog
 
 REPO_PARAMS = Path(__file__).resolve().parents[3] / "params.yaml"
 SEED = 0

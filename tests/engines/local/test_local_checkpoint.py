@@ -8,6 +8,7 @@ import random
 import numpy as np
 import torch
 
+from icpo_core import checkpoint_layout as layout
 from icpo_core.engines.local import checkpoint as ckpt
 
 
@@ -38,10 +39,10 @@ def test_layout_roundtrip_and_pruning(tiny_model_dir, tmp_path):
             resume_state={"data_pos": 7 * step},
             max_to_keep=2,
         )
-    assert ckpt.list_steps(root) == [2, 3]
-    assert (root / ckpt.LATEST_FILE).read_text().strip() == "3"
+    assert layout.list_steps(root) == [2, 3]
+    assert (root / layout.LATEST_FILE).read_text().strip() == "3"
     assert not list(root.glob(".global_step_*"))
-    actor = ckpt.actor_dir(root, 3)
+    actor = layout.actor_dir(root, 3)
     for name in ("model", "optim", "extra_state"):
         assert (actor / f"{name}_world_size_1_rank_0.pt").is_file()
     assert json.loads((actor / "fsdp_config.json").read_text()) == {"FSDP_version": 1, "world_size": 1}
@@ -56,7 +57,7 @@ def test_layout_roundtrip_and_pruning(tiny_model_dir, tmp_path):
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-2)
     torch.manual_seed(0)
-    state = ckpt.load_checkpoint(root, ckpt.latest_step(root), model=fresh, optimizer=fresh_opt)
+    state = ckpt.load_checkpoint(root, layout.latest_step(root), model=fresh, optimizer=fresh_opt)
     assert state == {"data_pos": 21, "step": 3}
     assert all(torch.equal(saved[k], v) for k, v in fresh.state_dict().items())
     assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], saved_opt)
@@ -86,9 +87,9 @@ def test_rng_state_restored(tiny_model_dir, tmp_path):
 
 def test_latest_ignores_incomplete_folders(tmp_path):
     (tmp_path / "global_step_5" / "actor").mkdir(parents=True)  # no extra_state: incomplete
-    assert ckpt.latest_step(tmp_path) is None
-    (tmp_path / ckpt.LATEST_FILE).write_text("5\n")
-    assert ckpt.latest_step(tmp_path) is None
+    assert layout.latest_step(tmp_path) is None
+    (tmp_path / layout.LATEST_FILE).write_text("5\n")
+    assert layout.latest_step(tmp_path) is None
 
 
 def test_final_checkpoint_holds_the_weights_once_in_the_hugging_face_layout(tiny_model_dir, tmp_path):
@@ -109,9 +110,9 @@ def test_final_checkpoint_holds_the_weights_once_in_the_hugging_face_layout(tiny
         max_to_keep=1,
         final=True,
     )
-    assert ckpt.latest_step(root) == 5  # complete, as verl's layout counts it (the extra state is there)
+    assert layout.latest_step(root) == 5  # complete, as verl's layout counts it (the extra state is there)
     assert not list(actor.glob("model_*.pt")) and not list(actor.glob("optim_*.pt"))
-    assert [f.name for f in ckpt.weight_files(actor)] == ["model.safetensors"]
+    assert [f.name for f in layout.weight_files(actor)] == ["model.safetensors"]
     # the folder is a Hugging Face model as it stands: what merge links and the bench loads
     as_hf = AutoModelForCausalLM.from_pretrained(actor / "huggingface")
     trained = model.state_dict()

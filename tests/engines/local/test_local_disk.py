@@ -11,8 +11,9 @@ import torch
 from disk_helpers import fill, small_fs
 from local_helpers import parity_reward
 
+from icpo_core import checkpoint_layout as layout
+from icpo_core import steplog
 from icpo_core.engines.local import checkpoint as ckpt
-from icpo_core.engines.local import steplog
 from icpo_core.io_utils import DiskFullError
 
 
@@ -21,7 +22,7 @@ def _folder_bytes(folder: Path) -> int:
 
 
 def _weights(root: Path, step: int) -> dict[str, torch.Tensor]:
-    return ckpt.load_weights(ckpt.actor_dir(root / "runs/icpo/checkpoints", step))
+    return ckpt.load_weights(layout.actor_dir(root / "runs/icpo/checkpoints", step))
 
 
 def _comparable(path: Path) -> list[dict]:
@@ -36,8 +37,8 @@ def test_enospc_mid_checkpoint_keeps_the_last_complete_one_and_resumes(
     tmp_path, monkeypatch, shared_mlflow_uri
 ):
     from icpo_core.config import load_params
-    from icpo_core.engines.local import train_local
     from icpo_core.engines.local.tiny import make_tiny_project
+    from icpo_core.engines.local.trainer import train_local
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_mlflow_uri)
     train = {"steps": 3, "save_freq": 1, "keep_checkpoints": 1}
@@ -45,7 +46,7 @@ def test_enospc_mid_checkpoint_keeps_the_last_complete_one_and_resumes(
         tmp_path / "ref", train={**train, "keep_checkpoints": 3}
     )  # (not in the fingerprint)
     train_local(load_params(ref / "params.yaml"), "icpo", root=ref, reward_fn=parity_reward, progress=False)
-    step_bytes = _folder_bytes(ckpt.actor_dir(ref / "runs/icpo/checkpoints", 2).parent)  # with AdamW state
+    step_bytes = _folder_bytes(layout.actor_dir(ref / "runs/icpo/checkpoints", 2).parent)  # with AdamW state
 
     with small_fs(tmp_path / "fs", 64) as fs:
         root = make_tiny_project(fs / "proj", train=train)
@@ -62,7 +63,7 @@ def test_enospc_mid_checkpoint_keeps_the_last_complete_one_and_resumes(
         ):
             train_local(params, "icpo", root=root, reward_fn=parity_reward, progress=False)
         croot = root / "runs/icpo/checkpoints"
-        assert ckpt.list_steps(croot) == [1] and ckpt.latest_step(croot) == 1
+        assert layout.list_steps(croot) == [1] and layout.latest_step(croot) == 1
         assert sorted(p.name for p in croot.iterdir() if p.name.startswith((".", "global_step"))) == [
             "global_step_1"
         ]
@@ -75,13 +76,15 @@ def test_enospc_mid_checkpoint_keeps_the_last_complete_one_and_resumes(
         assert _comparable(root / "metrics/steps_icpo.jsonl") == _comparable(ref / "metrics/steps_icpo.jsonl")
         wa, wb = _weights(ref, 3), _weights(root, 3)
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
-        assert not (ckpt.actor_dir(croot, 3) / "optim_world_size_1_rank_0.pt").exists()  # finished: no AdamW
+        assert not (
+            layout.actor_dir(croot, 3) / "optim_world_size_1_rank_0.pt"
+        ).exists()  # finished: no AdamW
 
 
 def test_free_space_check_stops_before_writing(tmp_path, monkeypatch, shared_mlflow_uri):
     from icpo_core.config import load_params
-    from icpo_core.engines.local import train_local
     from icpo_core.engines.local.tiny import make_tiny_project
+    from icpo_core.engines.local.trainer import train_local
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_mlflow_uri)
     with small_fs(tmp_path / "fs", 4) as fs:  # the tiny project fits, its checkpoints' estimate does not

@@ -10,10 +10,11 @@ import pytest
 import torch
 from local_helpers import parity_reward, randomise_adapters
 
+from icpo_core import checkpoint_layout as layout
 from icpo_core.config import LoraParams
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local import lora
-from icpo_core.engines.local import trainer as trainer_mod
+from icpo_core.engines.local import step as step_mod
 from icpo_core.engines.local.logprobs import batched_log_probs
 from icpo_core.engines.local.merger import merge_checkpoint
 from icpo_core.engines.local.trainer import LocalTrainer, train_local
@@ -67,7 +68,7 @@ def test_lora_trains_only_the_adapters_without_a_reference_copy(tiny_project, mo
             copied.append(type(obj).__name__)
         return real_deepcopy(obj, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_mod.copy, "deepcopy", spy)
+    monkeypatch.setattr(step_mod.copy, "deepcopy", spy)
     trainer = LocalTrainer(params, "icpo", root=root, reward_fn=parity_reward, progress=False)
     trainer.setup()
     assert params.run_algorithm("icpo").use_kl_loss
@@ -127,8 +128,8 @@ def test_lora_run_resumes_to_the_same_result(tiny_project):
     assert _comparable(root_a / "metrics" / "steps_icpo.jsonl") == _comparable(
         root_b / "metrics" / "steps_icpo.jsonl"
     )
-    actor_a = ckpt.actor_dir(root_a / "runs/icpo/checkpoints", 4)
-    actor_b = ckpt.actor_dir(root_b / "runs/icpo/checkpoints", 4)
+    actor_a = layout.actor_dir(root_a / "runs/icpo/checkpoints", 4)
+    actor_b = layout.actor_dir(root_b / "runs/icpo/checkpoints", 4)
     wa = torch.load(actor_a / "model_world_size_1_rank_0.pt")
     wb = torch.load(actor_b / "model_world_size_1_rank_0.pt")
     assert wa and all(lora.is_adapter_key(k) for k in wa)  # adapters only

@@ -9,6 +9,7 @@ import torch
 import yaml
 from local_helpers import parity_reward
 
+from icpo_core import checkpoint_layout as layout
 from icpo_core.config import load_params
 from icpo_core.engines import resume_params as resume
 from icpo_core.engines.local import checkpoint as ckpt
@@ -76,7 +77,7 @@ def test_resume_with_a_changed_lr_is_refused_and_touches_nothing(tiny_project):
     msg = str(e.value)
     assert f"changed since the checkpoint at step 2 of {ckpt_root}: train.lr: 0.001 -> 0.0005." in msg
     assert f"Restore the value to resume, or delete {ckpt_root} to start over" in msg
-    assert ckpt.latest_step(ckpt_root) == 2
+    assert layout.latest_step(ckpt_root) == 2
     after = (
         (ckpt_root / "global_step_2/actor/model_world_size_1_rank_0.pt").read_bytes(),
         steps_log.read_text(),
@@ -95,13 +96,13 @@ def test_resume_safe_keys_may_change(tiny_project):
     summary = train_local(edited, "grpo", root=root, reward_fn=parity_reward, progress=False)
     assert summary["resumed_from_step"] == 2 and summary["steps"] == 3
     assert summary["mlflow_run_id"] == first["mlflow_run_id"]  # the same run, in MLflow too
-    assert ckpt.list_steps(root / "runs/grpo/checkpoints") == [3]  # keep_checkpoints 1 applies
+    assert layout.list_steps(root / "runs/grpo/checkpoints") == [3]  # keep_checkpoints 1 applies
 
 
 def test_a_checkpoint_without_params_resumes_with_one_warning(tiny_project, caplog):
     root, params = tiny_project(train={"steps": 3, "save_freq": 1})
     train_local(params, "grpo", root=root, reward_fn=parity_reward, progress=False, stop_after=2)
-    extra_path = ckpt.actor_dir(root / "runs/grpo/checkpoints", 2) / "extra_state_world_size_1_rank_0.pt"
+    extra_path = layout.actor_dir(root / "runs/grpo/checkpoints", 2) / "extra_state_world_size_1_rank_0.pt"
     extra = torch.load(extra_path, weights_only=False)
     for key in ("params", "params_hash"):  # as an older version wrote it
         del extra["icpo"][key]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from local_helpers import parity_reward
 
+from icpo_core import checkpoint_layout as layout
 from icpo_core.algorithm.losses import compute_actor_loss
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local.logprobs import batched_log_probs
@@ -90,8 +91,8 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_project):
     steps_b = _comparable(root_b / "metrics" / "steps_icpo.jsonl")
     assert [r["step"] for r in steps_b] == [1, 2, 3, 4]
     assert steps_a == steps_b
-    wa = ckpt.load_weights(ckpt.actor_dir(root_a / "runs/icpo/checkpoints", 4))
-    wb = ckpt.load_weights(ckpt.actor_dir(root_b / "runs/icpo/checkpoints", 4))
+    wa = ckpt.load_weights(layout.actor_dir(root_a / "runs/icpo/checkpoints", 4))
+    wb = ckpt.load_weights(layout.actor_dir(root_b / "runs/icpo/checkpoints", 4))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -117,7 +118,7 @@ def test_changed_input_starts_fresh(tiny_project, caplog):
 
 
 def test_autocast_setting_picks_the_forward_precision():
-    from icpo_core.engines.local.trainer import autocast_dtype
+    from icpo_core.engines.local.step_batch import autocast_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("auto", cuda) is torch.bfloat16

@@ -15,11 +15,11 @@ import pytest
 import torch
 from local_helpers import parity_reward, randomise_adapters
 
+from icpo_core.engines.local import vllm_rollout
 from icpo_core.engines.local.data import chat_ids
 from icpo_core.engines.local.logprobs import batched_log_probs, build_sequences
 from icpo_core.engines.local.rollout import HFRolloutEngine, generate, make_rollout_engine
 from icpo_core.engines.local.trainer import LocalTrainer, train_local
-from icpo_core.rollout import vllm_engine as ve
 
 LOGPROB_ATOL = 1e-3
 
@@ -107,7 +107,7 @@ def test_a_push_of_only_the_tied_embeddings_reaches_the_lm_head(vllm_engine, hf_
         return float((roll.logprobs - ref)[roll.response_mask.bool()].abs().max())
 
     # Without the re-pack the engine silently mixes new input embeddings with the old LM head ...
-    monkeypatch.setattr(ve, "repack_lm_head", lambda model: None)
+    monkeypatch.setattr(vllm_rollout, "repack_lm_head", lambda model: None)
     vllm_engine.push_weights(moved)
     assert max_err(moved) > 10 * LOGPROB_ATOL
     # ... with it (the default push) vLLM's log-probs follow the new tied matrix.
@@ -279,30 +279,3 @@ def test_vllm_that_cannot_start_falls_back_to_hf_with_one_warning(
     assert len(warnings) == 1
     msg = warnings[0].getMessage()
     assert "vLLM cannot be imported" in msg and "train.rollout_backend: hf" in msg
-
-
-def test_vllm_env_comes_from_params_not_the_shell(monkeypatch):
-    from icpo_core.config import VllmParams
-
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "40")
-    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")
-    env = ve.configure_env(VllmParams(kv_cache_gib=3, threads_bind="0-1"), "cpu")
-    assert env == {
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "VLLM_CPU_KVCACHE_SPACE": "3",
-        "VLLM_CPU_OMP_THREADS_BIND": "0-1",
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-    }
-    assert all(__import__("os").environ[k] == v for k, v in env.items())
-    assert "VLLM_CPU_KVCACHE_SPACE" not in ve.configure_env(VllmParams(), "cuda")
-
-
-def test_auto_dtype_is_bf16_only_where_the_cpu_has_bf16_instructions():
-    avx512_only = "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl\n"
-    assert ve.resolve_dtype("auto", "cpu", avx512_only) == "float32"
-    assert ve.resolve_dtype("auto", "cpu", avx512_only + "flags : avx512_bf16\n") == "bfloat16"
-    assert ve.resolve_dtype("auto", "cpu", "flags : amx_bf16 amx_tile\n") == "bfloat16"
-    assert ve.resolve_dtype("auto", "cuda", avx512_only) == "bfloat16"
-    # an explicit dtype is never second-guessed
-    assert ve.resolve_dtype("float32", "cpu", "flags : avx512_bf16\n") == "float32"
-    assert ve.resolve_dtype("bfloat16", "cpu", avx512_only) == "bfloat16"

@@ -211,7 +211,7 @@ def _local_trainer(worker, model_dir, n_off: int, run: str | None = None):
 def _step_batch(batch):
     """The verl batch as the local trainer's StepBatch: the same rows, tokens, advantages and log-probs."""
     from icpo_core.engines.local.logprobs import SequenceBatch
-    from icpo_core.engines.local.trainer import StepBatch
+    from icpo_core.engines.local.step_batch import StepBatch
 
     b = batch.batch
     mask = b["response_mask"]

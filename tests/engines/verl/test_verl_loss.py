@@ -329,7 +329,7 @@ def test_a_grpo_run_gets_the_project_loss_and_its_algorithm_keys(
     from verl.workers.engine.utils import prepare_micro_batches
     from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
 
-    from icpo_core.algorithm import compute_actor_loss
+    from icpo_core.algorithm.losses import compute_actor_loss
     from icpo_core.config import parse_params
     from icpo_core.engines.verl import overrides as ov
     from icpo_core.engines.verl.losses import icpo_ppo_loss

@@ -13,6 +13,7 @@ from verl_fixtures import make_tokenizer, project_rows, write_demos
 
 from icpo_core.config import parse_params
 from icpo_core.engines.verl import job, preflight
+from icpo_core.engines.verl.resume import check_or_record
 from icpo_core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -96,7 +97,9 @@ def test_a_run_that_exits_zero_without_a_step_fails(tmp_path, monkeypatch, capfd
 
 def test_a_finished_run_may_do_no_step(tmp_path, monkeypatch):
     params = _params(steps=4)
-    actor = tmp_path / "runs" / "icpo" / "checkpoints" / "global_step_4" / "actor"
+    ckpts = tmp_path / "runs" / "icpo" / "checkpoints"
+    check_or_record(params, "icpo", ckpts)  # the fresh start's record
+    actor = ckpts / "global_step_4" / "actor"
     actor.mkdir(parents=True)
     (actor / "extra_state_world_size_1_rank_0.pt").write_bytes(b"")
     _fake_verl(monkeypatch, "pass")

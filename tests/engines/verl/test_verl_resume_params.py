@@ -2,7 +2,7 @@
 
 A checkpoint root as verl leaves it (a complete ``global_step_N`` with verl's extra state, and the params file a
 fresh start records): a changed training key is refused naming the key and the fix, unchanged params and a
-changed resume-safe key pass, and a root without a record resumes with one warning and records one.
+changed resume-safe key pass, and a checkpoint without a record (or with a damaged one) is refused.
 """
 
 from __future__ import annotations
@@ -97,16 +97,14 @@ def test_a_resume_with_a_changed_key_is_refused_naming_it_and_the_fix(tmp_path):
     assert (root / resume.PARAMS_FILE).read_bytes() == record_before
 
 
-def test_a_checkpoint_without_a_record_resumes_with_one_warning_and_records(tmp_path, caplog):
+def test_a_checkpoint_without_a_record_is_refused(tmp_path):
     root = tmp_path / "ckpt"
-    fake_verl_step(root, 3)  # a run started before the params were recorded
-    with caplog.at_level("WARNING"):
-        assert resume.check_or_record(_params(lr=1e-3), "icpo", root) == 3
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and "has no record of its training params" in warnings[0]
-    # the next resume is checked against this launch's params
-    with pytest.raises(UserError, match="train.lr: 0.001 -> 1e-05"):
-        resume.check_or_record(_params(lr=1e-5), "icpo", root)
+    fake_verl_step(root, 3)  # a checkpoint whose record is gone
+    with pytest.raises(DataError) as e:
+        resume.check_or_record(_params(lr=1e-3), "icpo", root)
+    assert str(e.value).startswith(f"{root}: the checkpoint at step 3 has no record of its training params")
+    assert str(e.value).endswith(f"delete {root} to start over")
+    assert not (root / resume.PARAMS_FILE).exists()  # nothing recorded: the next launch is refused too
 
 
 def test_a_damaged_record_is_one_data_error_naming_it(tmp_path):
@@ -116,9 +114,7 @@ def test_a_damaged_record_is_one_data_error_naming_it(tmp_path):
     with pytest.raises(DataError) as e:
         resume.check_or_record(_params(), "icpo", root)
     assert str(e.value).startswith(f"{root / resume.PARAMS_FILE}: damaged record of the training params (")
-    assert str(e.value).endswith(
-        f"delete it to resume without checking params.yaml, or delete {root} to start over"
-    )
+    assert str(e.value).endswith(f"delete {root} to start over")
 
 
 def test_keys_added_since_a_checkpoint_resume_at_their_default_and_offload_is_placement_only():

@@ -209,12 +209,12 @@ def free_port() -> int:
 
 def fake_verl_step(root: Path, step: int) -> None:
     """What verl's FSDPCheckpointManager leaves for one step with one rank (the extra state is what
-    ``checkpoint.is_complete`` reads), then the marker verl writes after the step."""
-    from icpo_core.engines.local import checkpoint as ckpt
+    ``checkpoint_layout.is_complete`` reads), then the marker verl writes after the step."""
+    from icpo_core import checkpoint_layout as layout
 
-    actor = ckpt.actor_dir(root, step)
+    actor = layout.actor_dir(root, step)
     actor.mkdir(parents=True)
     for kind in ("model", "optim"):
         torch.save({}, actor / f"{kind}_world_size_1_rank_0.pt")
     torch.save({"lr_scheduler": None, "rng": {}}, actor / "extra_state_world_size_1_rank_0.pt")
-    (root / ckpt.LATEST_FILE).write_text(f"{step}\n")
+    (root / layout.LATEST_FILE).write_text(f"{step}\n")

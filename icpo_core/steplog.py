@@ -1,4 +1,11 @@
-"""``metrics/steps_<run>.jsonl``: one JSON object per training step, each appended whole, deduplicated on resume."""
+"""The step log ``metrics/steps_<instance>.jsonl`` (:func:`icpo_core.paths.train_metrics_jsonl`), a stage contract:
+one JSON object per training step (``step`` plus the metric names of docs/architecture.md), sorted keys, NaN / inf
+written as null.
+
+The one reader and writer of that file. The local engine appends each step whole as it trains (:func:`append`,
+after :func:`reset` on a resume); the verl engine rewrites it from verl's per-launch logs after each launch
+(:func:`write`, see :mod:`icpo_core.engines.verl.metrics`); the report, the curves and ``icpo sync-mlflow`` read it
+(:func:`read_steps`). No torch import: the report and the stages import this at module top."""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import errno
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,21 +49,36 @@ def read_steps(path: str | Path) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def _row(step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {**{k: _clean(v) for k, v in metrics.items() if k != "step"}, "step": int(step)}
+
+
+def _line(row: Mapping[str, Any]) -> str:
+    return json.dumps(row, sort_keys=True) + "\n"
+
+
+def write(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Rewrite the whole log atomically with ``rows`` (each a mapping with ``step``), one line per step in step
+    order, the last row winning for a repeated step. Returns ``path``."""
+    by_step = {int(r["step"]): _row(r["step"], r) for r in rows}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, "".join(_line(by_step[s]) for s in sorted(by_step)))
+
+
 def reset(path: str | Path, keep_through_step: int | None) -> list[dict[str, Any]]:
     """Keep one line per step ``<= keep_through_step`` (none when None), rewrite the file atomically."""
-    path = Path(path)
     rows = (
         [] if keep_through_step is None else [r for r in read_steps(path) if r["step"] <= keep_through_step]
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    write(path, rows)
     return rows
 
 
 def append(path: str | Path, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Append one step as a single write of one line (O_APPEND), flushed to disk."""
-    row = {"step": int(step), **{k: _clean(v) for k, v in metrics.items()}}
-    data = (json.dumps(row, sort_keys=True) + "\n").encode()
+    row = _row(step, metrics)
+    data = _line(row).encode()
     fd = os.open(Path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
