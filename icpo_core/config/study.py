@@ -105,9 +105,11 @@ class ReportParams(_Section):
         "icpo_rs",
         "icpo_no_errs",
         "icpo_released",
+        "grpo_released",
     ]
-    # comparisons beyond "every run - GRPO", e.g. [[icpo, luffy]]: the paper's ICPO vs the expert-guided baseline
-    pairs: list[RunPair] = []
+    # comparisons beyond "every run - GRPO", e.g. [[icpo, luffy]]: the paper's ICPO vs the expert-guided baseline.
+    # The released code's ICPO against the released code's GRPO (the same loss averaging); shown when both ran
+    pairs: list[RunPair] = [["icpo_released", "grpo_released"]]
     # the run every other run is compared with (secondary comparisons); null: none
     baseline: Name | None = "grpo"
     # points: the report states how many seeds per run a difference of this size would need (80 % power)

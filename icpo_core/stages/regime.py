@@ -53,7 +53,7 @@ def start_engine(kind: str, model_dir: Path, params: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tc = params.train
-    device = pick_device(tc.device)
+    device = pick_device(params)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     engine = make_rollout_engine(

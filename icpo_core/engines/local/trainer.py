@@ -30,6 +30,7 @@ from icpo_core.engines import resume_params as resume
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local import lora
 from icpo_core.engines.local.step import COMPUTE_KEYS, LocalStepper, RewardFn
+from icpo_core.engines.local.step_batch import deterministic_algorithms
 from icpo_core.grading import Grader
 from icpo_core.io_utils import atomic_write_json, check_free_space
 from icpo_core.report.curves import plot_curves
@@ -113,7 +114,12 @@ class LocalTrainer(LocalStepper):
         )
 
     def train(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Run (or resume) the training; ``stop_after`` ends this call after that many new steps (tests)."""
+        """Run (or resume) the training; ``stop_after`` ends this call after that many new steps (tests). With
+        ``train.deterministic``, under torch's deterministic kernels (:func:`.step_batch.deterministic_algorithms`)."""
+        with deterministic_algorithms(self.train_cfg.deterministic):
+            return self._train(stop_after)
+
+    def _train(self, stop_after: int | None) -> dict[str, Any]:
         wall0 = time.time()
         tc = self.train_cfg
         total = tc.steps

@@ -21,6 +21,7 @@ from pathlib import Path
 from icpo_core import paths, tracking
 from icpo_core.checkpoint_layout import remove_step_stubs
 from icpo_core.config import Params
+from icpo_core.engines import devices
 from icpo_core.engines.verl import overrides, preflight
 from icpo_core.engines.verl.expert_traces import write_expert_trace_train
 from icpo_core.engines.verl.metrics import export_steps, launch_log_name, metrics_dir
@@ -107,11 +108,17 @@ def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
     return f"{env} {shlex.join(cmd)}"
 
 
-def run_preflight(params: Params, run: str, root: str | Path = ".") -> None:
-    """The checks of :mod:`.preflight`: the verl pin and the attention fallback for every run, the plugin for runs
-    with off-policy rows (ICPO, LUFFY) and the IEF prompt budget for ICPO runs (GRPO needs neither)."""
+def run_preflight(params: Params, run: str, root: str | Path = ".", instance: str | None = None) -> None:
+    """The checks of :mod:`.preflight`: room on the disk for the run's next checkpoint, the verl pin and the
+    attention fallback for every run, the plugin for runs with off-policy rows (ICPO, LUFFY) and the IEF prompt
+    budget for ICPO runs (GRPO needs neither)."""
+    preflight.check_checkpoint_space(params, instance or run, root)
     preflight.check_verl_version()
     cpu = overrides.on_cpu(params)
+    if (
+        params.train.device == "cuda" and not cpu
+    ):  # verl-cmd prints it for any node; the launch needs CUDA here
+        devices.resolve_device(params)
     warning = preflight.attention_warning(cpu, cpu or overrides.flash_attn_available())
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -142,9 +149,11 @@ def warn_unlogged_steps(log_dir: Path, start: int, run: str) -> list[int]:
 def launch(params: Params, run: str, root: str | Path = ".", instance: str | None = None) -> int:
     """Run the verl command of ``run``, streaming its output; returns its exit code.
 
-    First, before anything starts or is written: a resume (verl's ``resume_mode: auto`` finds a complete
+    First, before anything starts or is written: a run that asks for GPUs in a process without CUDA stops,
+    naming the cause (:func:`.overrides.on_cpu`); a resume (verl's ``resume_mode: auto`` finds a complete
     checkpoint) whose training params differ from the recorded ones is refused naming each changed key, and
-    a fresh start records them (:func:`.resume.check_or_record`). Then runs :func:`run_preflight`, writes
+    a fresh start records them (:func:`.resume.check_or_record`). Then runs :func:`run_preflight` (free disk for
+    the next checkpoint first), writes
     LUFFY's training file (:func:`prepare_train_file`), opens the run's MLflow run (:func:`open_mlflow_run`;
     verl attaches to it) and afterwards, also after a failure, exports verl's step log to
     ``metrics/steps_<run>.jsonl`` (:func:`.metrics.export_steps`) and removes what verl's pruning leaves of old
@@ -157,6 +166,7 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
     after it). The step log is rebuilt, the MLflow run finished, and 0 returned.
     """
     name = instance or run
+    overrides.on_cpu(params)  # a GPU run in a process without CUDA stops here, naming the cause
     start = check_or_record(params, run, Path(root) / paths.checkpoints_dir(name)) or 0
     log_dir = Path(root) / metrics_dir(name)
     warn_unlogged_steps(log_dir, start, run)
@@ -172,7 +182,7 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
         if tracker is not None and run_id:
             tracker.finish("FINISHED")
         return 0
-    run_preflight(params, run, root)
+    run_preflight(params, run, root, instance)
     prepare_train_file(params, run, root, instance)
     log_dir.mkdir(parents=True, exist_ok=True)
     before = {f: f.stat().st_mtime_ns for f in log_dir.glob("*.jsonl")}
