@@ -86,7 +86,8 @@ def open_mlflow_run(
     ``run_id`` is None when MLflow is down (verl then opens its own run) or ``MLFLOW_RUN_ID`` was set."""
     if os.environ.get("MLFLOW_RUN_ID"):
         return None, None
-    tracker = tracking.open_training_run(params, run, root=root, instance=instance)
+    # verl writes wandb itself (trainer.logger): the tracker here is MLflow's alone
+    tracker = tracking.open_training_run(params, run, root=root, instance=instance, loggers=["mlflow"])
     return tracker, tracker.run_id
 
 
@@ -96,7 +97,40 @@ def launch_env(
     """:func:`tracking_env` plus the path of this launch's verl step log (one file per launch, by start time)."""
     log_path = str((Path(root).resolve() / metrics_dir(instance or run) / launch_log_name()).resolve())
     cpu = cpu_env(params) if overrides.on_cpu(params) else {}
-    return {**tracking_env(params, root), "VERL_FILE_LOGGER_PATH": log_path, **cpu}
+    return {
+        **tracking_env(params, root),
+        **logger_env(params, run, root, instance),
+        "VERL_FILE_LOGGER_PATH": log_path,
+        **cpu,
+    }
+
+
+def logger_env(
+    params: Params, run: str, root: str | Path = ".", instance: str | None = None
+) -> dict[str, str]:
+    """What verl's own wandb logger reads from the environment (``wandb`` in ``tracking.loggers``): the run's
+    group (the study), job type (the method), tags, folder and run id (:func:`icpo_core.tracking.wandb_env`;
+    verl's ``wandb.init`` takes only project, name and config). MLflow's system metrics of a verl run
+    (``tracking.system_metrics``) come from the tracker of :func:`open_mlflow_run`, in this process."""
+    env: dict[str, str] = {}
+    if "wandb" in params.tracking.loggers:
+        name = instance or run
+        tags = tracking.run_tags(params, run, root=root, instance=instance, parent=False)
+        env.update(tracking.wandb_env(params, name, tags, Path(root).resolve()))
+        mode = os.environ.get("WANDB_MODE")
+        if not mode and not tracking.wandb_key_configured():
+            # verl's wandb.init would stop the training (no API key, no terminal to ask for one)
+            print(
+                "warning: tracking.loggers has wandb but no wandb API key is configured (WANDB_API_KEY or `wandb "
+                f"login`): the run is written offline under {paths.run_dir(name)}/wandb; upload it with `wandb "
+                "sync <its offline-run-* folder>`",
+                file=sys.stderr,
+                flush=True,
+            )
+            mode = "offline"
+        if mode:  # passed on to a multi-node run's Ray workers as well
+            env["WANDB_MODE"] = mode
+    return env
 
 
 def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
