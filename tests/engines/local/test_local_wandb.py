@@ -136,7 +136,14 @@ def test_wandb_that_cannot_start_online_writes_offline(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(wandb, "init", init)
     t = tracking.WandbTracker(tmp_path / "ckpt" / tracking.WANDB_ID_FILE)
-    init_kw = {"project": "p", "name": "x", "group": "g", "job_type": "grpo", "tags": [], "dir": str(tmp_path)}
+    init_kw = {
+        "project": "p",
+        "name": "x",
+        "group": "g",
+        "job_type": "grpo",
+        "tags": [],
+        "dir": str(tmp_path),
+    }
     with caplog.at_level(logging.WARNING):
         assert t.start({**init_kw, "id": "abc12345"}, params={"a": "1"}) == "abc12345"
     assert t.offline and t.active
@@ -161,4 +168,5 @@ def test_wandb_that_cannot_start_at_all_is_a_no_op(tmp_path, monkeypatch, caplog
         t.log_metrics([(1, {"m": 1.0})])
         t.finish("FINISHED")
     assert not t.active
-    assert sum("wandb" in r.getMessage() for r in caplog.records) == 2  # the online try, then offline: no more
+    # the online try, then the offline one: no more
+    assert sum("wandb" in r.getMessage() for r in caplog.records) == 2
