@@ -77,6 +77,7 @@ def test_a_resumed_training_continues_its_wandb_run_with_every_step_once(tiny_pr
     folders = offline_runs(root / "runs" / "grpo")
     assert len(folders) == 2  # offline: one folder per launch, the same run id (`wandb sync` both, in order)
     runs = [read_run(f) for f in folders]
+    assert all(r["run"] and "exit" in r["kinds"] for r in runs), [r["kinds"] for r in runs]
     assert runs[0]["run"].run_id == runs[1]["run"].run_id
     history = runs[0]["history"] + runs[1]["history"]
     assert [r["_step"] for r in history] == [1, 2, 3, 4]

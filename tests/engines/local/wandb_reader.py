@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,24 @@ def offline_runs(folder: Path) -> list[Path]:
     return sorted((Path(folder) / "wandb").glob("offline-run-*"))
 
 
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """``{"run": Run record, "history": [{key: value, "_step": N}], "config": {key: value}}`` of one run folder."""
+def read_run(run_dir: Path, wait_s: float = 60.0) -> dict[str, Any]:
+    """``{"run": Run record, "history": [{key: value, "_step": N}], "config": {key: value}, "kinds": record types
+    in order}`` of one run folder. wandb's service process writes the log after ``run.finish()`` returns:
+    read until its ``exit`` record is there (at most ``wait_s``)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        got = _read_once(run_dir)
+        if "exit" in got["kinds"] or time.monotonic() > deadline:
+            return got
+        time.sleep(0.5)
+
+
+def _read_once(run_dir: Path) -> dict[str, Any]:
     (log_file,) = Path(run_dir).glob("run-*.wandb")
-    run, history, config = None, [], {}
+    run, history, config, kinds = None, [], {}, []
     for rec in records(log_file):
         kind = rec.WhichOneof("record_type")
+        kinds.append(kind)
         if kind == "run":
             run = rec.run
             config.update({i.key: json.loads(i.value_json) for i in rec.run.config.update})
@@ -63,7 +76,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         elif kind == "history":
             row = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item}
             history.append(row)
-    return {"run": run, "history": history, "config": config}
+    return {"run": run, "history": history, "config": config, "kinds": kinds}
 
 
 def metric_steps(history: list[dict[str, Any]]) -> dict[str, list[int]]:
