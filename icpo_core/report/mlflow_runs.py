@@ -172,6 +172,13 @@ SIGNAL_CHARTS = (
     ("reward/on_policy", "0-shot reward (on-policy rollouts, no demos)"),
     ("icpo/on_policy_groups_with_signal", "On-policy groups with reward signal"),
 )
+# the other measures of the method, by step (MLflow's UI adds the rest of each prefix to the same section)
+METHOD_CHARTS = (
+    ("reward", "reward/overall", "Trained reward (on-policy and accepted IEF rows)"),
+    ("reward", "reward/expert_region", "Expert-region reward (accepted IEF rows)"),
+    ("icpo", "icpo/accept_rate", "IEF acceptance rate"),
+    ("icpo", "icpo/groups_with_signal", "Trained groups with reward signal"),
+)
 INTERNAL_CHARTS = ("actor/pg_loss", "actor/pg_clipfrac", "actor/kl", "actor/entropy", "actor/grad_norm")
 
 
@@ -222,6 +229,8 @@ def study_charts(benchmarks: list[str]) -> tuple[list[dict[str, Any]], list[dict
         charts.append(_chart("BAR", len(charts), "bench", key, title))
     for key, title in SIGNAL_CHARTS:
         charts.append(_chart("LINE", len(charts), "signal", key, title))
+    for section, key, title in METHOD_CHARTS:
+        charts.append(_chart("LINE", len(charts), section, key, title))
     for key in INTERNAL_CHARTS:
         charts.append(_chart("LINE", len(charts), "actor", key, key))
     return sections, charts

@@ -40,6 +40,8 @@ def test_the_study_view_opens_on_the_studys_own_measures():
     bench = ["bench/average/avg_at_n", "bench/synthetic_l0/avg_at_n", "bench/synthetic_l1/avg_at_n"]
     signal = ["reward/on_policy", "icpo/on_policy_groups_with_signal"]
     assert order[:5] == bench + signal
+    # then the method's other measures by step, before any internal
+    assert order.index("icpo/accept_rate") < order.index("actor/pg_clipfrac")
     internals = [i for i, k in enumerate(order) if k.startswith("actor/")]
     assert internals and min(internals) > order.index("icpo/on_policy_groups_with_signal")
     assert {"actor/pg_clipfrac", "actor/kl", "actor/entropy"} <= set(order)
