@@ -96,7 +96,8 @@ def wandb_config(
 
 def wandb_env(params: Any, instance: str, tags: Mapping[str, str], root: str | Path = ".") -> dict[str, str]:
     """The environment verl's own wandb logger runs with: ``wandb.init`` reads group, job type, tags, folder
-    and run id from it (verl passes only project, name and config)."""
+    and run id from it (verl passes only project, name and its own config). The MLflow run's params go in
+    through :func:`open_wandb_run`, which the launch calls before verl starts."""
     cfg = wandb_config(params, instance, tags, root)
     Path(cfg["dir"]).mkdir(parents=True, exist_ok=True)
     return {
@@ -107,6 +108,24 @@ def wandb_env(params: Any, instance: str, tags: Mapping[str, str], root: str | P
         "WANDB_RUN_ID": cfg["id"],
         "WANDB_RESUME": "allow",
     }
+
+
+def open_wandb_run(
+    params: Any,
+    instance: str,
+    tags: Mapping[str, str],
+    run_params: Mapping[str, str],
+    root: str | Path = ".",
+) -> str | None:
+    """Start the wandb run of a verl training from the launching process, with the MLflow run's params as its
+    config and its group, type and tags, then close it here: verl's wandb logger continues the same run (the
+    run id and ``WANDB_RESUME=allow`` of :func:`wandb_env`) and adds its own config and the metrics. Offline,
+    that is a second run folder of the same id (``wandb sync`` both). Returns the run id, None when wandb
+    cannot start (one warning)."""
+    tracker = WandbTracker(wandb_id_path(instance, root))
+    run_id = tracker.start(wandb_config(params, instance, tags, root), params=run_params)
+    tracker.suspend()
+    return run_id
 
 
 def wandb_key_configured() -> bool:

@@ -91,6 +91,26 @@ def open_mlflow_run(
     return tracker, tracker.run_id
 
 
+def open_wandb_run(
+    params: Params, run: str, root: str | Path, instance: str | None, env: Mapping[str, str]
+) -> str | None:
+    """The run's wandb run, opened here with the MLflow run's params as config and its tags (verl's wandb logger
+    then continues it: :func:`icpo_core.tracking.open_wandb_run`), in the mode of the launch ``env``."""
+    name = instance or run
+    tags = tracking.run_tags(params, run, root=root, instance=instance, parent=False)
+    run_params = tracking.flatten(tracking.run_config(params, run))  # what open_training_run logs to MLflow
+    saved = os.environ.get("WANDB_MODE")
+    if env.get("WANDB_MODE"):
+        os.environ["WANDB_MODE"] = env["WANDB_MODE"]
+    try:
+        return tracking.open_wandb_run(params, name, tags, run_params, Path(root).resolve())
+    finally:
+        if saved is None:
+            os.environ.pop("WANDB_MODE", None)
+        else:
+            os.environ["WANDB_MODE"] = saved
+
+
 def launch_env(
     params: Params, run: str, root: str | Path = ".", instance: str | None = None
 ) -> dict[str, str]:
@@ -222,6 +242,8 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
     before = {f: f.stat().st_mtime_ns for f in log_dir.glob("*.jsonl")}
     tracker, run_id = open_mlflow_run(params, run, root, instance)
     run_env = launch_env(params, run, root, instance)
+    if "wandb" in params.tracking.loggers:
+        open_wandb_run(params, run, root, instance, run_env)
     if run_id:
         run_env["MLFLOW_RUN_ID"] = run_id
     cmd = build_command(params, run, root, run_env, instance)

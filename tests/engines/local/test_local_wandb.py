@@ -9,7 +9,7 @@ import logging
 import pytest
 import yaml
 from local_helpers import parity_reward
-from wandb_reader import metric_steps, offline_runs, read_run
+from wandb_reader import config_values, metric_steps, offline_runs, read_run
 
 from icpo_core import tracking
 from icpo_core.config import load_params
@@ -60,7 +60,7 @@ def test_wandb_gets_the_metrics_steps_params_and_tags_mlflow_gets(tiny_project, 
     assert wb.project == params.tracking.experiment and wb.display_name == "icpo"
     expected_tags = {f"{k}={v}"[:64] for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
     assert set(wb.tags) == expected_tags
-    config = {k: v["value"] if isinstance(v, dict) and "value" in v else v for k, v in got["config"].items()}
+    config = config_values(got["config"])
     assert {k: str(config[k]) for k in run.data.params} == run.data.params
     # the id is kept beside the checkpoints: a resumed training continues this run
     stored = (root / "runs/icpo/checkpoints" / tracking.WANDB_ID_FILE).read_text()

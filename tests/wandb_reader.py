@@ -79,6 +79,14 @@ def _read_once(run_dir: Path) -> dict[str, Any]:
     return {"run": run, "history": history, "config": config, "kinds": kinds}
 
 
+def config_values(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's config as plain values (wandb stores some items as ``{"value": v, "desc": ...}``)."""
+    return {
+        k: v["value"] if isinstance(v, dict) and "value" in v and set(v) <= {"value", "desc"} else v
+        for k, v in config.items()
+    }
+
+
 def metric_steps(history: list[dict[str, Any]]) -> dict[str, list[int]]:
     """metric name -> the steps it was logged at (wandb's own ``_step``; its ``_runtime`` etc. left out)."""
     out: dict[str, list[int]] = {}
