@@ -108,7 +108,7 @@ class LocalTrainer(LocalStepper):
             return None
         return latest
 
-    def _start_tracking(self, fingerprint: str, resumed: bool) -> tracking.Tracker:
+    def _start_tracking(self, fingerprint: str, resumed: bool) -> tracking.Tracker | tracking.TrackerGroup:
         return tracking.open_training_run(
             self.params, self.run, root=self.root, instance=self.instance, fingerprint=fingerprint
         )
@@ -215,6 +215,8 @@ class LocalTrainer(LocalStepper):
         if status == "FINISHED":
             self._log_final_artifacts(tracker, summary)
             tracker.finish("FINISHED", sync_hint=self._sync_hint())
+        else:  # stopped before the end (stop_after): the runs stay open for the resumed training
+            tracker.suspend()
         return summary
 
     def _sync_hint(self) -> str:
@@ -259,7 +261,9 @@ class LocalTrainer(LocalStepper):
             "fingerprint": fingerprint,
         }
 
-    def _log_final_artifacts(self, tracker: tracking.Tracker, summary: dict[str, Any]) -> None:
+    def _log_final_artifacts(
+        self, tracker: tracking.Tracker | tracking.TrackerGroup, summary: dict[str, Any]
+    ) -> None:
         if not tracker.active:
             return
         tracker.log_dict(summary, "summary/train_summary.json")

@@ -86,8 +86,29 @@ def open_mlflow_run(
     ``run_id`` is None when MLflow is down (verl then opens its own run) or ``MLFLOW_RUN_ID`` was set."""
     if os.environ.get("MLFLOW_RUN_ID"):
         return None, None
-    tracker = tracking.open_training_run(params, run, root=root, instance=instance)
+    # verl writes wandb itself (trainer.logger): the tracker here is MLflow's alone
+    tracker = tracking.open_training_run(params, run, root=root, instance=instance, loggers=["mlflow"])
     return tracker, tracker.run_id
+
+
+def open_wandb_run(
+    params: Params, run: str, root: str | Path, instance: str | None, env: Mapping[str, str]
+) -> str | None:
+    """The run's wandb run, opened here with the MLflow run's params as config and its tags (verl's wandb logger
+    then continues it: :func:`icpo_core.tracking.open_wandb_run`), in the mode of the launch ``env``."""
+    name = instance or run
+    tags = tracking.run_tags(params, run, root=root, instance=instance, parent=False)
+    run_params = tracking.flatten(tracking.run_config(params, run))  # what open_training_run logs to MLflow
+    saved = os.environ.get("WANDB_MODE")
+    if env.get("WANDB_MODE"):
+        os.environ["WANDB_MODE"] = env["WANDB_MODE"]
+    try:
+        return tracking.open_wandb_run(params, name, tags, run_params, Path(root).resolve())
+    finally:
+        if saved is None:
+            os.environ.pop("WANDB_MODE", None)
+        else:
+            os.environ["WANDB_MODE"] = saved
 
 
 def launch_env(
@@ -96,7 +117,40 @@ def launch_env(
     """:func:`tracking_env` plus the path of this launch's verl step log (one file per launch, by start time)."""
     log_path = str((Path(root).resolve() / metrics_dir(instance or run) / launch_log_name()).resolve())
     cpu = cpu_env(params) if overrides.on_cpu(params) else {}
-    return {**tracking_env(params, root), "VERL_FILE_LOGGER_PATH": log_path, **cpu}
+    return {
+        **tracking_env(params, root),
+        **logger_env(params, run, root, instance),
+        "VERL_FILE_LOGGER_PATH": log_path,
+        **cpu,
+    }
+
+
+def logger_env(
+    params: Params, run: str, root: str | Path = ".", instance: str | None = None
+) -> dict[str, str]:
+    """What verl's own wandb logger reads from the environment (``wandb`` in ``tracking.loggers``): the run's
+    group (the study), job type (the method), tags, folder and run id (:func:`icpo_core.tracking.wandb_env`;
+    verl's ``wandb.init`` takes only project, name and config). MLflow's system metrics of a verl run
+    (``tracking.system_metrics``) come from the tracker of :func:`open_mlflow_run`, in this process."""
+    env: dict[str, str] = {}
+    if "wandb" in params.tracking.loggers:
+        name = instance or run
+        tags = tracking.run_tags(params, run, root=root, instance=instance, parent=False)
+        env.update(tracking.wandb_env(params, name, tags, Path(root).resolve()))
+        mode = os.environ.get("WANDB_MODE")
+        if not mode and not tracking.wandb_key_configured():
+            # verl's wandb.init would stop the training (no API key, no terminal to ask for one)
+            print(
+                "warning: tracking.loggers has wandb but no wandb API key is configured (WANDB_API_KEY or `wandb "
+                f"login`): the run is written offline under {paths.run_dir(name)}/wandb; upload it with `wandb "
+                "sync <its offline-run-* folder>`",
+                file=sys.stderr,
+                flush=True,
+            )
+            mode = "offline"
+        if mode:  # passed on to a multi-node run's Ray workers as well
+            env["WANDB_MODE"] = mode
+    return env
 
 
 def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
@@ -188,6 +242,8 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
     before = {f: f.stat().st_mtime_ns for f in log_dir.glob("*.jsonl")}
     tracker, run_id = open_mlflow_run(params, run, root, instance)
     run_env = launch_env(params, run, root, instance)
+    if "wandb" in params.tracking.loggers:
+        open_wandb_run(params, run, root, instance, run_env)
     if run_id:
         run_env["MLFLOW_RUN_ID"] = run_id
     cmd = build_command(params, run, root, run_env, instance)

@@ -29,6 +29,7 @@ from icpo_core.engines.verl import preflight
 from icpo_core.engines.verl.expert_traces import expert_trace_train_path
 from icpo_core.engines.verl.icpo_block import icpo_overrides
 from icpo_core.engines.verl.metrics import LOG_PATH_ENV, METRICS_DIR_ENV
+from icpo_core.tracking import WANDB_ENV_KEYS
 
 _PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")  # hydra-safe unquoted values (identifiers, dotted names)
 VERL_ADV_EPS = 1e-6  # the epsilon verl's advantage estimators always run with
@@ -275,11 +276,7 @@ def verl_overrides(
         "trainer.val_before_train": bool(val_files),
         "trainer.default_local_dir": _abs(paths.checkpoints_dir(name), root),
         "trainer.resume_mode": "auto",
-        "trainer.logger": [
-            "console",
-            "mlflow",
-            "file",
-        ],  # file: runs/<run>/verl_metrics -> metrics/steps_<run>
+        "trainer.logger": verl_loggers(params),
         "trainer.project_name": params.tracking.experiment,
         "trainer.experiment_name": run,
         **RELEASED_FIXED,
@@ -305,6 +302,13 @@ def verl_overrides(
         for key, value in ray_env_vars(env or {}).items():
             ov[f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}"] = value
     return ov
+
+
+def verl_loggers(params: Params) -> list[str]:
+    """verl's ``trainer.logger``: the console, ``tracking.loggers`` (mlflow; wandb when listed: verl's own wandb
+    logger, configured by :func:`icpo_core.tracking.wandb_env`) and ``file``, verl's step log that
+    ``metrics/steps_<run>.jsonl`` is exported from (:mod:`.metrics`): always there, whatever the loggers."""
+    return ["console", *(x for x in params.tracking.loggers if x != "file"), "file"]
 
 
 def supplies_traces(params: Params, run: str) -> bool:
@@ -347,8 +351,15 @@ def ray_env_vars(env: Mapping[str, str]) -> dict[str, str]:
 
     verl logs its config as MLflow params and drops MLflow for the run when a resume changes one, so the
     per-launch step-log file is not passed; its folder is (``ICPO_VERL_METRICS_DIR``, see :mod:`.metrics`).
+    For the same reason the wandb tags go without ``git_commit`` (a resume on a newer commit would change it);
+    MLflow's run has it.
     """
-    out = {k: str(env[k]) for k in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI") if env.get(k)}
+    keys = ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", *WANDB_ENV_KEYS)
+    out = {k: str(env[k]) for k in keys if env.get(k)}
+    if "WANDB_TAGS" in out:
+        out["WANDB_TAGS"] = ",".join(
+            t for t in out["WANDB_TAGS"].split(",") if not t.startswith("git_commit=")
+        )
     if env.get(LOG_PATH_ENV):
         out[METRICS_DIR_ENV] = str(Path(env[LOG_PATH_ENV]).parent)
     return dict(sorted(out.items()))

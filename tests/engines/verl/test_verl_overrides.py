@@ -353,6 +353,54 @@ def test_multinode_passes_tracking_env_to_every_ray_actor(tmp_path):
     assert "env_vars" not in single.ray_kwargs.ray_init.runtime_env
 
 
+def _with_loggers(profile: str, loggers: list[str], **train_verl):
+    params = _params(profile, **train_verl)
+    return params.model_copy(update={"tracking": params.tracking.model_copy(update={"loggers": loggers})})
+
+
+def test_wandb_joins_verls_loggers_and_the_step_log_stays(tmp_path, monkeypatch):
+    """``tracking.loggers: [mlflow, wandb]``: verl's own wandb logger beside mlflow, ``file`` (the step log
+    ``metrics/steps_<run>.jsonl`` is exported from) still there; the environment gives verl's ``wandb.init`` the
+    study as group, the method as job type, the tags, the run's folder and a run id kept for resumes."""
+    from hydra import compose, initialize_config_dir
+
+    from icpo_core import tracking
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    plain = _params("embedded")
+    both = _with_loggers("embedded", ["mlflow", "wandb"])
+    assert ov.verl_loggers(plain) == ["console", "mlflow", "file"]
+    assert ov.verl_loggers(both) == ["console", "mlflow", "wandb", "file"]
+    with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
+        cfg = compose("icpo_trainer", overrides=_no_hydra(ov.override_list(both, "icpo", tmp_path)))
+    assert list(cfg.trainer.logger) == ["console", "mlflow", "wandb", "file"]
+    assert "file" in cfg.trainer.logger and cfg.trainer.project_name == both.tracking.experiment
+
+    env = job.logger_env(both, "icpo", tmp_path, "icpo_s0")
+    assert env["WANDB_RUN_GROUP"] == tracking.study_id(both)
+    assert env["WANDB_JOB_TYPE"] == "icpo"
+    assert "icpo.method=icpo" in env["WANDB_TAGS"].split(",") and "icpo.instance=icpo_s0" in env["WANDB_TAGS"]
+    assert env["WANDB_DIR"] == str(tmp_path / "runs" / "icpo_s0") and env["WANDB_MODE"] == "offline"
+    assert env["WANDB_RESUME"] == "allow"
+    assert job.logger_env(both, "icpo", tmp_path, "icpo_s0")["WANDB_RUN_ID"] == env["WANDB_RUN_ID"]  # kept
+    assert job.logger_env(plain, "icpo", tmp_path, "icpo_s0") == {}
+    # multi-node: the same through Ray's runtime env, without the git commit (verl logs that env as params)
+    multi = _with_loggers("paper_qwen3_1_7b", ["mlflow", "wandb"], nnodes=2)
+    ray = ov.ray_env_vars({**env, "MLFLOW_RUN_ID": "x"})
+    assert {k for k in ray if k.startswith("WANDB_")} == set(tracking.WANDB_ENV_KEYS)
+    assert not any(t.startswith("git_commit=") for t in ray["WANDB_TAGS"].split(","))
+    assert ov.verl_loggers(multi)[-1] == "file"
+
+
+def test_verl_without_a_wandb_key_logs_offline(tmp_path, monkeypatch, capfd):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    env = job.logger_env(_with_loggers("embedded", ["mlflow", "wandb"]), "grpo", tmp_path, "grpo_s0")
+    assert env["WANDB_MODE"] == "offline"
+    assert "wandb sync" in capfd.readouterr().err
+
+
 def test_task_runner_names_its_step_log_in_the_forwarded_folder(tmp_path):
     from icpo_core.engines.verl.metrics import task_runner_log_path
 
