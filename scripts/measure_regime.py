@@ -54,15 +54,24 @@ def candidate_params(raw: dict[str, Any], system: str | None, levels: list[int],
     return parse_params(deep_merge(raw, over))
 
 
-def build_data(params: Any, model_dir: Path, folder: Path) -> tuple[Path, list[dict[str, str]]]:
-    """The candidate's data/train.parquet (in ``folder``) and demo rows, as the prepare stages build them."""
-    from icpo_core.data.demo_sources import build_demos
+def build_train(params: Any, model_dir: Path, folder: Path) -> Path:
+    """The candidate's data/train.parquet (in ``folder``), as ``icpo prepare-train`` builds it."""
     from icpo_core.data.train_set import build_train_set
 
     train = folder / "train.parquet"
     build_train_set(params, train, model_dir)
-    rows, _ = build_demos(params)
-    return train, rows
+    return train
+
+
+def _correct(rewards: Any) -> list[int]:
+    """Correct samples per problem (kept in the JSON: --resume recomputes `rescued` from it)."""
+    return [int(x) for x in (rewards > 0).sum(axis=1)]
+
+
+def _rewards(correct: list[int], k: int) -> Any:
+    import numpy as np
+
+    return np.array([[1.0] * c + [0.0] * (k - c) for c in correct])
 
 
 def fmt_ci(x: dict[str, Any], key: str, ci: str) -> str:
@@ -82,9 +91,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--out", default="regime.json")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in --out, measure the rest")
     args = ap.parse_args()
 
     from icpo_core.algorithm.demos import DemoPool
+    from icpo_core.data.demo_sources import build_demos
     from icpo_core.engines.local import regime
     from icpo_core.grading import Grader
     from icpo_core.stages.regime import HF_CHUNK, start_engine
@@ -111,42 +122,52 @@ def main() -> None:
         seed=base.seed,
         chunk=HF_CHUNK if engine.name == "hf" else None,
     )
+    # --resume: rows already in --out are kept and not measured again (a sweep killed half-way goes on)
+    old = json.loads(Path(args.out).read_text())["rows"] if args.resume and Path(args.out).is_file() else []
     rows_out: list[dict[str, Any]] = []
+    done = {(r["mix"], r["system"], r["condition"]): r for r in old if "correct" in r}
 
     def emit(row: dict[str, Any]) -> None:
         rows_out.append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "correct"}), flush=True)
         meta = {"startup_s": round(startup, 1), "backend": engine.name, "settings": settings.__dict__}
         Path(args.out).write_text(json.dumps({**meta, "rows": rows_out}, indent=1))
 
     try:
         for mix in args.mixes:
             for system in args.systems:
-                zero_rewards = None
-                for style in args.demo_styles:
-                    params = candidate_params(raw, SYSTEMS[system], MIXES[mix], style)
-                    with tempfile.TemporaryDirectory() as tmp:
-                        train, demo_rows = build_data(params, model_dir, Path(tmp))
-                        rows = regime.load_rows(
-                            train,
-                            tokenizer,
-                            params.train.max_prompt_length,
-                            params.train_prompt_suffix,
-                        )
-                    rows = [rows[i] for i in regime.pick_problems(rows, args.problems, params.seed)]
-                    golds = [r.gold for r in rows]
-                    head = {"mix": mix, "system": system, "problems": len(rows), "k": args.k}
-                    if zero_rewards is None:
-                        groups = [[list(r.prompt_ids)] * args.k for r in rows]
-                        zero, zero_rewards = regime.measure_condition(
-                            engine, grade, groups, golds, settings, 0
-                        )
-                        emit({**head, "condition": "0-shot", **zero})
-                    pool = DemoPool.from_records(demo_rows)
+                conditions = ["0-shot"] + [f"{algo.k_demos}-shot {style}" for style in args.demo_styles]
+                if all((mix, system, c) in done for c in conditions):
+                    for c in conditions:
+                        emit(done[(mix, system, c)])
+                    continue
+                params = candidate_params(raw, SYSTEMS[system], MIXES[mix], args.demo_styles[0])
+                with tempfile.TemporaryDirectory() as tmp:
+                    train = build_train(params, model_dir, Path(tmp))
+                    rows = regime.load_rows(
+                        train, tokenizer, params.train.max_prompt_length, params.train_prompt_suffix
+                    )
+                rows = [rows[i] for i in regime.pick_problems(rows, args.problems, params.seed)]
+                golds = [r.gold for r in rows]
+                head = {"mix": mix, "system": system, "problems": len(rows), "k": args.k}
+                if (mix, system, "0-shot") in done:
+                    zero_row = done[(mix, system, "0-shot")]
+                else:
+                    groups = [[list(r.prompt_ids)] * args.k for r in rows]
+                    zero, rewards = regime.measure_condition(engine, grade, groups, golds, settings, 0)
+                    zero_row = {**head, "condition": "0-shot", **zero, "correct": _correct(rewards)}
+                emit(zero_row)
+                zero_rewards = _rewards(zero_row["correct"], args.k)
+                for style, condition in zip(args.demo_styles, conditions[1:], strict=True):
+                    if (mix, system, condition) in done:
+                        emit(done[(mix, system, condition)])
+                        continue
+                    demo_params = candidate_params(raw, SYSTEMS[system], MIXES[mix], style)
+                    pool = DemoPool.from_records(build_demos(demo_params)[0])
                     groups = regime.ief_prompts(rows, pool, tokenizer, settings)
-                    demos, demo_rewards = regime.measure_condition(engine, grade, groups, golds, settings, 0)
-                    rescue = regime.rescued(zero_rewards, demo_rewards)
-                    emit({**head, "condition": f"{algo.k_demos}-shot {style}", **demos, **rescue})
+                    demos, rewards = regime.measure_condition(engine, grade, groups, golds, settings, 1)
+                    rescue = regime.rescued(zero_rewards, rewards)
+                    emit({**head, "condition": condition, **demos, **rescue, "correct": _correct(rewards)})
     finally:
         grader.close()
         engine.close()

@@ -2,7 +2,7 @@
 
 ``regime.k`` samples per training prompt (``regime.problems`` of them, a seeded sample), 0-shot and with the IEF
 demos of ``regime.run``; the share of groups with reward variance and the mean reward of each, with 95 %
-intervals (:mod:`icpo_core.regime`). The report reads::
+intervals (:mod:`icpo_core.engines.local.regime`). The report reads::
 
     {"problems": int, "k": int, "levels": [...],
      "zero_shot": {"groups_with_signal": f, "ci": [lo, hi], "mean_reward": f, ...},
