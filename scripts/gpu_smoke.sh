@@ -3,7 +3,8 @@
 # synthetic data; nothing from the hub), then merge, bench and report through the project's DVC stages, and
 # one PASS/FAIL line per check. About 10 minutes on one GPU.
 #
-#   make setup-gpu FLASH_ATTN=1 && scripts/gpu_smoke.sh          # on the GPU node
+#   make setup-gpu && scripts/gpu_smoke.sh                       # on the GPU node (SDPA; flash-attn is opt-in:
+#                                                                 # make setup-gpu FLASH_ATTN=1 compiles it)
 #   scripts/gpu_smoke.sh --cpu                                    # the same checks on a CPU machine (verl on
 #                                                                 # CPU: slower, 2 steps; what CI's e2e test runs)
 #

@@ -341,7 +341,7 @@ def test_embedded_strict_profile_drops_only_the_format_system_turn(raw):
 def test_cli_prints_a_multi_line_message_on_one_line(monkeypatch, capsys):
     import icpo_core.cli as cli
 
-    def boom(path):
+    def boom(path, sets=None):
         raise ParamsError("params.yaml: a.b: first line\n  second line")
 
     monkeypatch.setattr(cli, "load_params", boom)

@@ -18,6 +18,7 @@ from typing import Any
 
 from icpo_core.bench.registry import BenchmarkSpec
 from icpo_core.errors import DataError
+from icpo_core.grading import last_boxed
 from icpo_core.io_utils import read_jsonl
 
 _BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
@@ -125,6 +126,13 @@ def to_problem(row: dict[str, Any], index: int, spec: BenchmarkSpec) -> BenchPro
         if m is None:
             raise DataError(f"benchmark '{spec.name}': row {index}: answer_regex finds nothing in {answer!r}")
         answer = m.group(1).replace(",", "").strip()
+    if spec.answer_from == "boxed":
+        boxed = last_boxed(answer)
+        if boxed is None:
+            raise DataError(
+                f"benchmark '{spec.name}': row {index}: no \\boxed{{}} answer in its answer field"
+            )
+        answer = boxed.strip()
     digest = hashlib.sha256(problem.encode()).hexdigest()[:10]
     return BenchProblem(id=f"{index}-{digest}", problem=problem, answer=answer, messages=messages)
 

@@ -24,6 +24,9 @@ from icpo_core.errors import UserError
 from icpo_core.grading import FALLBACKS
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+# `answer_from`: where the gold answer is in the answer field. boxed: its last \boxed{} (a worked solution, e.g.
+# NuminaMath-CoT's `solution`), found by the same extraction the responses get
+ANSWER_FROM = ("boxed",)
 _PARAM_REF = re.compile(r"^\$\{([A-Za-z0-9_.]+)\}$")
 
 
@@ -50,6 +53,7 @@ class BenchmarkSpec:
     answer_regex: str | None = None
     pass_k: list[int] = field(default_factory=lambda: [1])
     fallbacks: list[str] = field(default_factory=list)
+    answer_from: str | None = None
 
     @property
     def ks(self) -> list[int]:
@@ -58,7 +62,12 @@ class BenchmarkSpec:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the samples (a changed spec regenerates this benchmark)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        spec = asdict(self)
+        if (
+            spec["answer_from"] is None
+        ):  # added later: unset, it leaves older specs' fingerprints as they were
+            del spec["answer_from"]
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def builtin_registry() -> dict[str, Any]:
@@ -125,6 +134,11 @@ def _spec(name: str, raw: dict[str, Any], defaults: dict[str, Any], params: Para
     bad = [f for f in fallbacks if f not in FALLBACKS]
     if bad:
         raise UserError(f"benchmark '{name}': unknown fallbacks {bad}; allowed: {list(FALLBACKS)}")
+    answer_from = entry.get("answer_from") or None
+    if answer_from is not None and answer_from not in ANSWER_FROM:
+        raise UserError(
+            f"benchmark '{name}': answer_from must be one of {list(ANSWER_FROM)}, got {answer_from!r}"
+        )
     s = dict(entry.get("sampling") or {})
     if params is not None:
         overrides = [params.bench, params.bench.per_benchmark.get(name)]
@@ -158,6 +172,7 @@ def _spec(name: str, raw: dict[str, Any], defaults: dict[str, Any], params: Para
         answer_regex=entry.get("answer_regex") or None,
         pass_k=[int(k) for k in entry.get("pass_k") or [1]],
         fallbacks=fallbacks,
+        answer_from=answer_from,
     )
 
 

@@ -16,10 +16,19 @@ from icpo_core.config.params import (  # noqa: F401
     _loc,
     _profiles,
     _validate_profile,
+    apply_sets,
     deep_merge,
     load_params,
     parse_params,
+    read_raw,
     resolve,
+)
+from icpo_core.config.profiles import (  # noqa: F401
+    PAPER_PROFILE_PREFIX,
+    STUDY_MATRIX_KEYS,
+    dvc_study_problem,
+    is_paper_profile,
+    study_command,
 )
 from icpo_core.config.sections import (  # noqa: F401
     LORA_TARGETS,
@@ -34,6 +43,7 @@ from icpo_core.config.sections import (  # noqa: F401
     TrainVllmParams,
     VerlParams,
     VllmParams,
+    _is_active,
     _missing,
     _non_empty_unique,
 )

@@ -28,6 +28,7 @@ import yaml
 from pydantic import (
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,6 +39,7 @@ from icpo_core.config.sections import (
     DataParams,
     ModelParams,
     TrainParams,
+    _is_active,
 )
 from icpo_core.config.study import (
     BenchParams,
@@ -77,6 +79,8 @@ DEFAULT_RUNS: dict[str, dict[str, Any]] = {
         "released_entropy_bonus": 0.001,
         "released_loss_agg": True,
     },
+    # the released code's GRPO (stock verl 0.5): its loss averaging; no entropy bonus, no demos (n_off 0)
+    "grpo_released": {"n_off": 0, "released_loss_agg": True},
     "luffy": {
         "n_off": 1,
         "off_policy": "expert_trace",
@@ -110,7 +114,7 @@ class Params(_Section):
     profiles: dict[Name, dict[str, Any]] = {}
 
     @model_validator(mode="after")
-    def _check_runs(self) -> Params:
+    def _check_runs(self, info: ValidationInfo) -> Params:
         # Root-level messages name their own key paths (see _format_validation).
         for name, overrides in self.runs.items():
             if name == "base":
@@ -133,7 +137,7 @@ class Params(_Section):
             raise ValueError(
                 "study.runs: at least one run of `runs` (dvc.yaml trains each at every seed) (got [])"
             )
-        if self.regime.run not in self.runs:
+        if self.regime.run not in self.runs and "run" in self.regime.model_fields_set:
             raise ValueError(
                 f"regime.run names '{self.regime.run}', which is not in runs: {sorted(self.runs)}"
             )
@@ -141,7 +145,11 @@ class Params(_Section):
             for name in names:
                 if name not in self.runs:
                     raise ValueError(f"{key} names '{name}', which is not in runs: {sorted(self.runs)}")
-        if overlap := set(self.study.runs) & set(self.study.ablations):
+        overlap = set(self.study.runs) & set(self.study.ablations)
+        # an inactive profile that sets its own study.runs meets the top-level ablations of another study (the
+        # README's `-S 'study.ablations=[icpo_rs]'` beside the paper profiles' icpo_rs): only the study DVC
+        # expands, the active profile's, must list each run once
+        if overlap and _is_active(info):
             raise ValueError(f"study.ablations repeats study.runs {sorted(overlap)}: list each run once")
         for i, name in enumerate(self.report.runs):
             if name != "base" and name not in self.runs:
@@ -301,10 +309,33 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
 def _in_overrides(overrides: Mapping[str, Any], parts: tuple[Any, ...]) -> bool:
     node: Any = overrides
     for p in parts:
+        if isinstance(node, list) and isinstance(p, int) and 0 <= p < len(node):
+            node = node[p]
+            continue
         if not isinstance(node, Mapping) or p not in node:
             return False
         node = node[p]
     return True
+
+
+_ROOT_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-]*(?:\[\d+\])*): ")
+
+
+def _root_message_key(e: Mapping[str, Any]) -> str | None:
+    """The key path a root validator's message starts with (``study.runs: ...``), else None."""
+    if e["type"] != "value_error":
+        return None
+    m = _ROOT_KEY.match(e["msg"].removeprefix("Value error, "))
+    return m.group(1) if m else None
+
+
+def _key_parts(key: str) -> tuple[Any, ...]:
+    """``study.primary.comparisons[0]`` -> ``("study", "primary", "comparisons", 0)``."""
+    out: list[Any] = []
+    for part in key.split("."):
+        name, *idx = part.replace("]", "").split("[")
+        out += [name, *(int(i) for i in idx)]
+    return tuple(out)
 
 
 def _validate_profile(raw: dict[str, Any], name: str, overrides: dict[str, Any], active: bool) -> Params:
@@ -314,16 +345,24 @@ def _validate_profile(raw: dict[str, Any], name: str, overrides: dict[str, Any],
     fails in a section an inactive profile touches (the base sections pass alone). Other errors keep their plain
     key path, noting the profile."""
     merged = deep_merge({**raw, "profile": name}, overrides)
+
+    def set_by_profile(parts: tuple[Any, ...]) -> bool:
+        return bool(parts) and (
+            _in_overrides(overrides, parts) or (not active and _in_overrides(overrides, parts[:1]))
+        )
+
     try:
         return Params.model_validate(merged, context={"check_paths": active})
     except ValidationError as err:
         lines = []
         for e in err.errors():
             parts = tuple(p for p in _loc(e) if p != "[key]")
-            if parts and (
-                _in_overrides(overrides, parts) or (not active and _in_overrides(overrides, parts[:1]))
-            ):
+            root_key = _root_message_key(e) if not parts else None
+            if set_by_profile(parts):
                 lines.append(_format_error(e, prefix=f"profiles.{name}"))
+            elif root_key and set_by_profile(_key_parts(root_key)):
+                # a cross-field check names its own key path: one the profile sets is the profile's
+                lines.append(f"profiles.{name}.{_format_error(e)}")
             elif overrides:
                 lines.append(f"with profile {name!r}: {_format_error(e)}")
             else:
@@ -348,8 +387,8 @@ def parse_params(raw: dict[str, Any], source: str = PARAMS_FILE) -> Params:
     return params
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read, resolve and validate ``params.yaml``; raises :class:`ParamsError` on any problem."""
+def read_raw(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """``params.yaml`` as loaded, before any profile is applied; raises :class:`ParamsError`."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: not found; run from the project root or pass --params PATH")
@@ -362,4 +401,37 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         raise ParamsError(f"{path}: not valid YAML{where}: {' '.join(str(problem).split())}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ParamsError(f"{path}: cannot be read: {e}") from None
-    return parse_params({} if raw is None else raw, source=str(path))
+    return {} if raw is None else raw
+
+
+def apply_sets(raw: Any, sets: list[str] | None, source: str = PARAMS_FILE) -> Any:
+    """``raw`` with ``KEY=VALUE`` overrides applied (``icpo -S train.device=cpu``, as ``dvc exp run -S`` writes
+    them into params.yaml): the dotted key is set in the base sections (a profile still deep-merges over it), the
+    value read as YAML. Raises :class:`ParamsError` for a malformed entry."""
+    if not sets:
+        return raw
+    out = copy.deepcopy(raw) if isinstance(raw, dict) else {}
+    for entry in sets:
+        key, eq, text = entry.partition("=")
+        if not eq or not re.fullmatch(r"[A-Za-z0-9_.-]+", key) or ".." in key or key.strip(".") != key:
+            raise ParamsError(
+                f"{source}: -S {entry!r}: expected KEY=VALUE with a dotted key, e.g. train.device=cpu"
+            )
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            raise ParamsError(f"{source}: -S {entry!r}: the value is not valid YAML") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def load_params(path: str | Path = PARAMS_FILE, sets: list[str] | None = None) -> Params:
+    """Read, resolve and validate ``params.yaml`` (``sets``: :func:`apply_sets` overrides first); raises
+    :class:`ParamsError` on any problem."""
+    return parse_params(apply_sets(read_raw(path), sets, str(path)), source=str(path))

@@ -23,6 +23,11 @@ from icpo_core.config.types import (
 # ---------------------------------------------------------------------------------------------- model / data
 
 
+def _is_active(info: ValidationInfo) -> bool:
+    """Validating the active profile (or plain params), not another profile of the file."""
+    return not (isinstance(info.context, dict) and not info.context.get("check_paths", True))
+
+
 def _missing(path: str, info: ValidationInfo, folder: bool = False) -> str | None:
     """An error message when ``path`` (relative to the project root) does not exist, else None.
 
@@ -177,6 +182,9 @@ class AlgorithmParams(_Section):
     clip_on_policy: bool = True  # false: LUFFY's loss_remove_clip (plain ratio on on-policy tokens)
     reward: NonEmptyStr = "verifier"
     random_reward_p: Float = Field(default=0.5, ge=0, le=1)
+    # the training grader's think-block rule (both engines): none (the answer after the last </think>, if any) |
+    # luffy (LUFFY's released reward_impl_version 3: no </think> = wrong; the answer after the first </think>)
+    think_format: Literal["none", "luffy"] = "none"
 
     @model_validator(mode="after")
     def _check(self) -> AlgorithmParams:
@@ -201,7 +209,9 @@ class AlgorithmParams(_Section):
 
 class VerlParams(_Section):
     nnodes: int = Field(default=1, ge=1)
-    n_gpus_per_node: int = Field(default=8, ge=1)
+    # GPUs per node; more than one (or several nodes, or a paper profile) is a GPU run: `train.device: auto`
+    # then stops before launch in a process that sees no CUDA (icpo_core.engines.devices)
+    n_gpus_per_node: int = Field(default=1, ge=1)
     tensor_parallel: int = Field(default=1, ge=1)
     gpu_memory_utilization: Float = Field(default=0.8, gt=0, le=1)
     ppo_micro_batch_size_per_gpu: int = Field(default=2, ge=1)
@@ -215,6 +225,11 @@ class VerlParams(_Section):
     val_temperature: Float = Field(default=0.6, gt=0)
     val_top_p: Float = Field(default=0.7, gt=0, le=1)
     val_top_k: int = Field(default=50, ge=-1)  # -1 = off
+    # FSDP CPU offload of the actor (verl actor.fsdp_config.param_offload / optimizer_offload): placement only,
+    # the same numbers. The colocated vLLM takes gpu_memory_utilization of every GPU while it generates, and what
+    # the actor keeps on the GPU meanwhile must fit in the rest (docs/method.md, "Memory and disk")
+    param_offload: bool = False
+    optimizer_offload: bool = False
     extra_overrides: list[NonEmptyStr] = []
 
 
@@ -290,6 +305,9 @@ class TrainParams(_Section):
     temperature: Float = Field(default=1.0, gt=0)
     top_p: Float = Field(default=1.0, gt=0, le=1)
     save_freq: int = Field(default=4, ge=1)
+    # deterministic kernels: verl's full_determinism (actor, reference, vLLM: batch-invariant kernels, per-request
+    # seeds) / the local engine's torch.use_deterministic_algorithms; slower (docs/method.md, "Determinism")
+    deterministic: bool = False
     # checkpoints kept per run (verl trainer.max_actor_ckpt_to_keep); the last one of a finished run has no
     # optimizer state (local engine: nothing resumes from it). The old key max_ckpt_to_keep is read as this one.
     keep_checkpoints: int = Field(default=1, ge=1)

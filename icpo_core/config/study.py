@@ -105,9 +105,11 @@ class ReportParams(_Section):
         "icpo_rs",
         "icpo_no_errs",
         "icpo_released",
+        "grpo_released",
     ]
-    # comparisons beyond "every run - GRPO", e.g. [[icpo, luffy]]: the paper's ICPO vs the expert-guided baseline
-    pairs: list[RunPair] = []
+    # comparisons beyond "every run - GRPO", e.g. [[icpo, luffy]]: the paper's ICPO vs the expert-guided baseline.
+    # The released code's ICPO against the released code's GRPO (the same loss averaging); shown when both ran
+    pairs: list[RunPair] = [["icpo_released", "grpo_released"]]
     # the run every other run is compared with (secondary comparisons); null: none
     baseline: Name | None = "grpo"
     # points: the report states how many seeds per run a difference of this size would need (80 % power)
@@ -185,6 +187,26 @@ def _check_seeds(v: list[int]) -> list[int]:
     return v
 
 
+Logger = Literal["mlflow", "wandb"]
+
+
 class TrackingParams(_Section):
     experiment: NonEmptyStr = "icpo-repro"
     tracking_uri: NonEmptyStr | None = None
+    # where a training's metrics, params and tags go: MLflow always (the report, bench and merge read it);
+    # `wandb` mirrors them to Weights & Biases (WANDB_MODE=offline: a local run folder, `wandb sync` later)
+    loggers: list[Logger] = ["mlflow"]
+    # MLflow's system metrics (CPU, memory, disk, network, GPU: `system/...`) on every training and bench run
+    system_metrics: bool = False
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers_ok(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"entries must be unique (got {v!r})")
+        if "mlflow" not in v:
+            raise ValueError(
+                f"must include 'mlflow' (got {v!r}): the report, bench and merge stages read the MLflow runs; "
+                "wandb is a mirror beside it"
+            )
+        return v

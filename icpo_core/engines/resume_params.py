@@ -14,12 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+from icpo_core.config import AlgorithmParams, Params, TrainParams
 from icpo_core.errors import UserError
-
-if TYPE_CHECKING:
-    from icpo_core.config import Params
 
 Engine = Literal["local", "verl"]
 
@@ -63,6 +61,9 @@ VERL_SAFE_KEYS = (
     "train.verl.val_temperature",
     "train.verl.val_top_p",
     "train.verl.val_top_k",
+    # the actor's FSDP CPU offload: where its weights / AdamW state wait between phases, the same numbers
+    "train.verl.param_offload",
+    "train.verl.optimizer_offload",
 )
 # Compared on verl although under train.verl: extra_overrides (any hydra key: the loss, the rollout sampling, the
 # optimizer can all be set there, and they win over params.yaml's own keys) and nnodes / n_gpus_per_node (verl's
@@ -113,12 +114,24 @@ def _show(value: Any) -> str:
 _ABSENT = object()
 
 
+def typed_defaults() -> dict[str, Any]:
+    """The typed defaults of every ``algorithm.*`` / ``train.*`` key, flattened as :func:`training_params`."""
+    flat: dict[str, Any] = {}
+    _flatten("algorithm", AlgorithmParams().model_dump(mode="json"), flat)
+    _flatten("train", TrainParams().model_dump(mode="json"), flat)
+    return flat
+
+
 def changed_keys(saved: Mapping[str, Any], now: Mapping[str, Any], engine: Engine) -> list[str]:
     """``["train.lr: 2e-05 -> 1e-05", ...]`` for every key whose value differs, is new, or is gone (a key the
-    engine's :data:`SAFE_KEYS` now name, recorded by an older version, is not reported)."""
+    engine's :data:`SAFE_KEYS` now name, recorded by an older version, is not reported; nor is a key added since
+    the checkpoint was recorded whose value now is its typed default, the behaviour before the key existed)."""
     out = []
+    defaults = typed_defaults()
     for key in sorted(set(saved) | set(now)):
         old, new = saved.get(key, _ABSENT), now.get(key, _ABSENT)
+        if old is _ABSENT and key in defaults and new == defaults[key]:
+            continue
         if old != new and not _safe(key, engine):
             out.append(f"{key}: {_show(old)} -> {_show(new)}")
     return out

@@ -7,17 +7,28 @@
 - :mod:`~icpo_core.grading.worker`: the worker program (math-verify in its own process, killed on overrun).
 """
 
-from icpo_core.grading.extract import FALLBACKS, extract_answer, last_boxed, strip_thinking
+from icpo_core.grading.extract import (
+    FALLBACKS,
+    THINK_FORMATS,
+    extract_answer,
+    graded_text,
+    last_boxed,
+    luffy_solution,
+    strip_thinking,
+)
 from icpo_core.grading.pool import MAX_ANSWER_CHARS, Grader, Verdict, fast_numeric, normalize_text
 
 __all__ = [
     "FALLBACKS",
     "MAX_ANSWER_CHARS",
+    "THINK_FORMATS",
     "Grader",
     "Verdict",
     "extract_answer",
     "fast_numeric",
+    "graded_text",
     "last_boxed",
+    "luffy_solution",
     "normalize_text",
     "strip_thinking",
 ]

@@ -20,6 +20,9 @@ FALLBACKS = ("answer_is", "answer_letter", "last_number")
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+#: How a response's think block is treated (``algorithm.think_format``): ``none``, :func:`strip_thinking`;
+#: ``luffy``, :func:`luffy_solution` (LUFFY's released training reward).
+THINK_FORMATS = ("none", "luffy")
 #: The box commands whose argument is an answer.
 BOX_COMMANDS = ("\\boxed", "\\fbox")
 
@@ -32,6 +35,26 @@ def strip_thinking(response: str) -> str | None:
     if THINK_OPEN in response:
         return None
     return response
+
+
+def luffy_solution(response: str) -> str | None:
+    """The part LUFFY's released reward (``reward_impl_version`` 3) grades: the text between the first ``</think>``
+    and the next one (its ``split("</think>")[1]``); None -- wrong, a format error -- without ``</think>``.
+
+    LUFFY's reward requires both think tags in ``"<think>\\n" + response`` (its chat template opens the block in
+    the prompt, and the reward prepends the tag), so for a response the rule is: a ``</think>`` must close the
+    block; an opening ``<think>`` the model wrote itself (Qwen3's template leaves it to the model) is allowed."""
+    parts = response.split(THINK_CLOSE)
+    return parts[1] if len(parts) > 1 else None
+
+
+def graded_text(response: str, think_format: str = "none") -> str | None:
+    """The text whose answer is graded under ``think_format`` (:data:`THINK_FORMATS`), or None for no answer."""
+    if think_format == "none":
+        return strip_thinking(response)
+    if think_format == "luffy":
+        return luffy_solution(response)
+    raise ValueError(f"unknown think_format {think_format!r}; allowed: {list(THINK_FORMATS)}")
 
 
 def _match_braces(text: str, open_at: int) -> int | None:
@@ -146,19 +169,20 @@ def _fallback(text: str, name: str) -> str | None:
     raise ValueError(f"unknown answer fallback {name!r}; allowed: {list(FALLBACKS)}")
 
 
-def extract_answer(response: str, fallbacks: Sequence[str] = ()) -> str | None:
+def extract_answer(response: str, fallbacks: Sequence[str] = (), think_format: str = "none") -> str | None:
     """The final answer of a response: :func:`last_boxed`, else the declared ``fallbacks`` in order.
 
     Training rewards use no fallbacks (strict boxed, like the paper); benchmarks declare theirs in
     ``benchmarks.yaml`` (``answer_is``: "The answer is X"; ``answer_letter``: "ANSWER: C"; ``last_number``).
-    Only the text after the last ``</think>`` counts (:func:`strip_thinking`). Returns None for no answer,
-    including a response cut off inside ``<think>``. Raises ValueError for a fallback name not in
-    :data:`FALLBACKS`.
+    Only the text after the last ``</think>`` counts (:func:`strip_thinking`); with ``think_format: luffy`` the
+    text after the first ``</think>``, and no ``</think>`` is no answer (:func:`luffy_solution`). Returns None
+    for no answer, including a response cut off inside ``<think>``. Raises ValueError for a fallback name not in
+    :data:`FALLBACKS` or an unknown ``think_format``.
     """
     for name in fallbacks:
         if name not in FALLBACKS:
             raise ValueError(f"unknown answer fallback {name!r}; allowed: {list(FALLBACKS)}")
-    text = strip_thinking(response)
+    text = graded_text(response, think_format)
     if text is None:
         return None
     boxed = last_boxed(text)

@@ -208,11 +208,16 @@ class Grader:
 
     # grading -------------------------------------------------------------------------------------------
     def grade(
-        self, responses: Sequence[str], golds: Sequence[str], *, fallbacks: Sequence[str] = ()
+        self,
+        responses: Sequence[str],
+        golds: Sequence[str],
+        *,
+        fallbacks: Sequence[str] = (),
+        think_format: str = "none",
     ) -> list[Verdict]:
         """One :class:`Verdict` per response, in order; ValueError if the lengths differ.
 
-        ``fallbacks``: see :func:`~icpo_core.grading.extract.extract_answer`. Every response gets a verdict within
+        ``fallbacks``, ``think_format``: see :func:`~icpo_core.grading.extract.extract_answer`. Every response gets a verdict within
         about ``timeout_s`` of reaching a worker, whatever its text: ``timeout`` and ``error`` verdicts are wrong.
         """
         if len(responses) != len(golds):
@@ -221,7 +226,7 @@ class Grader:
         extracted: list[str | None] = []
         todo: list[int] = []
         for i, (resp, gold) in enumerate(zip(responses, golds, strict=True)):
-            ans = extract_answer(resp if isinstance(resp, str) else str(resp), fallbacks)
+            ans = extract_answer(resp if isinstance(resp, str) else str(resp), fallbacks, think_format)
             if ans is not None:
                 ans = ans[:MAX_ANSWER_CHARS]
             extracted.append(ans)
@@ -257,8 +262,10 @@ class Grader:
                 self.cache_hits += i != j
         return verdicts  # type: ignore[return-value]
 
-    def grade_one(self, response: str, gold: str, *, fallbacks: Sequence[str] = ()) -> Verdict:
-        return self.grade([response], [gold], fallbacks=fallbacks)[0]
+    def grade_one(
+        self, response: str, gold: str, *, fallbacks: Sequence[str] = (), think_format: str = "none"
+    ) -> Verdict:
+        return self.grade([response], [gold], fallbacks=fallbacks, think_format=think_format)[0]
 
     def _replace(self, w: _Worker) -> _Worker:
         w.kill()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 from icpo_core.io_utils import atomic_write_text
@@ -129,6 +130,64 @@ def plot_data(per_seed_rows: list[list[dict]]) -> list[dict]:
             row["n_seeds"] = max(row.get("n_seeds", 0), band["n"][i])
     steps = sorted({int(r["step"]) for rows in per_seed_rows for r in rows} | set(out))
     return [{"step": s, **{k: None for k, _ in CURVES}, **out.get(s, {})} for s in steps]
+
+
+ARMS_DIR = "arms"  # reports/plots/arms/<measure>.json: every arm of the study in one file per measure
+ARMS_TEMPLATE = "arms"  # .dvc/plots/arms.json: DVC's custom template, one line (and seed band) per arm
+
+
+def arms_file(key: str) -> str:
+    """The long-format file of step-log key ``key`` under ``reports/plots`` (``arms/reward_on_policy.json``)."""
+    return f"{ARMS_DIR}/{re.sub(r'[^A-Za-z0-9]+', '_', key).strip('_')}.json"
+
+
+def arm_rows(runs: dict[str, list[list[dict]]], key: str) -> list[dict]:
+    """Long-format rows of ``key`` for DVC plots: ``{"step", "arm", "value", "min", "max", "n_seeds"}`` per arm
+    (run) and step, the value the mean over the arm's seeds that logged a finite one, min / max over them."""
+    rows = []
+    for arm, per_seed in runs.items():
+        band = seed_band(per_seed, key)
+        rows += [
+            {
+                "step": s,
+                "arm": arm,
+                "value": band["mean"][i],
+                "min": band["min"][i],
+                "max": band["max"][i],
+                "n_seeds": band["n"][i],
+            }
+            for i, s in enumerate(band["step"])
+        ]
+    return rows
+
+
+def write_arm_plot_data(runs: dict[str, list[Path]], out_dir: Path) -> list[Path]:
+    """``<out_dir>/arms/<measure>.json`` for every ``CURVES`` measure: :func:`arm_rows` of every run given (the
+    study's runs and ablations: the arms come from params.yaml, not from dvc.yaml), for dvc.yaml's top-level
+    ``plots:`` with the template ``arms`` (a line per arm, coloured by arm; see :func:`dvc_plots`). Every file is
+    written, ``[]`` while no arm has the measure."""
+    loaded = {run: [r for r in (read_steps(p) for p in paths_) if r] for run, paths_ in runs.items()}
+    return [
+        atomic_write_text(out_dir / arms_file(key), json.dumps(arm_rows(loaded, key)) + "\n")
+        for key, _ in CURVES
+    ]
+
+
+def dvc_plots(plots_dir: str = "reports/plots") -> list[dict]:
+    """dvc.yaml's top-level ``plots:`` for the files of :func:`write_arm_plot_data` (a test keeps dvc.yaml equal
+    to it): one plot per ``CURVES`` measure, x ``step``, y ``value``, template ``arms``."""
+    return [
+        {
+            re.sub(r"[^A-Za-z0-9]+", "_", key).strip("_"): {
+                "title": title,
+                "template": ARMS_TEMPLATE,
+                "x": "step",
+                "y": {f"{plots_dir}/{arms_file(key)}": "value"},
+                "y_label": key,
+            }
+        }
+        for key, title in CURVES
+    ]
 
 
 def write_plot_data(runs: dict[str, list[Path]], out_dir: Path) -> list[Path]:

@@ -27,7 +27,7 @@ def run_label(params: Any, run: str) -> str:
     source, reward = off_policy_source(a), reward_variant(a)
     name = source.label
     if a.released_constant_bonus or a.released_entropy_bonus > 0 or a.released_loss_agg:
-        name = "ICPO (released code)"
+        name = f"{'GRPO' if a.n_off == 0 else 'ICPO'} (released code)"
     elif source.generated:
         name = name.replace("ICPO", "ICPO†", 1) if a.reward_shaping else name
         name += "" if a.errs else " − ERRS"

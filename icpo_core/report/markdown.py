@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from icpo_core import paths
+from icpo_core.config import is_paper_profile
+from icpo_core.report import paper
 from icpo_core.report.curves import CURVES
 from icpo_core.report.labels import LUFFY_INFORMATION
 from icpo_core.report.power import detectability
@@ -25,6 +27,7 @@ TITLES = {
     "minerva": "Minerva",
     "olympiadbench": "OlympiadBench",
     "gsm8k": "GSM8K",
+    "numinamath": "NuminaMath",
     "gpqa_diamond": "GPQA-D",
 }
 MEASURES = {"avg": "the held-out benchmark average (unweighted mean over the benchmarks), in points"}
@@ -297,6 +300,38 @@ def training_markdown(study: Study, metrics_dir: Path = paths.METRICS_DIR) -> st
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------------------- the paper's table
+def paper_markdown(study: Study) -> str:
+    """Under a paper profile: which of the numbers are comparable with the paper's table, and the paper's own
+    numbers on those rows beside ours (:mod:`icpo_core.report.paper`); nothing under another profile."""
+    if not is_paper_profile(study.profile):
+        return ""
+    shared = paper.shared_rows(study.profile)
+    names = ", ".join(column_title(b) for b in shared)
+    table = paper.PAPER_TABLES.get(study.profile)
+    lines = [
+        f"These numbers are comparable with the paper's table ({paper.PAPER}) only on the rows both report: "
+        f"{names}. {' and '.join(paper.NOT_PUBLIC)} have no public data, and our Avg. is over "
+        f"{', '.join(column_title(c) for c in study.columns) or 'our benchmarks'}, not the paper's rows. The paper's "
+        f"GRPO average disagrees with itself ({paper.GRPO_AVERAGE_MAIN_TABLE} main table, "
+        f"{paper.GRPO_AVERAGE_ABLATION_TABLE} ablation table, the mean of its own row); a comparison uses the "
+        f"per-benchmark rows and, where it quotes an average, {paper.GRPO_AVERAGE_ABLATION_TABLE}.",
+        "",
+    ]
+    if table is None:
+        return "\n".join([*lines, "The paper's numbers for this profile's model are not in our sources.", ""])
+    lines += ["| Benchmark | Method | Run | Ours [95 % CI] | Paper |", "|---|---|---|---:|---:|"]
+    for bench in shared:
+        for run, numbers in table.items():
+            if bench not in numbers:
+                continue
+            r = study.runs.get(run)
+            ours = _ci(r.cell(bench)) if r is not None else "n/a (not in the study)"
+            label = r.label if r is not None else run
+            lines.append(f"| {column_title(bench)} | {label} | `{run}` | {ours} | {numbers[bench]:.2f} |")
+    return "\n".join([*lines, ""]) + "\n"
+
+
 # ----------------------------------------------------------------------------------------------- the report
 def _method_text(study: Study) -> list[str]:
     seeds = ", ".join(str(s) for s in study.seeds)
@@ -341,6 +376,9 @@ def report_markdown(study: Study, generated: str, plotted: dict[str, dict[str, i
             + ".",
             "",
         ]
+    against_paper = paper_markdown(study)
+    if against_paper:
+        md += ["## Against the paper's table", "", against_paper]
     md += [
         "## Per benchmark: seeds, problems, pass@k",
         "",

@@ -159,10 +159,89 @@ def primary_tags(study: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
-def study_view_state() -> dict[str, Any]:
+# The study view's charts, in the order it opens on: the study's own measures first (the bench scores by method,
+# then the training signal by step), then the rest of the project's step log, the trainer's internals last.
+STUDY_SECTIONS = (
+    ("bench", "Study: held-out bench scores by method"),
+    ("signal", "Study: 0-shot reward and groups with signal, by step"),
+    ("reward", "reward"),
+    ("icpo", "icpo"),
+    ("actor", "actor (trainer internals)"),
+)
+SIGNAL_CHARTS = (
+    ("reward/on_policy", "0-shot reward (on-policy rollouts, no demos)"),
+    ("icpo/on_policy_groups_with_signal", "On-policy groups with reward signal"),
+)
+# the other measures of the method, by step (MLflow's UI adds the rest of each prefix to the same section)
+METHOD_CHARTS = (
+    ("reward", "reward/overall", "Trained reward (on-policy and accepted IEF rows)"),
+    ("reward", "reward/expert_region", "Expert-region reward (accepted IEF rows)"),
+    ("icpo", "icpo/accept_rate", "IEF acceptance rate"),
+    ("icpo", "icpo/groups_with_signal", "Trained groups with reward signal"),
+)
+INTERNAL_CHARTS = ("actor/pg_loss", "actor/pg_clipfrac", "actor/kl", "actor/entropy", "actor/grad_norm")
+
+
+def _chart(kind: str, n: int, section: str, key: str, title: str) -> dict[str, Any]:
+    """One chart card of MLflow's runs-compare charts (what its UI stores in ``compareRunCharts``)."""
+    card: dict[str, Any] = {
+        "uuid": f"icpo-chart-{n}",
+        "type": kind,
+        "runsCountToCompare": 20,
+        "metricSectionId": f"icpo-section-{section}",
+        "deleted": False,
+        "isGenerated": False,
+        "displayName": title,
+        "metricKey": key,
+    }
+    if kind == "LINE":
+        card.update(
+            selectedMetricKeys=[key],
+            lineSmoothness=0,
+            xAxisScaleType="linear",
+            scaleType="linear",
+            range={},
+            xAxisKey="step",
+            selectedXAxisMetricKey="",
+            yAxisKey="metric",
+            yAxisExpressions=[],
+            ignoreOutliers=False,
+            useGlobalXaxisKey=True,
+            useGlobalLineSmoothing=True,
+        )
+    return card
+
+
+def study_charts(benchmarks: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(sections, charts) of the study view: first the bench scores by method (bars: ``bench/average/avg_at_n``,
+    then each benchmark's ``bench/<name>/avg_at_n``; one bar per group = method), then the 0-shot (on-policy)
+    reward and the on-policy groups with signal by step, then the sections ``reward``, ``icpo`` and, last of the
+    study's own, ``actor`` (the trainer's internals). MLflow's UI adds any other metric as a chart of the section
+    named by its prefix, after these (``isAccordionReordered`` keeps this order)."""
+    sections = [
+        {"uuid": f"icpo-section-{sid}", "name": name, "display": True, "isReordered": True}
+        for sid, name in STUDY_SECTIONS
+    ]
+    charts: list[dict[str, Any]] = []
+    bench = [("bench/average/avg_at_n", "Bench average (avg@n), by method")]
+    bench += [(f"bench/{b}/avg_at_n", f"{b} (avg@n), by method") for b in benchmarks]
+    for key, title in bench:
+        charts.append(_chart("BAR", len(charts), "bench", key, title))
+    for key, title in SIGNAL_CHARTS:
+        charts.append(_chart("LINE", len(charts), "signal", key, title))
+    for section, key, title in METHOD_CHARTS:
+        charts.append(_chart("LINE", len(charts), section, key, title))
+    for key in INTERNAL_CHARTS:
+        charts.append(_chart("LINE", len(charts), "actor", key, key))
+    return sections, charts
+
+
+def study_view_state(benchmarks: list[str] | None = None) -> dict[str, Any]:
     """The saved view of :data:`STUDY_VIEW_KEY`: group by ``icpo.variant`` (the run of ``runs:``), average over
     the group's seeds in tables and charts, hide the study's parent and report runs (they have no variant to
-    group: the filter keeps only runs with one that is not ``report``) and empty charts."""
+    group: the filter keeps only runs with one that is not ``report``) and empty charts; the charts open on the
+    study's own measures (:func:`study_charts` of ``benchmarks``, the study's bench columns)."""
+    sections, charts = study_charts(list(benchmarks or []))
     return {
         "searchFilter": "tags.`icpo.variant` != 'report'",
         "orderByKey": "attributes.start_time",
@@ -174,13 +253,17 @@ def study_view_state() -> dict[str, Any]:
         "useGroupedValuesInCharts": True,
         "hideEmptyCharts": True,
         "runListHidden": False,
+        "compareRunSections": sections,
+        "compareRunCharts": charts,
+        "isAccordionReordered": True,  # MLflow's UI keeps this section order (else it sorts them by name)
     }
 
 
 def study_view_path(experiment_id: str) -> str:
     """The UI path (after the server's address) of the saved study view of an experiment."""
     return (
-        f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={STUDY_VIEW_KEY}"
+        f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&compareRunsMode=CHART"
+        f"&viewStateShareKey={STUDY_VIEW_KEY}"
     )
 
 
@@ -208,7 +291,8 @@ def log_study(params: Any, study: dict[str, Any], files: list[str]) -> str | Non
             "icpo.study_seeds": ",".join(str(s) for s in study.get("seeds") or []),
         }
         run_id = client.create_run(exp_id, run_name="report", tags=tags).info.run_id
-        client.set_experiment_tag(exp_id, STUDY_VIEW_TAG, json.dumps(study_view_state()))
+        view = study_view_state(study.get("columns") or list(params.bench.benchmarks))
+        client.set_experiment_tag(exp_id, STUDY_VIEW_TAG, json.dumps(view))
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in study_metrics(study).items()]
         targets = [run_id]

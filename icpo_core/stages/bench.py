@@ -2,7 +2,9 @@
 
 Writes ``bench/<run>/samples.jsonl`` (one row per completion, appended as problems finish; an interrupted bench
 resumes without regenerating finished problems) and ``metrics/bench_<run>.json`` (per benchmark avg@n, pass@k;
-unweighted average; generation vs grading time), and logs ``bench/<name>/...`` to the run's MLflow run.
+unweighted average; generation vs grading time), and logs ``bench/<name>/...`` to the run's MLflow run, linked to
+the merged model's MLflow logged model (``icpo merge`` records it); ``tracking.system_metrics``: MLflow's system
+metrics on that run while the bench runs.
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from icpo_core import paths
+from icpo_core import paths, tracking
 from icpo_core.bench.backends import make_backend
-from icpo_core.bench.mlflow_log import log_bench
+from icpo_core.bench.mlflow_log import bench_run, bench_system_metrics, log_bench
 from icpo_core.bench.registry import resolve_benchmarks
 from icpo_core.bench.runner import BenchRunner
 from icpo_core.errors import UserError
@@ -65,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
         chunk_prompts=bench.batch_size if bench.backend == "hf" else 1024,
         limit=args.limit,
     )
-    metrics = runner.run(specs, instance)
+    run_id = None if args.no_mlflow else bench_run(params, run_name, instance=instance)
+    with bench_system_metrics(params, run_id):  # tracking.system_metrics: MLflow's system/... while it runs
+        metrics = runner.run(specs, instance)
     atomic_write_json(paths.bench_metrics(instance), metrics)
     for name, m in metrics["benchmarks"].items():
         ks = " ".join(f"{k}={v:.3f}" for k, v in m.items() if k.startswith("pass_at_"))
@@ -74,5 +78,7 @@ def run(args: argparse.Namespace) -> int:
     t = metrics["timing"]
     print(f"{'average':>16}: {avg:.3f}   generate {t['generate_s']:.1f}s, grade {t['grade_s']:.1f}s")
     if not args.no_mlflow:
-        log_bench(params, run_name, metrics, instance=instance)
+        # the merged model's MLflow logged model (recorded by `icpo merge`): the metrics are linked to it
+        model_id = tracking.merged_model_id(params, instance) if args.model is None else None
+        log_bench(params, run_name, metrics, instance=instance, run_id=run_id, model_id=model_id)
     return 0

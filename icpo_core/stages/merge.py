@@ -8,6 +8,9 @@ bfloat16 base models go through verl's stock ``FSDPModelMerger`` (what ``python 
 rounding fp32 weights to bf16 erases a small-learning-rate run. Both run in this process. A LoRA checkpoint
 (``train.lora``) always goes through the subclass, which merges the adapters into the base weights (models/base
 for the local engine's adapters-only checkpoints): the output is a plain Hugging Face folder either way.
+
+The merged folder is then recorded in MLflow without a second copy of its weights: an external logged model of
+the training run that references its DVC path and md5 (:func:`icpo_core.tracking.register_merged_model`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from icpo_core import checkpoint_layout as layout
-from icpo_core import paths
+from icpo_core import paths, tracking
 from icpo_core.engines.local.merger import has_hf_weights, merge_checkpoint
 from icpo_core.errors import DataError, UserError
 from icpo_core.io_utils import atomic_path, check_free_space, disk_full_error, is_disk_full
@@ -88,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
             ) from None
         raise
     log.info("%s: merged step %d into %s", name, step, target)
+    # MLflow: a logged model of the training run that references the folder (DVC path + md5), no weights copied
+    seeded = params.with_seed(args.seed) if args.seed is not None else params
+    tracking.register_merged_model(seeded, args.run, name if args.seed is not None else None, step=step)
     return 0
 
 

@@ -53,7 +53,7 @@ def start_engine(kind: str, model_dir: Path, params: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tc = params.train
-    device = pick_device(tc.device)
+    device = pick_device(params)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     engine = make_rollout_engine(
@@ -76,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     problems = reg.problems if args.problems is None else args.problems
     if problems < 1:
         raise UserError("--problems must be >= 1")
+    if reg.run not in params.runs:
+        raise UserError(
+            f"regime.run '{reg.run}' is not in runs {sorted(params.runs)}; set regime.run to an ICPO run of `runs`"
+        )
     algo = params.run_algorithm(reg.run)
     if not off_policy_source(algo).with_demos:
         raise UserError(

@@ -11,8 +11,10 @@ Reads per instance ``bench/<instance>/samples.jsonl`` (per-problem verdicts: the
 preregistered primary comparison of ``study.primary`` and its verdicts, then means with 95 % CIs, the secondary
 paired differences with p-values, the training-process measures over seeds, per-seed spread, training
 summary), ``reports/study.json`` (the same numbers, a DVC metrics file), ``reports/table.json`` (the summary table
-as rows), ``reports/curves.png`` (seed-banded training curves) and ``reports/plots/steps_<run>.json`` (mean over
-seeds per step, for dvc.yaml's top-level ``plots:``); logs all of it to MLflow. Missing instances show n/a, never
+as rows), ``reports/curves.png`` (seed-banded training curves), ``reports/plots/steps_<run>.json`` (mean over
+seeds per step, one file per run) and ``reports/plots/arms/<measure>.json`` (the same in long format, rows
+``{step, arm, value, min, max, n_seeds}`` for every arm of the study: dvc.yaml's top-level ``plots:`` draw them,
+coloured by arm, with the template ``.dvc/plots/arms.json``); logs all of it to MLflow. Missing instances show n/a, never
 a crash. The statistical methods: ``icpo_core.report.stats``; the numbers: ``icpo_core.report.study_stats``.
 """
 
@@ -25,7 +27,7 @@ from typing import Any
 
 from icpo_core import paths
 from icpo_core.io_utils import atomic_path, atomic_write_json, atomic_write_text
-from icpo_core.report.curves import plot_curves, write_plot_data
+from icpo_core.report.curves import plot_curves, write_arm_plot_data, write_plot_data
 from icpo_core.report.markdown import comparison_markdown, primary_markdown, report_markdown, summary_markdown
 from icpo_core.report.mlflow_runs import log_study
 from icpo_core.report.study_data import AVERAGE, steps_files
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     with atomic_path(out / "curves.png") as tmp:
         plotted = plot_curves({r: (study.runs[r].label, files[r]) for r in trained}, tmp)
     write_plot_data(files, out / "plots")
+    write_arm_plot_data(files, out / "plots")  # every arm of the study: dvc.yaml's `plots:`
 
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     study_json = study.to_json()

@@ -19,9 +19,20 @@ The package's API is this module (``from icpo_core import tracking``; ``tracking
 - :mod:`.study`: the study's id and parent run;
 - :mod:`.runs`: a training run's tags, config and run-id file, :func:`open_training_run` (both engines),
   :func:`find_run`;
-- :mod:`.tracker`: :class:`Tracker`, the outage-tolerant writer of one run.
+- :mod:`.tracker`: :class:`Tracker`, the outage-tolerant writer of one run, and MLflow's system metrics
+  (``tracking.system_metrics``);
+- :mod:`.wandb_run`: wandb beside MLflow (``tracking.loggers``): :class:`WandbTracker` for the local engine,
+  :func:`wandb_env` for verl's own wandb logger;
+- :mod:`.models`: the merged model as an MLflow logged model referencing its DVC path and md5.
 """
 
+from icpo_core.tracking.models import (
+    MERGED_MODEL_FILE,
+    dvc_md5,
+    merged_model_file,
+    merged_model_id,
+    register_merged_model,
+)
 from icpo_core.tracking.runs import (
     CONFIG_ARTIFACT,
     RUN_ID_FILE,
@@ -45,34 +56,69 @@ from icpo_core.tracking.store import (
 )
 from icpo_core.tracking.study import study_id, study_parent_run
 from icpo_core.tracking.tags import PARENT_ENV, TAG_ENV_PREFIX, env_tags, flatten, git_commit
-from icpo_core.tracking.tracker import STEP_KEY, Tracker, metric_rows
+from icpo_core.tracking.tracker import (
+    STEP_KEY,
+    Tracker,
+    metric_rows,
+    start_system_metrics,
+    stop_system_metrics,
+    system_metrics,
+)
+from icpo_core.tracking.wandb_run import (
+    WANDB_ENV_KEYS,
+    WANDB_ID_FILE,
+    TrackerGroup,
+    WandbTracker,
+    open_wandb_run,
+    wandb_config,
+    wandb_env,
+    wandb_key_configured,
+    wandb_tags,
+)
 
 __all__ = [
     "CONFIG_ARTIFACT",
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TAG",
+    "MERGED_MODEL_FILE",
     "PARENT_ENV",
     "RUN_ID_FILE",
     "STEP_KEY",
     "TAG_ENV_PREFIX",
     "Tracker",
+    "TrackerGroup",
+    "WANDB_ENV_KEYS",
+    "WANDB_ID_FILE",
+    "WandbTracker",
     "artifact_location",
     "create_sqlite_store",
+    "dvc_md5",
     "ensure_experiment",
     "env_tags",
     "find_run",
     "flatten",
     "git_commit",
+    "merged_model_file",
+    "merged_model_id",
     "metric_rows",
     "mlflow_client",
     "open_training_run",
+    "open_wandb_run",
     "read_run_id",
     "read_run_meta",
+    "register_merged_model",
     "run_config",
     "run_id_path",
     "run_tags",
+    "start_system_metrics",
+    "stop_system_metrics",
     "study_id",
     "study_parent_run",
+    "system_metrics",
     "tracking_uri",
+    "wandb_config",
+    "wandb_env",
+    "wandb_key_configured",
+    "wandb_tags",
     "write_run_id",
 ]

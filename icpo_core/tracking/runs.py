@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from icpo_core.tracking.store import mlflow_client, tracking_uri
 from icpo_core.tracking.study import study_id, study_parent_run
 from icpo_core.tracking.tags import PARENT_ENV, env_tags, flatten, git_commit
 from icpo_core.tracking.tracker import Tracker
+from icpo_core.tracking.wandb_run import TrackerGroup, WandbTracker, wandb_config, wandb_id_path
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +32,10 @@ def run_tags(
     stage: str | None = None,
     root: str | Path = ".",
     instance: str | None = None,
+    parent: bool = True,
 ) -> dict[str, str]:
     """The tags of a training run's MLflow run; ``instance`` (``<run>_s<seed>``) marks one seed of the study
-    and nests the run under the study's parent run."""
+    and nests the run under the study's parent run (``parent`` False: without that tag, MLflow is not asked)."""
     algo = params.run_algorithm(run)
     name = instance or run
     tags = {
@@ -48,9 +51,10 @@ def run_tags(
         "git_commit": git_commit(root),
     }
     tags.update(env_tags())
-    parent = os.environ.get(PARENT_ENV) or (study_parent_run(params, root) if instance else None)
     if parent:
-        tags["mlflow.parentRunId"] = parent
+        parent_id = os.environ.get(PARENT_ENV) or (study_parent_run(params, root) if instance else None)
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
     return tags
 
 
@@ -126,7 +130,8 @@ def open_training_run(
     root: str | Path = ".",
     instance: str | None = None,
     fingerprint: str | None = None,
-) -> Tracker:
+    loggers: Sequence[str] | None = None,
+) -> Tracker | TrackerGroup:
     """Create the MLflow run of training run ``run`` (instance ``instance``), or re-attach to the one its
     run-id file (:func:`run_id_path`, beside the checkpoints) names after a restart; both engines call it.
 
@@ -134,12 +139,19 @@ def open_training_run(
     ``config/run_config.json``; its id is written to the run-id file. ``fingerprint`` (the local engine's
     inputs): logged as a param and stored in the run-id file; a stored run of another fingerprint is not
     re-attached (the training starts over, so does its run). MLflow unreachable: the returned tracker is a
-    no-op with ``run_id`` None (:class:`Tracker`), and training goes on.
+    no-op with ``run_id`` None (:class:`Tracker`), and training goes on. ``tracking.system_metrics``: MLflow's
+    system metrics while the run is open.
+
+    ``loggers`` (default ``tracking.loggers``) with ``wandb``: a :class:`.wandb_run.TrackerGroup` that writes the
+    same metrics, params (the run's config) and tags to a wandb run as well (:class:`.wandb_run.WandbTracker`).
+    verl passes ``["mlflow"]``: its own wandb logger writes there.
     """
     root = Path(root)
     name = instance or run
     uri = tracking_uri(params, root)
-    tracker = Tracker(uri, params.tracking.experiment, root=root)
+    tracker = Tracker(
+        uri, params.tracking.experiment, root=root, system_metrics=params.tracking.system_metrics
+    )
     id_file = root / run_id_path(name)
     stored = read_run_id(id_file, uri)
     if stored and fingerprint is not None and read_run_meta(id_file).get("fingerprint") != fingerprint:
@@ -148,15 +160,15 @@ def open_training_run(
     run_params = flatten(config)
     extra = {} if fingerprint is None else {"fingerprint": fingerprint}
     run_params.update(extra)
-    run_id = tracker.start(
-        name,
-        tags=run_tags(params, run, root=root, instance=instance),
-        params=run_params,
-        resume_run_id=stored,
-    )
+    tags = run_tags(params, run, root=root, instance=instance)
+    run_id = tracker.start(name, tags=tags, params=run_params, resume_run_id=stored)
     if run_id:
         id_file.parent.mkdir(parents=True, exist_ok=True)
         write_run_id(id_file, run_id, uri, **extra)
         if run_id != stored:
             tracker.log_dict(config, CONFIG_ARTIFACT)
-    return tracker
+    if "wandb" not in (params.tracking.loggers if loggers is None else loggers):
+        return tracker
+    wandb = WandbTracker(wandb_id_path(name, root))
+    wandb.start(wandb_config(params, name, tags, root, fingerprint), params=run_params)
+    return TrackerGroup(tracker, [wandb])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,18 @@ class Tracker:
       (:meth:`replay`), as does a resumed training.
     """
 
-    def __init__(self, uri: str, experiment: str, *, root: str | Path = ".", retry_after_s: float = 10.0):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        *,
+        root: str | Path = ".",
+        retry_after_s: float = 10.0,
+        system_metrics: bool = False,
+    ):
         self.uri = uri
+        self.system_metrics = system_metrics  # MLflow's system/... metrics while the run is open here
+        self._monitor: Any = None
         self.experiment = experiment
         self.root = Path(root)
         self.retry_after_s = retry_after_s
@@ -143,6 +154,7 @@ class Tracker:
                         self.run_id = resume_run_id
                         self._client.update_run(self.run_id, status="RUNNING")
                         log.info("MLflow: resuming run %s", self.run_id)
+                        self._start_monitor(resume=True)
                         return self.run_id
                 except Exception as e:  # deleted or from another store: start a new one
                     log.info("MLflow: run %s cannot be resumed (%s); starting a new run", resume_run_id, e)
@@ -152,6 +164,7 @@ class Tracker:
             for s in range(0, len(items), _MAX_PARAMS_PER_BATCH):
                 self._client.log_batch(self.run_id, params=items[s : s + _MAX_PARAMS_PER_BATCH])
             log.info("MLflow: run %s in experiment %r at %s", self.run_id, self.experiment, self.uri)
+            self._start_monitor(resume=False)
             return self.run_id
         except Exception as e:
             self._fail("start", e)
@@ -228,7 +241,23 @@ class Tracker:
             if not self._call("set_tags", self._client.set_tag, self.run_id, k, v):
                 return
 
+    def _start_monitor(self, resume: bool) -> None:
+        if self.system_metrics and self.run_id:
+            self._monitor = start_system_metrics(self.run_id, self.uri, resume=resume)
+
+    def _stop_monitor(self) -> None:
+        stop_system_metrics(self._monitor)
+        self._monitor = None
+
+    def suspend(self) -> None:
+        """The training stops before its end (``stop_after``): send what is buffered; the run stays open."""
+        self._stop_monitor()
+        if self.active:
+            self._last_try = 0.0
+            self.flush()
+
     def finish(self, status: str = "FINISHED", *, sync_hint: str = "icpo sync-mlflow") -> None:
+        self._stop_monitor()
         if not self.active:
             return
         self._last_try = 0.0  # one more try at the end, whatever the retry interval
@@ -244,3 +273,37 @@ class Tracker:
             )
             return
         self._call("finish", self._client.set_terminated, self.run_id, status=status)
+
+
+def start_system_metrics(run_id: str, uri: str, *, resume: bool = False) -> Any:
+    """MLflow's system metrics monitor (``system/...``: CPU, memory, disk, network, GPU every 10 s; needs psutil)
+    on run ``run_id``, started; ``resume``: continue the steps of the run's earlier ones. None when it cannot
+    start (one warning: never a reason to stop)."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, resume_logging=resume, tracking_uri=uri)
+        monitor.start()
+        return monitor
+    except Exception as e:
+        log.warning("MLflow system metrics not logged: %s: %s", type(e).__name__, str(e)[:300])
+        return None
+
+
+def stop_system_metrics(monitor: Any) -> None:
+    if monitor is None:
+        return
+    try:
+        monitor.finish()
+    except Exception as e:
+        log.info("MLflow system metrics: stopping the monitor failed: %s", e)
+
+
+@contextlib.contextmanager
+def system_metrics(enabled: bool, run_id: str | None, uri: str) -> Iterator[Any]:
+    """MLflow's system metrics on ``run_id`` for the duration of the block when ``enabled`` (a bench run)."""
+    monitor = start_system_metrics(run_id, uri, resume=True) if enabled and run_id else None
+    try:
+        yield monitor
+    finally:
+        stop_system_metrics(monitor)

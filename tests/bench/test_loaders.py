@@ -90,3 +90,20 @@ def test_bad_inputs_are_data_errors(tmp_path):
         load_problems(
             spec_for(tmp_path / "reg.parquet", tmp_path=tmp_path, source={"hub": str(tmp_path / "nohub")})
         )
+
+
+def test_a_gold_answer_read_from_a_worked_solutions_last_box(tmp_path):
+    """NuminaMath-CoT has no answer column: ``answer_from: boxed`` reads the last \\boxed{} of its solution (the
+    registry's numinamath entry), nested braces kept; a solution without a box is a data error naming the row."""
+    path = tmp_path / "numina.jsonl"
+    rows = [
+        {"problem": "Half of 1?", "solution": "Try \\boxed{2}. No: it is \\boxed{\\frac{1}{2}}."},
+        {"problem": "1+1?", "solution": "Clearly $\\boxed{2}$."},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fields = {"problem": "problem", "answer": "solution"}
+    problems = load_problems(spec_for(path, tmp_path=tmp_path, fields=fields, answer_from="boxed"))
+    assert [p.answer for p in problems] == ["\\frac{1}{2}", "2"]
+    path.write_text(json.dumps({"problem": "?", "solution": "no box here"}) + "\n")
+    with pytest.raises(DataError, match="row 0: no .*boxed"):
+        load_problems(spec_for(path, tmp_path=tmp_path, fields=fields, answer_from="boxed"))

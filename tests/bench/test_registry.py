@@ -8,7 +8,17 @@ from bench_helpers import make_params
 from icpo_core.bench.registry import builtin_registry, load_registry, resolve_benchmarks
 from icpo_core.errors import UserError
 
-BUILT_IN = ["math500", "aime24", "aime25", "amc23", "minerva", "olympiadbench", "gsm8k", "gpqa_diamond"]
+BUILT_IN = [
+    "math500",
+    "aime24",
+    "aime25",
+    "amc23",
+    "minerva",
+    "olympiadbench",
+    "numinamath",
+    "gsm8k",
+    "gpqa_diamond",
+]
 
 
 def params(**bench):
@@ -102,3 +112,38 @@ def test_user_registry_adds_benchmarks_and_suites(tmp_path):
     assert [s.name for s in specs] == ["toy", "math500"]
     assert specs[0].sampling.n == 3 and specs[0].sampling.max_tokens == 8192  # defaults filled in
     assert specs[0].ks == [1, 2, 3]
+
+
+def test_the_papers_benchmarks_are_registered_with_its_sampling():
+    """The paper's tables where public data exist: NuminaMath (its public test split, gold from the solution's
+    box), Minerva, GSM8K, MATH-500, at LUFFY's evaluation settings the paper follows (T 0.6, top_p 1, 8192
+    tokens, one sample)."""
+    reg = builtin_registry()
+    assert reg["suites"]["paper_tables"] == ["numinamath", "minerva", "gsm8k", "math500"]
+    specs = {s.name: s for s in resolve_benchmarks(["paper_tables"], params())}
+    assert list(specs) == ["numinamath", "minerva", "gsm8k", "math500"]
+    numina = specs["numinamath"]
+    assert numina.source == {"hub": "AI-MO/NuminaMath-CoT", "split": "test"}
+    assert numina.fields == {"problem": ["problem"], "answer": ["solution"]} and numina.answer_from == "boxed"
+    for s in specs.values():
+        assert (s.sampling.n, s.sampling.temperature, s.sampling.top_p, s.sampling.max_tokens) == (
+            1,
+            0.6,
+            1.0,
+            8192,
+        )
+
+
+def test_answer_from_is_checked_and_leaves_older_fingerprints_alone(tmp_path):
+    """A benchmark without answer_from hashes as before the key existed (finished samples are not regenerated)."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    [spec] = resolve_benchmarks(["math500"], params())
+    old = {k: v for k, v in asdict(spec).items() if k != "answer_from"}
+    assert spec.fingerprint() == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    bad = tmp_path / "extra.yaml"
+    bad.write_text("benchmarks:\n  mine: {source: {path: x.jsonl}, answer_from: guess}\n")
+    with pytest.raises(UserError, match="answer_from must be one of"):
+        resolve_benchmarks(["mine"], params(registry=str(bad)))

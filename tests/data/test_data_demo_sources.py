@@ -33,8 +33,10 @@ def test_synthetic_demos_are_the_demo_split(make_params):
 
 
 def test_synthetic_disjoint_demos_are_seeded_and_reproducible(make_params):
-    """The default demo cache: the disjoint-style demos of the levels, the same rows for the same seed."""
-    params = make_params({"data": {"synthetic": {"levels": [0, 3], "demos_per_level": 20}}})
+    """`demo_style: disjoint`: the disjoint-style demos of the levels, the same rows for the same seed."""
+    params = make_params(
+        {"data": {"synthetic": {"levels": [0, 3], "demos_per_level": 20, "demo_style": "disjoint"}}}
+    )
     assert params.data.synthetic.demo_style == "disjoint"
     rows, stats = build_demos(params)
     again, _ = build_demos(params)

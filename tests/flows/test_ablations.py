@@ -86,7 +86,7 @@ def test_default_grid_covers_the_paper_ablations():
     from flows.ablations import default_grid
 
     names = [v.name for v in default_grid()]
-    assert names == ["grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released"]
+    assert names == ["grpo", "icpo", "icpo_rs", "icpo_no_errs", "icpo_released", "grpo_released"]
     seeded = default_grid(["grpo"], seeds=[0, 1])
     assert [(v.name, v.targets, v.overrides) for v in seeded] == [
         ("grpo-s0", ["bench@grpo-0"], ["seeds=[0]", "study.ablation_seeds=[0]"]),

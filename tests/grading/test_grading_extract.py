@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from icpo_core.data.openr1 import normalize_plain
-from icpo_core.grading import extract_answer, last_boxed, strip_thinking
+from icpo_core.grading import extract_answer, last_boxed, luffy_solution, strip_thinking
 
 # (text, the answer last_boxed finds): the edge cases of the one definition.
 EDGE_CASES = [
@@ -78,6 +78,21 @@ def test_thinking_only_text_after_close_is_graded():
     assert strip_thinking("<think>let me see") is None
     # prompt ended with <think>: the response holds only the close tag
     assert extract_answer("reasoning \\boxed{9}\n</think>\nSo \\boxed{8}") == "8"
+
+
+def test_luffy_think_format_needs_a_closed_block_and_reads_after_the_first_close():
+    """LUFFY's released reward (reward_impl_version 3) on "<think>\\n" + response: both tags or a format error,
+    then split("</think>")[1]. Its template opens the block in the prompt, so a response needs the close tag."""
+    assert luffy_solution("<think>a</think> b </think> c") == " b "
+    assert luffy_solution("a</think>b") == "b" and luffy_solution("<think>a") is None
+    assert extract_answer("<think>\\boxed{1}</think> so \\boxed{2}", think_format="luffy") == "2"
+    assert extract_answer("\\boxed{2}", think_format="luffy") is None  # no think block: wrong
+    assert extract_answer("\\boxed{2}") == "2"  # the default grades it
+    # the first close counts (the default reads after the last)
+    text = "<think>x</think> \\boxed{3} <think>y</think> \\boxed{4}"
+    assert extract_answer(text, think_format="luffy") == "3" and extract_answer(text) == "4"
+    with pytest.raises(ValueError, match="unknown think_format"):
+        extract_answer("x", think_format="qwen")
 
 
 def test_fallbacks_only_when_declared():

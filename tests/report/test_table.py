@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import struct
+from types import SimpleNamespace
 
 from tests_report_helpers import make_params
 
+from icpo_core.algorithm.losses import effective_entropy_coeff
+from icpo_core.config import DEFAULT_RUNS
 from icpo_core.report.curves import plot_curves, read_steps
 from icpo_core.report.labels import UPPER_REFERENCE, run_label
 from icpo_core.report.markdown import run_table_markdown
 from icpo_core.report.mlflow_runs import metrics_from_run, tag_filter
 from icpo_core.report.run_table import build_table
-from icpo_core.report.study_stats import build_study
+from icpo_core.report.study_stats import build_study, comparison_pairs
 
 
 def bench_json(values: dict[str, float], n: int = 1) -> dict:
@@ -51,6 +54,7 @@ def test_labels_follow_the_algorithm_params():
         "icpo_no_demos": "ICPO without demos",
         "grpo_compute_matched": "GRPO, 12 rollouts",
         "icpo_released": "ICPO (released code)",
+        "grpo_released": "GRPO (released code)",
         "luffy": f"LUFFY (trains on each problem's reference solution), {UPPER_REFERENCE}",
         "grpo_shuffled_reward": "GRPO (shuffled reward)",
         "grpo_random_reward": "GRPO (random reward)",
@@ -95,3 +99,16 @@ def test_mlflow_helpers():
         {"bench/a/avg_at_n": 0.5, "bench/a/n": 4.0, "bench/average/avg_at_n": 0.5, "loss": 1.0}
     )
     assert m == {"benchmarks": {"a": {"avg_at_n": 0.5, "n": 4}}}
+
+
+def test_the_released_codes_icpo_is_compared_with_the_released_codes_grpo():
+    """The released-code comparison keeps one loss-averaging rule: icpo_released - grpo_released (report.pairs),
+    shown when both ran; grpo_released is GRPO with the released loss averaging and no entropy bonus."""
+    p = make_params()
+    g = p.run_algorithm("grpo_released")
+    assert DEFAULT_RUNS["grpo_released"] == {"n_off": 0, "released_loss_agg": True} == p.runs["grpo_released"]
+    assert g.n_off == 0 and g.released_loss_agg and effective_entropy_coeff(g) == 0.0
+    both = SimpleNamespace(runs=["base", "grpo", "icpo_released", "grpo_released"], baseline="grpo")
+    assert ("icpo_released", "grpo_released", "secondary") in comparison_pairs(p, both)
+    one = SimpleNamespace(runs=["base", "grpo", "icpo_released"], baseline="grpo")
+    assert all("grpo_released" not in pair for pair in comparison_pairs(p, one))

@@ -199,14 +199,15 @@ def test_report_stage_from_fabricated_metrics(in_project, capsys):
     assert [r["step"] for r in plot_rows] == [1, 2, 3, 4]
     assert plot_rows[0]["reward/expert_region"] == pytest.approx(0.8)  # mean over the 3 seeds
 
-    # dvc.yaml's top-level plots read those files (DVC cannot read JSON lines)
+    # dvc.yaml's top-level plots read the long-format files of every arm (DVC cannot read JSON lines)
     shutil.copy(REPO / "dvc.yaml", "dvc.yaml")
     subprocess.run(["dvc", "init", "--no-scm", "-q", "-f"], check=True)
+    shutil.copytree(REPO / ".dvc" / "plots", ".dvc/plots")  # the template `arms` (colour by arm)
     shown = subprocess.run(["dvc", "plots", "show", "--json"], capture_output=True, text=True, check=False)
     plots = json.loads(shown.stdout)
     assert not [e for e in plots.get("errors", []) if "reports/plots" in e.get("source", "")]
-    values = plots["data"]["on_policy_reward"][0]["content"]["data"]["values"]
-    assert {"steps_grpo.json", "steps_icpo.json", "steps_icpo_rs.json"} <= {v["filename"] for v in values}
+    values = plots["data"]["reward_on_policy"][0]["content"]["data"]["values"]
+    assert {"grpo", "icpo", "icpo_rs"} <= {v["arm"] for v in values}
 
     from mlflow.tracking import MlflowClient
 

@@ -193,7 +193,7 @@ def test_verl_train_after_params_yaml_was_edited_is_refused_before_the_launch(pr
 
     reached: list[str] = []
 
-    def preflight(params, run, root="."):
+    def preflight(params, run, root=".", instance=None):
         reached.append(run)
         raise _Launched
 

@@ -109,8 +109,10 @@ def test_paper_trio_through_the_registry(project, capsys):
     assert aime["prompt"] == [{"role": "user", "content": "Find x if x - 1 = 2." + TRAIN_SUFFIX}]
     assert aime["extra_info"]["question"] == "Find x if x - 1 = 2."
 
-    # the verl launch validates on exactly these files, with the released sampling settings
-    o = ov.verl_overrides(params, "icpo", root)
+    # the verl launch validates on exactly these files, with the released sampling settings (the GPU command:
+    # this machine may have no CUDA, where a paper profile's launch stops)
+    gpu = params.model_copy(update={"train": params.train.model_copy(update={"device": "cuda"})})
+    o = ov.verl_overrides(gpu, "icpo", root)
     assert o["data.val_files"] == [
         str(root / f"data/val/{n}.parquet") for n in ("math500", "amc23", "aime24")
     ]

@@ -25,12 +25,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from icpo_core.algorithm.demos import DemoFormat, DemoPool, build_ief_prompt
 from icpo_core.engines.local.data import PromptRow, chat_ids, load_prompts
+from icpo_core.engines.local.rollout import RolloutEngine
 
 log = logging.getLogger(__name__)
 
@@ -120,27 +121,12 @@ def ief_prompts(
     return out
 
 
-class Sampler(Protocol):
-    """What generates: the local trainer's rollout engines (:mod:`icpo_core.engines.local.rollout`): one response
-    per prompt (token ids), sampling seeded per call, ``.texts`` and ``.lengths`` on the result."""
-
-    def generate(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float = 1.0,
-        seed: int | None = None,
-    ) -> Any: ...
-
-
 def _call_seed(seed: int, condition: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, condition, chunk, 0x5EED]).generate_state(1, np.uint32)[0])
 
 
 def _generate_groups(
-    engine: Sampler, groups: Sequence[Sequence[Sequence[int]]], s: RegimeSettings, condition: int
+    engine: RolloutEngine, groups: Sequence[Sequence[Sequence[int]]], s: RegimeSettings, condition: int
 ) -> tuple[list[list[str]], int]:
     """Texts of one sample per prompt of every group (``groups[p]`` holds problem p's prompts) and the generated
     tokens. The prompts go to the engine as a trainer's step sends them: one response per prompt, the group's
@@ -173,7 +159,7 @@ def _grade(grade: Callable[[list[str], list[str]], list[float]], texts: list[lis
 
 
 def measure_condition(
-    engine: Sampler,
+    engine: RolloutEngine,
     grade: Callable[[list[str], list[str]], list[float]],
     groups: Sequence[Sequence[Sequence[int]]],
     golds: Sequence[str],
@@ -206,7 +192,7 @@ def rescued(zero_shot: np.ndarray, with_demos: np.ndarray) -> dict[str, Any]:
 
 
 def measure(
-    engine: Sampler,
+    engine: RolloutEngine,
     tokenizer: Any,
     grade: Callable[[list[str], list[str]], list[float]],
     rows: Sequence[PromptRow],

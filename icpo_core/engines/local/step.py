@@ -114,7 +114,7 @@ class LocalStepper:
         self.train_cfg = params.train
         self.reward_fn = reward_fn
         self.progress = progress
-        self.device = pick_device(self.train_cfg.device)
+        self.device = pick_device(params)
         self.autocast = autocast_dtype(self.train_cfg.autocast, self.device)
         self.ckpt_root = self.root / paths.checkpoints_dir(self.name)
         self.steps_path = self.root / paths.train_metrics_jsonl(self.name)
@@ -242,7 +242,8 @@ class LocalStepper:
             raise RuntimeError(
                 "no grader: call setup(grader=...) (or train()) before a step without reward_fn"
             )
-        return [v.reward for v in self._grader.grade(list(texts), list(golds))]
+        verdicts = self._grader.grade(list(texts), list(golds), think_format=self.algo.think_format)
+        return [v.reward for v in verdicts]
 
     # -------------------------------------------------------------------------------------- one step
     @property

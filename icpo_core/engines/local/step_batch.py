@@ -7,7 +7,9 @@ the step-parity test runs it beside verl's batch transforms on the same rewards.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,11 +19,11 @@ from icpo_core.algorithm import (
     on_policy_rollouts,
     plan_step,
 )
-from icpo_core.config import AlgorithmParams
+from icpo_core.config import AlgorithmParams, Params
+from icpo_core.engines import devices
 from icpo_core.engines.local.logprobs import (
     SequenceBatch,
 )
-from icpo_core.errors import UserError
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -34,12 +36,28 @@ def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda")
-    return torch.device("cpu")
+def pick_device(params: Params) -> torch.device:
+    """``train.device`` as a torch device: ``auto`` is CUDA when this process sees it, else the CPU only for a run
+    that asks for no GPUs; a paper profile without CUDA stops with one line naming the cause
+    (:func:`icpo_core.engines.devices.resolve_device`)."""
+    return torch.device(devices.resolve_device(params))
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """``train.deterministic``: torch's deterministic kernels for the block (cuBLAS needs its workspace setting
+    on CUDA), the process's previous setting restored afterwards. Off: nothing changes."""
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
 
 
 @dataclass

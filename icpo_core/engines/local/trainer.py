@@ -30,6 +30,7 @@ from icpo_core.engines import resume_params as resume
 from icpo_core.engines.local import checkpoint as ckpt
 from icpo_core.engines.local import lora
 from icpo_core.engines.local.step import COMPUTE_KEYS, LocalStepper, RewardFn
+from icpo_core.engines.local.step_batch import deterministic_algorithms
 from icpo_core.grading import Grader
 from icpo_core.io_utils import atomic_write_json, check_free_space
 from icpo_core.report.curves import plot_curves
@@ -107,13 +108,18 @@ class LocalTrainer(LocalStepper):
             return None
         return latest
 
-    def _start_tracking(self, fingerprint: str, resumed: bool) -> tracking.Tracker:
+    def _start_tracking(self, fingerprint: str, resumed: bool) -> tracking.Tracker | tracking.TrackerGroup:
         return tracking.open_training_run(
             self.params, self.run, root=self.root, instance=self.instance, fingerprint=fingerprint
         )
 
     def train(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Run (or resume) the training; ``stop_after`` ends this call after that many new steps (tests)."""
+        """Run (or resume) the training; ``stop_after`` ends this call after that many new steps (tests). With
+        ``train.deterministic``, under torch's deterministic kernels (:func:`.step_batch.deterministic_algorithms`)."""
+        with deterministic_algorithms(self.train_cfg.deterministic):
+            return self._train(stop_after)
+
+    def _train(self, stop_after: int | None) -> dict[str, Any]:
         wall0 = time.time()
         tc = self.train_cfg
         total = tc.steps
@@ -209,6 +215,8 @@ class LocalTrainer(LocalStepper):
         if status == "FINISHED":
             self._log_final_artifacts(tracker, summary)
             tracker.finish("FINISHED", sync_hint=self._sync_hint())
+        else:  # stopped before the end (stop_after): the runs stay open for the resumed training
+            tracker.suspend()
         return summary
 
     def _sync_hint(self) -> str:
@@ -253,7 +261,9 @@ class LocalTrainer(LocalStepper):
             "fingerprint": fingerprint,
         }
 
-    def _log_final_artifacts(self, tracker: tracking.Tracker, summary: dict[str, Any]) -> None:
+    def _log_final_artifacts(
+        self, tracker: tracking.Tracker | tracking.TrackerGroup, summary: dict[str, Any]
+    ) -> None:
         if not tracker.active:
             return
         tracker.log_dict(summary, "summary/train_summary.json")

@@ -21,6 +21,7 @@ from pathlib import Path
 from icpo_core import paths, tracking
 from icpo_core.checkpoint_layout import remove_step_stubs
 from icpo_core.config import Params
+from icpo_core.engines import devices
 from icpo_core.engines.verl import overrides, preflight
 from icpo_core.engines.verl.expert_traces import write_expert_trace_train
 from icpo_core.engines.verl.metrics import export_steps, launch_log_name, metrics_dir
@@ -85,8 +86,29 @@ def open_mlflow_run(
     ``run_id`` is None when MLflow is down (verl then opens its own run) or ``MLFLOW_RUN_ID`` was set."""
     if os.environ.get("MLFLOW_RUN_ID"):
         return None, None
-    tracker = tracking.open_training_run(params, run, root=root, instance=instance)
+    # verl writes wandb itself (trainer.logger): the tracker here is MLflow's alone
+    tracker = tracking.open_training_run(params, run, root=root, instance=instance, loggers=["mlflow"])
     return tracker, tracker.run_id
+
+
+def open_wandb_run(
+    params: Params, run: str, root: str | Path, instance: str | None, env: Mapping[str, str]
+) -> str | None:
+    """The run's wandb run, opened here with the MLflow run's params as config and its tags (verl's wandb logger
+    then continues it: :func:`icpo_core.tracking.open_wandb_run`), in the mode of the launch ``env``."""
+    name = instance or run
+    tags = tracking.run_tags(params, run, root=root, instance=instance, parent=False)
+    run_params = tracking.flatten(tracking.run_config(params, run))  # what open_training_run logs to MLflow
+    saved = os.environ.get("WANDB_MODE")
+    if env.get("WANDB_MODE"):
+        os.environ["WANDB_MODE"] = env["WANDB_MODE"]
+    try:
+        return tracking.open_wandb_run(params, name, tags, run_params, Path(root).resolve())
+    finally:
+        if saved is None:
+            os.environ.pop("WANDB_MODE", None)
+        else:
+            os.environ["WANDB_MODE"] = saved
 
 
 def launch_env(
@@ -95,7 +117,40 @@ def launch_env(
     """:func:`tracking_env` plus the path of this launch's verl step log (one file per launch, by start time)."""
     log_path = str((Path(root).resolve() / metrics_dir(instance or run) / launch_log_name()).resolve())
     cpu = cpu_env(params) if overrides.on_cpu(params) else {}
-    return {**tracking_env(params, root), "VERL_FILE_LOGGER_PATH": log_path, **cpu}
+    return {
+        **tracking_env(params, root),
+        **logger_env(params, run, root, instance),
+        "VERL_FILE_LOGGER_PATH": log_path,
+        **cpu,
+    }
+
+
+def logger_env(
+    params: Params, run: str, root: str | Path = ".", instance: str | None = None
+) -> dict[str, str]:
+    """What verl's own wandb logger reads from the environment (``wandb`` in ``tracking.loggers``): the run's
+    group (the study), job type (the method), tags, folder and run id (:func:`icpo_core.tracking.wandb_env`;
+    verl's ``wandb.init`` takes only project, name and config). MLflow's system metrics of a verl run
+    (``tracking.system_metrics``) come from the tracker of :func:`open_mlflow_run`, in this process."""
+    env: dict[str, str] = {}
+    if "wandb" in params.tracking.loggers:
+        name = instance or run
+        tags = tracking.run_tags(params, run, root=root, instance=instance, parent=False)
+        env.update(tracking.wandb_env(params, name, tags, Path(root).resolve()))
+        mode = os.environ.get("WANDB_MODE")
+        if not mode and not tracking.wandb_key_configured():
+            # verl's wandb.init would stop the training (no API key, no terminal to ask for one)
+            print(
+                "warning: tracking.loggers has wandb but no wandb API key is configured (WANDB_API_KEY or `wandb "
+                f"login`): the run is written offline under {paths.run_dir(name)}/wandb; upload it with `wandb "
+                "sync <its offline-run-* folder>`",
+                file=sys.stderr,
+                flush=True,
+            )
+            mode = "offline"
+        if mode:  # passed on to a multi-node run's Ray workers as well
+            env["WANDB_MODE"] = mode
+    return env
 
 
 def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
@@ -107,11 +162,17 @@ def shell_command(params: Params, run: str, root: str | Path = ".") -> str:
     return f"{env} {shlex.join(cmd)}"
 
 
-def run_preflight(params: Params, run: str, root: str | Path = ".") -> None:
-    """The checks of :mod:`.preflight`: the verl pin and the attention fallback for every run, the plugin for runs
-    with off-policy rows (ICPO, LUFFY) and the IEF prompt budget for ICPO runs (GRPO needs neither)."""
+def run_preflight(params: Params, run: str, root: str | Path = ".", instance: str | None = None) -> None:
+    """The checks of :mod:`.preflight`: room on the disk for the run's next checkpoint, the verl pin and the
+    attention fallback for every run, the plugin for runs with off-policy rows (ICPO, LUFFY) and the IEF prompt
+    budget for ICPO runs (GRPO needs neither)."""
+    preflight.check_checkpoint_space(params, instance or run, root)
     preflight.check_verl_version()
     cpu = overrides.on_cpu(params)
+    if (
+        params.train.device == "cuda" and not cpu
+    ):  # verl-cmd prints it for any node; the launch needs CUDA here
+        devices.resolve_device(params)
     warning = preflight.attention_warning(cpu, cpu or overrides.flash_attn_available())
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -142,9 +203,11 @@ def warn_unlogged_steps(log_dir: Path, start: int, run: str) -> list[int]:
 def launch(params: Params, run: str, root: str | Path = ".", instance: str | None = None) -> int:
     """Run the verl command of ``run``, streaming its output; returns its exit code.
 
-    First, before anything starts or is written: a resume (verl's ``resume_mode: auto`` finds a complete
+    First, before anything starts or is written: a run that asks for GPUs in a process without CUDA stops,
+    naming the cause (:func:`.overrides.on_cpu`); a resume (verl's ``resume_mode: auto`` finds a complete
     checkpoint) whose training params differ from the recorded ones is refused naming each changed key, and
-    a fresh start records them (:func:`.resume.check_or_record`). Then runs :func:`run_preflight`, writes
+    a fresh start records them (:func:`.resume.check_or_record`). Then runs :func:`run_preflight` (free disk for
+    the next checkpoint first), writes
     LUFFY's training file (:func:`prepare_train_file`), opens the run's MLflow run (:func:`open_mlflow_run`;
     verl attaches to it) and afterwards, also after a failure, exports verl's step log to
     ``metrics/steps_<run>.jsonl`` (:func:`.metrics.export_steps`) and removes what verl's pruning leaves of old
@@ -157,6 +220,7 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
     after it). The step log is rebuilt, the MLflow run finished, and 0 returned.
     """
     name = instance or run
+    overrides.on_cpu(params)  # a GPU run in a process without CUDA stops here, naming the cause
     start = check_or_record(params, run, Path(root) / paths.checkpoints_dir(name)) or 0
     log_dir = Path(root) / metrics_dir(name)
     warn_unlogged_steps(log_dir, start, run)
@@ -172,12 +236,14 @@ def launch(params: Params, run: str, root: str | Path = ".", instance: str | Non
         if tracker is not None and run_id:
             tracker.finish("FINISHED")
         return 0
-    run_preflight(params, run, root)
+    run_preflight(params, run, root, instance)
     prepare_train_file(params, run, root, instance)
     log_dir.mkdir(parents=True, exist_ok=True)
     before = {f: f.stat().st_mtime_ns for f in log_dir.glob("*.jsonl")}
     tracker, run_id = open_mlflow_run(params, run, root, instance)
     run_env = launch_env(params, run, root, instance)
+    if "wandb" in params.tracking.loggers:
+        open_wandb_run(params, run, root, instance, run_env)
     if run_id:
         run_env["MLFLOW_RUN_ID"] = run_id
     cmd = build_command(params, run, root, run_env, instance)

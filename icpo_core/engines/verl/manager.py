@@ -24,6 +24,7 @@ each engine's own data order.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -109,8 +110,8 @@ class ICPOAgentLoopManager(AgentLoopManager):
     def trace_book(self) -> TraceBook:
         if self._traces is None:
             score_fn = self._score_fn
-            if score_fn is None:
-                score_fn = compute_score
+            if score_fn is None:  # the training verifier, with the run's think-block rule
+                score_fn = functools.partial(compute_score, think_format=self.algo.think_format)
             if self.response_length <= 0:
                 raise ValueError("LUFFY on verl needs actor_rollout_ref.rollout.response_length")
             self._traces = TraceBook(self.policy_tokenizer, self.response_length, score_fn)

@@ -9,7 +9,11 @@
 - :func:`check_verl_version`: the launcher, the task runner and the ICPO loss mirror verl 0.9.1 internals
   (``RayPPOTrainer`` is marked for removal upstream), so any other installed verl is refused before launch.
 - :func:`attention_warning`: without flash-attn on a GPU the launch falls back to SDPA and unpadded sequences
-  (:data:`.overrides.SDPA_FALLBACK`); the warning says so and how to install it.
+  (:data:`.overrides.SDPA_FALLBACK`), the supported first run; the note says so, and whether flash-attn publishes
+  a wheel for the installed torch / CUDA (:func:`icpo_core.engines.devices.flash_attn_wheel`) or compiles.
+- :func:`check_checkpoint_space`: verl writes a checkpoint every ``save_freq`` steps, hours into a run; the
+  launch compares the free disk with one checkpoint's size first (:mod:`icpo_core.engines.estimates`), as the
+  local engine does, and stops with one line.
 - :func:`steps_done`: which steps a launch logged, so a run that exits 0 having trained nothing (verl's
   resume-at-a-boundary bug class) is reported as a failure.
 """
@@ -26,9 +30,11 @@ from pathlib import Path
 from icpo_core import paths
 from icpo_core.algorithm import build_ief_messages, off_policy_source
 from icpo_core.config import AlgorithmParams, Params
+from icpo_core.engines import devices, estimates
 from icpo_core.engines.local.data import load_demo_pool
 from icpo_core.engines.verl.metrics import read_launch_log
 from icpo_core.errors import UserError
+from icpo_core.io_utils import check_free_space
 
 PLUGIN_GROUP = "verl.plugins"
 # the exact pin (pyproject.toml): RayPPOTrainer and the hooked internals change upstream
@@ -84,15 +90,41 @@ def check_verl_version(installed: str | None = None) -> None:
         )
 
 
-def attention_warning(on_cpu: bool, flash_attn: bool) -> str | None:
-    """The warning of a GPU launch without flash-attn (None on CPU, where SDPA is the setting, or with it)."""
+def attention_warning(
+    on_cpu: bool, flash_attn: bool, torch_version: str | None = None, torch_cuda: str | None = None
+) -> str | None:
+    """The note of a GPU launch without flash-attn (None on CPU, where SDPA is the setting, or with it): SDPA is
+    the supported first run, and whether a flash-attn wheel matches the installed torch / CUDA (else the opt-in
+    ``make setup-gpu FLASH_ATTN=1`` compiles it). The versions default to the installed torch's."""
     if on_cpu or flash_attn:
         return None
-    return (
-        "warning: flash-attn is not installed: verl runs with SDPA attention and use_remove_padding=false "
-        "(slower, more memory than the released flash_attention_2 + packed sequences). Install it with "
-        "`make setup-gpu FLASH_ATTN=1` (verl's flash-attn extra, flash-attn 2.8.3 for torch 2.11)"
+    if torch_version is None:
+        import torch
+
+        torch_version, torch_cuda = torch.__version__, torch.version.cuda
+    return devices.flash_attn_note(torch_version, torch_cuda)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def check_checkpoint_space(params: Params, name: str, root: str | Path = ".") -> int:
+    """Stop before launching when the checkpoint folder's disk cannot hold one more verl checkpoint of the base
+    model (:func:`.estimates.checkpoint_bytes`: fp32 weights + AdamW state); returns the estimate in bytes.
+
+    verl writes checkpoint N before it drops the oldest one beyond ``train.keep_checkpoints``, so one more is what
+    each save needs."""
+    root = Path(root)
+    n = estimates.safetensors_parameters(root / paths.BASE_MODEL_DIR)
+    need = estimates.checkpoint_bytes(n, lora=params.train.lora.enabled)
+    check_free_space(
+        root / paths.checkpoints_dir(name),
+        need,
+        f"train {name} (verl: one more checkpoint of {_count(n)} parameters, fp32 weights + AdamW state)",
+        "free some space (or lower train.keep_checkpoints) and rerun; a run resumes from its last checkpoint",
     )
+    return need
 
 
 def _token_len(tokenizer, messages: list[dict[str, str]]) -> int:

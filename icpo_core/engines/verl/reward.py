@@ -4,6 +4,10 @@ verl calls ``compute_score(data_source, solution_str, ground_truth, extra_info)`
 reward-loop workers (``reward.custom_reward_function.path=pkg://icpo_core.engines.verl.reward``). Grading goes
 through :class:`icpo_core.grading.Grader`, whose worker processes hold the hard time limit (math-verify's own
 signal timeouts fail in threads). One grader per process, started on first use.
+
+``think_format`` (the run's ``algorithm.think_format``) reaches it through verl's
+``reward.custom_reward_function.reward_kwargs`` (:mod:`.overrides`): ``luffy`` grades as LUFFY's released reward does
+(:func:`icpo_core.grading.luffy_solution`), the local engine's grader the same way.
 """
 
 from __future__ import annotations
@@ -43,8 +47,10 @@ def compute_score(
     solution_str: str = "",
     ground_truth: str = "",
     extra_info: Any = None,
+    think_format: str = "none",
     **_: Any,
 ) -> float:
-    """1.0 when the response's last ``\\boxed{}`` answer matches ``ground_truth``, else 0.0."""
-    (verdict,) = _get_grader().grade([solution_str], [str(ground_truth)])
+    """1.0 when the response's last ``\\boxed{}`` answer matches ``ground_truth``, else 0.0 (``think_format``:
+    :func:`icpo_core.grading.extract_answer`)."""
+    (verdict,) = _get_grader().grade([solution_str], [str(ground_truth)], think_format=think_format)
     return float(verdict.reward)

@@ -393,3 +393,14 @@ def test_policy_tokenizer_is_the_models_with_its_custom_template(tmp_path, token
     assert tok.chat_template == "{{ 'x' }}" and tok.eos_token_id == tokenizer.eos_token_id
     assert mgr.policy_tokenizer is tok  # loaded once
     assert mgr.trace_book.max_response_length == 8  # rollout.response_length
+
+
+def test_luffys_traces_are_graded_with_the_runs_think_format(monkeypatch, tokenizer, demos_parquet):
+    """The manager grades LUFFY's expert traces with the training verifier under the run's think_format, as
+    verl's reward loop grades the rollouts (reward_kwargs; tests/engines/verl/test_verl_reward.py)."""
+    from icpo_core.engines.verl.reward import compute_score
+
+    for fmt in ("luffy", "none"):
+        mgr, _, _ = _manager(monkeypatch, tokenizer, demos_parquet, **LUFFY, think_format=fmt)
+        score_fn = mgr.trace_book.score_fn
+        assert score_fn.func is compute_score and score_fn.keywords == {"think_format": fmt}

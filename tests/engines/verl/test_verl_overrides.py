@@ -24,6 +24,7 @@ RUNS = [
     "icpo_rs",
     "icpo_no_errs",
     "icpo_released",
+    "grpo_released",
     "luffy",
     "grpo_random_reward",
     "grpo_format_reward",
@@ -53,7 +54,6 @@ RELEASED = {
     "actor_rollout_ref.actor.ppo_epochs": 1,
     "actor_rollout_ref.actor.use_dynamic_bsz": False,
     "actor_rollout_ref.actor.fsdp_config.param_offload": False,
-    "actor_rollout_ref.actor.fsdp_config.optimizer_offload": False,
     "actor_rollout_ref.ref.fsdp_config.param_offload": True,
     "actor_rollout_ref.model.use_remove_padding": True,
     "actor_rollout_ref.model.enable_gradient_checkpointing": True,
@@ -88,6 +88,7 @@ PER_MODEL = {
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": 2,
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": 2,
         "actor_rollout_ref.rollout.tensor_model_parallel_size": 1,
+        "actor_rollout_ref.actor.fsdp_config.optimizer_offload": False,
     },
     "paper_qwen3_8b": {
         "actor_rollout_ref.actor.ppo_mini_batch_size": 32,
@@ -95,6 +96,9 @@ PER_MODEL = {
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": 1,
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": 1,
         "actor_rollout_ref.rollout.tensor_model_parallel_size": 8,
+        # not released (both on the GPU): AdamW's state beside vLLM's 0.8 of every 80 GB GPU leaves ~2 GiB; offloaded
+        # between optimizer steps (the same numbers) it leaves ~10 GiB (params.yaml, docs/method.md)
+        "actor_rollout_ref.actor.fsdp_config.optimizer_offload": True,
     },
 }
 
@@ -175,6 +179,35 @@ def test_paper_profiles_equal_released_scripts(composed, profile):
     assert cfgs[profile, "grpo_random_reward"].icpo.reward == "random"
     entropy = {r: cfgs[profile, r].actor_rollout_ref.actor.entropy_coeff for r in RUNS}
     assert entropy == {r: 0.001 if r == "icpo_released" else 0 for r in RUNS}
+    # the released-code comparison: GRPO under the released loss averaging too, and no entropy bonus
+    released = cfgs[profile, "grpo_released"]
+    assert released.icpo.released_loss_agg is True and released.icpo.n_off == 0
+    assert released.algorithm.adv_estimator == "grpo"
+    # LUFFY's released reward on the paper profiles: both think tags, graded after </think> (both engines)
+    kwargs = {r: cfgs[profile, r].reward.custom_reward_function.reward_kwargs.think_format for r in RUNS}
+    assert kwargs == {r: "luffy" if r == "luffy" else "none" for r in RUNS}
+    assert luffy.icpo.think_format == "luffy"
+
+
+def test_the_run_seed_reaches_vllm_and_determinism_is_a_switch(composed, tmp_path):
+    """The study seed seeds vLLM's sampling and the FSDP engines (verl's default 42 would give every seed one
+    rollout stream); train.deterministic reaches verl's full_determinism on the actor, reference and rollout."""
+    from hydra import compose, initialize_config_dir
+
+    cfgs, _ = composed
+    for (profile, run), cfg in cfgs.items():
+        ar = cfg.actor_rollout_ref
+        assert ar.rollout.seed == ar.actor.fsdp_config.seed == ar.ref.fsdp_config.seed == 0, (profile, run)
+        assert not (ar.rollout.full_determinism or ar.actor.fsdp_config.full_determinism), (profile, run)
+    params = _params("paper_qwen3_8b").with_seed(3)
+    params = params.model_copy(update={"train": params.train.model_copy(update={"deterministic": True})})
+    overrides = [o for o in ov.override_list(params, "icpo", tmp_path) if not o.startswith("hydra.")]
+    with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
+        cfg = compose("icpo_trainer", overrides=overrides)
+    ar = cfg.actor_rollout_ref
+    assert ar.rollout.seed == ar.actor.fsdp_config.seed == ar.ref.fsdp_config.seed == 3
+    assert ar.rollout.full_determinism and ar.actor.fsdp_config.full_determinism
+    assert ar.ref.fsdp_config.full_determinism
 
 
 def test_every_run_composes_with_its_method(composed):
@@ -318,6 +351,54 @@ def test_multinode_passes_tracking_env_to_every_ray_actor(tmp_path):
     assert params_of[0] == params_of[1]  # a resume re-logs the same params: MLflow keeps the run
     # one node: ray.init starts the cluster from the launcher, whose environment every actor inherits
     assert "env_vars" not in single.ray_kwargs.ray_init.runtime_env
+
+
+def _with_loggers(profile: str, loggers: list[str], **train_verl):
+    params = _params(profile, **train_verl)
+    return params.model_copy(update={"tracking": params.tracking.model_copy(update={"loggers": loggers})})
+
+
+def test_wandb_joins_verls_loggers_and_the_step_log_stays(tmp_path, monkeypatch):
+    """``tracking.loggers: [mlflow, wandb]``: verl's own wandb logger beside mlflow, ``file`` (the step log
+    ``metrics/steps_<run>.jsonl`` is exported from) still there; the environment gives verl's ``wandb.init`` the
+    study as group, the method as job type, the tags, the run's folder and a run id kept for resumes."""
+    from hydra import compose, initialize_config_dir
+
+    from icpo_core import tracking
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    plain = _params("embedded")
+    both = _with_loggers("embedded", ["mlflow", "wandb"])
+    assert ov.verl_loggers(plain) == ["console", "mlflow", "file"]
+    assert ov.verl_loggers(both) == ["console", "mlflow", "wandb", "file"]
+    with initialize_config_dir(config_dir=str(Path(ov.__file__).parent / "config"), version_base=None):
+        cfg = compose("icpo_trainer", overrides=_no_hydra(ov.override_list(both, "icpo", tmp_path)))
+    assert list(cfg.trainer.logger) == ["console", "mlflow", "wandb", "file"]
+    assert "file" in cfg.trainer.logger and cfg.trainer.project_name == both.tracking.experiment
+
+    env = job.logger_env(both, "icpo", tmp_path, "icpo_s0")
+    assert env["WANDB_RUN_GROUP"] == tracking.study_id(both)
+    assert env["WANDB_JOB_TYPE"] == "icpo"
+    assert "icpo.method=icpo" in env["WANDB_TAGS"].split(",") and "icpo.instance=icpo_s0" in env["WANDB_TAGS"]
+    assert env["WANDB_DIR"] == str(tmp_path / "runs" / "icpo_s0") and env["WANDB_MODE"] == "offline"
+    assert env["WANDB_RESUME"] == "allow"
+    assert job.logger_env(both, "icpo", tmp_path, "icpo_s0")["WANDB_RUN_ID"] == env["WANDB_RUN_ID"]  # kept
+    assert job.logger_env(plain, "icpo", tmp_path, "icpo_s0") == {}
+    # multi-node: the same through Ray's runtime env, without the git commit (verl logs that env as params)
+    multi = _with_loggers("paper_qwen3_1_7b", ["mlflow", "wandb"], nnodes=2)
+    ray = ov.ray_env_vars({**env, "MLFLOW_RUN_ID": "x"})
+    assert {k for k in ray if k.startswith("WANDB_")} == set(tracking.WANDB_ENV_KEYS)
+    assert not any(t.startswith("git_commit=") for t in ray["WANDB_TAGS"].split(","))
+    assert ov.verl_loggers(multi)[-1] == "file"
+
+
+def test_verl_without_a_wandb_key_logs_offline(tmp_path, monkeypatch, capfd):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    env = job.logger_env(_with_loggers("embedded", ["mlflow", "wandb"]), "grpo", tmp_path, "grpo_s0")
+    assert env["WANDB_MODE"] == "offline"
+    assert "wandb sync" in capfd.readouterr().err
 
 
 def test_task_runner_names_its_step_log_in_the_forwarded_folder(tmp_path):

@@ -115,3 +115,17 @@ def test_a_damaged_record_is_one_data_error_naming_it(tmp_path):
         resume.check_or_record(_params(), "icpo", root)
     assert str(e.value).startswith(f"{root / resume.PARAMS_FILE}: damaged record of the training params (")
     assert str(e.value).endswith(f"delete {root} to start over")
+
+
+def test_keys_added_since_a_checkpoint_resume_at_their_default_and_offload_is_placement_only():
+    """A checkpoint recorded before train.deterministic / algorithm.think_format existed resumes while they stay at
+    their defaults (the behaviour it was trained with) and is refused naming the key when one is switched on; the
+    actor's FSDP offload moves tensors, so a verl resume may change it."""
+    now = resume_params.training_params(_params(), "icpo", "verl")
+    old = {k: v for k, v in now.items() if k not in ("train.deterministic", "algorithm.think_format")}
+    state = {"params": old, "params_hash": resume_params.params_hash(old)}
+    assert resume_params.check_resume(state, now, engine="verl", step=3, ckpt_root="ck") is True
+    switched = resume_params.training_params(_params(deterministic=True), "icpo", "verl")
+    with pytest.raises(UserError, match=r"train\.deterministic: \(absent\) -> true"):
+        resume_params.check_resume(state, switched, engine="verl", step=3, ckpt_root="ck")
+    assert "train.verl.optimizer_offload" not in now and "train.verl.param_offload" not in now
