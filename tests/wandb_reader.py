@@ -50,7 +50,7 @@ def offline_runs(folder: Path) -> list[Path]:
     return sorted((Path(folder) / "wandb").glob("offline-run-*"))
 
 
-def read_run(run_dir: Path, wait_s: float = 60.0) -> dict[str, Any]:
+def read_run(run_dir: Path, wait_s: float = 180.0) -> dict[str, Any]:
     """``{"run": Run record, "history": [{key: value, "_step": N}], "config": {key: value}, "kinds": record types
     in order}`` of one run folder. wandb's service process writes the log after ``run.finish()`` returns:
     read until its ``exit`` record is there (at most ``wait_s``)."""
