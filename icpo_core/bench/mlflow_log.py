@@ -80,7 +80,9 @@ def bench_run(params: Params, run: str, *, instance: str | None = None) -> str |
             client.set_terminated(run_id)
         return run_id
     except Exception as e:
-        log.warning("MLflow: no run for bench %s: %s: %s", name, type(e).__name__, str(e)[:300])
+        # one line: a store error's message can carry the driver's whole traceback
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), "")[:200]
+        log.warning("MLflow: no run for bench %s: %s: %s", name, type(e).__name__, first)
         return None
 
 
