@@ -26,6 +26,7 @@ CURVES = (
     ("reward/expert_region", "Expert-region reward (accepted IEF)"),
     ("icpo/accept_rate", "IEF acceptance rate"),
     ("actor/pg_clipfrac", "PPO clip fraction (on-policy tokens)"),
+    ("response/clip_ratio", "Rollouts cut at max length"),
     ("actor/kl", "KL to the reference"),
     ("actor/entropy", "Entropy"),
 )

@@ -19,6 +19,12 @@ from icpo_core.report.stats import format_ci, format_p, format_value
 from icpo_core.report.study_data import AVERAGE, Cell, Decoding, Study, read_json
 from icpo_core.report.study_stats import format_mde
 
+# the held-out answer measures of the process table (icpo_core.report.study_stats.ANSWER_KEYS)
+ANSWER_TITLES = {
+    "bench/no_answer_rate": "Held-out samples with no answer",
+    "bench/mean_tokens": "Held-out response tokens",
+}
+
 TITLES = {
     "math500": "MATH-500",
     "aime24": "AIME24",
@@ -217,26 +223,36 @@ def comparison_markdown(study: Study) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _process_decimals(key: str) -> int:
+    """Fixed digits per process column, so that rows compare at a glance: token counts 0, clip fractions (small
+    shares) 3, other shares and rewards 2."""
+    if key.endswith("tokens"):
+        return 0
+    return 3 if "clipfrac" in key else 2
+
+
 def process_markdown(study: Study) -> str:
     """Per run the training-process measures: mean over steps, 95 % t interval across seeds."""
-    titles = dict(CURVES)
+    titles = {**dict(CURVES), **ANSWER_TITLES}
     keys = study.process_keys
     lines = [
         "| Method | Run | " + " | ".join(titles.get(k, k) for k in keys) + " |",
         "|---|---|" + "---:|" * len(keys),
     ]
     for run, r in study.runs.items():
-        if run == "base":
+        if not any(m.mean is not None for m in r.process.values()):
             continue
         cells = []
         for k in keys:
             m = r.process.get(k)
             if m is None or m.mean is None:
                 cells.append("n/a")
-            elif m.ci_low is None:
-                cells.append(f"{m.mean:.3f} (1 seed)")
             else:
-                cells.append(f"{format_ci(m.mean, m.ci_low, m.ci_high)} ({m.n_seeds} seeds)")
+                d = _process_decimals(k)
+                if m.ci_low is None or m.ci_high is None:
+                    cells.append(f"{m.mean:.{d}f} (1 seed)")
+                else:
+                    cells.append(f"{m.mean:.{d}f} [{m.ci_low:.{d}f}, {m.ci_high:.{d}f}] ({m.n_seeds} seeds)")
         lines.append(f"| {r.label} | `{run}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -395,9 +411,10 @@ def report_markdown(study: Study, generated: str, plotted: dict[str, dict[str, i
         "seed counts allow.",
         "",
         comparison_markdown(study),
-        "## Training process: mean over steps [95 % interval across seeds]",
+        "## Training process and held-out answers [95 % interval across seeds]",
         "",
-        f"Interval: {study.process_interval}. Shares and rewards as logged (0-1).",
+        f"Training measures: per seed the mean over its steps; held-out answers: per seed the mean over the "
+        f"benchmarks of its bench file. Interval: {study.process_interval}. Shares and rewards as logged (0-1).",
         "",
         process_markdown(study),
         "## Seed-to-seed spread",

@@ -55,7 +55,11 @@ PROCESS_KEYS = (
     "icpo/on_policy_groups_with_signal",
     "icpo/accept_rate",
     "actor/pg_clipfrac",
+    "response/clip_ratio",
 )
+# Held-out answers, per seed from its bench file (mean over the study's benchmarks), interval as the process ones:
+# the share of samples with no gradable answer (mostly cut at max_tokens on the embedded default) and their length.
+ANSWER_KEYS = ("bench/no_answer_rate", "bench/mean_tokens")
 PROCESS_INTERVAL = (
     "per seed the mean over its logged steps; across seeds the mean with a 95 % Student-t interval "
     "(mean ± t(0.975, seeds − 1) · sd / √seeds); n/a with one seed"
@@ -321,6 +325,30 @@ def process_measures(files: dict[str, Path]) -> dict[str, ProcessMeasure]:
     return out
 
 
+def answer_measures(insts: list[InstanceData], columns: list[str]) -> dict[str, ProcessMeasure]:
+    """Per ``ANSWER_KEYS`` key: each seed's mean over the ``columns`` benchmarks of its bench file's value
+    (``no_answer_rate``, ``mean_tokens``), and the t interval across the seeds that have it."""
+    out = {}
+    for key in ANSWER_KEYS:
+        field = key.split("/", 1)[1]
+        per_seed = {}
+        for inst in insts:
+            benches = (inst.bench or {}).get("benchmarks", {})
+            vals = [
+                float(m[field])
+                for c, m in benches.items()
+                if c in columns and isinstance(m.get(field), int | float) and math.isfinite(m[field])
+            ]
+            if vals:
+                per_seed[seed_key(inst.seed)] = sum(vals) / len(vals)
+        if not per_seed:
+            out[key] = ProcessMeasure()
+            continue
+        mean, lo, hi = stats.t_interval(list(per_seed.values()))
+        out[key] = ProcessMeasure(mean=mean, ci_low=lo, ci_high=hi, n_seeds=len(per_seed), per_seed=per_seed)
+    return out
+
+
 def _columns(params: Any, benches: list[dict[str, Any] | None]) -> list[str]:
     try:
         columns = [s.name for s in resolve_benchmarks(params.bench.benchmarks, params)]
@@ -363,7 +391,7 @@ def build_study(
             missing=[i.name for i in data[run] if not i.present],
             benchmarks=cells,
             average=_average_cell(run, raw[run], cells, columns, n_boot),
-            process=process_measures(files) if files else {},
+            process={**(process_measures(files) if files else {}), **answer_measures(data[run], columns)},
         )
     comparisons = {}
     for a, b, role in comparison_pairs(params, cfg):
@@ -400,6 +428,6 @@ def build_study(
         primary=_primary(params, raw, columns, n_boot, n_perm),
         regime=regime,
         regime_note=regime_note,
-        process_keys=list(PROCESS_KEYS),
+        process_keys=[*PROCESS_KEYS, *ANSWER_KEYS],
         process_interval=PROCESS_INTERVAL,
     )

@@ -39,6 +39,8 @@ def _write(root: Path, name: str, correct: np.ndarray, steps: list[dict] | None 
     (root / "metrics").mkdir(exist_ok=True)
     b = {
         "avg_at_n": float(correct.mean()),
+        "no_answer_rate": float(1.0 - correct.mean()) / 2,  # half the wrong samples gave no answer
+        "mean_tokens": 30.0 + 10.0 * float(correct.mean()),
         "n": 1,
         "n_problems": N_PROBLEMS,
         "sampling": {"n": 1, "temperature": 0},
@@ -224,12 +226,28 @@ def test_training_process_measures_with_t_intervals_across_seeds(project):
     assert study.runs["icpo_rs"].process["reward/on_policy"].mean is None  # no step log: n/a
     assert run_report(primary_params()) == 0
     md = (project / "reports/report.md").read_text()
-    assert "## Training process: mean over steps [95 % interval across seeds]" in md and "Student-t" in md
+    assert "## Training process and held-out answers [95 % interval across seeds]" in md and "Student-t" in md
     line = [x for x in md.splitlines() if x.startswith("| ICPO | `icpo` |") and "(3 seeds)" in x][0]
-    assert line.count("(3 seeds)") == 4
+    # 4 logged training measures + 2 held-out answer measures; the truncation share is not in these logs
+    assert line.count("(3 seeds)") == 6 and line.count("n/a") == 1
     assert [
-        x for x in md.splitlines() if x.startswith("| ICPO† | `icpo_rs` |") and "n/a | n/a | n/a | n/a" in x
+        x
+        for x in md.splitlines()
+        if x.startswith("| ICPO† | `icpo_rs` |") and "n/a | n/a | n/a | n/a | n/a |" in x and "(3 seeds)" in x
     ]
+
+
+def test_held_out_answer_measures_per_seed_from_the_bench_files(project):
+    study = build_study(primary_params(), n_boot=100, n_perm=100)
+    accuracy = {str(s): (7 if s == 2 else 6) / 10 for s in SEEDS}  # icpo's per-seed accuracy
+    no_answer = study.runs["icpo"].process["bench/no_answer_rate"]
+    assert no_answer.per_seed == pytest.approx({k: (1 - a) / 2 for k, a in accuracy.items()})
+    assert no_answer.n_seeds == 3 and no_answer.ci_low < no_answer.mean < no_answer.ci_high
+    tokens = study.runs["grpo"].process["bench/mean_tokens"]
+    assert tokens.per_seed == pytest.approx({str(s): 39.0 for s in SEEDS})
+    assert run_report(primary_params()) == 0
+    md = (project / "reports/report.md").read_text()
+    assert "Held-out samples with no answer" in md and "Held-out response tokens" in md
 
 
 def test_t_interval_matches_the_t_table():
