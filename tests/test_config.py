@@ -397,6 +397,11 @@ def test_primary_comparison_is_preregistered_in_params(raw):
     narrowed["study"] = {"runs": ["grpo", "icpo"]}
     assert parse_params(narrowed).study.primary is None
     assert parse_params(deep_merge(raw, {"study": {"primary": None}})).study.primary is None
+    listed = deep_merge(raw, {"study": {"primary": {"measure": ["synthetic_l0", "synthetic_l1"]}}})
+    assert parse_params(listed).study.primary.measure == ["synthetic_l0", "synthetic_l1"]
+    for bad in ([], ["avg", "synthetic_l0"]):
+        with pytest.raises(ValueError, match="a list names one or more benchmarks"):
+            parse_params(deep_merge(raw, {"study": {"primary": {"measure": bad}}}))
 
 
 def test_typed_defaults_are_params_yaml():

@@ -133,8 +133,9 @@ class PrimaryParams(_Section):
         "Do the in-context demonstrations, not the extra rollouts they come with, make ICPO's gain over GRPO?"
     )
     comparisons: list[RunPair] = [["icpo", "icpo_no_demos"], ["icpo", "grpo"]]
-    # avg: the held-out benchmark average (unweighted mean over the benchmarks), in points; or one benchmark name
-    measure: NonEmptyStr = "avg"
+    # avg: the held-out benchmark average (unweighted mean over bench.benchmarks), in points; one benchmark name;
+    # or a list of benchmark names (their unweighted mean: e.g. the greedy levels when sampled ones are benched too)
+    measure: NonEmptyStr | list[NonEmptyStr] = "avg"
     alpha: Float = Field(default=0.05, gt=0, lt=1)
     power: Float = Field(default=0.8, gt=0, lt=1)
 
@@ -143,6 +144,13 @@ class PrimaryParams(_Section):
     def _non_empty(cls, v: list[list[str]]) -> list[list[str]]:
         if not v:
             raise ValueError("needs at least one comparison [a, b]")
+        return v
+
+    @field_validator("measure")
+    @classmethod
+    def _measure(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and (not v or "avg" in v):
+            raise ValueError("a list names one or more benchmarks (not 'avg'); or write avg, or one benchmark name")
         return v
 
 

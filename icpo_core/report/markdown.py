@@ -88,6 +88,10 @@ def run_table_markdown(table: Table) -> str:
 
 
 # ------------------------------------------------------------------------------ primary comparison, regime
+def _measure_name(measure: str | list[str]) -> str:
+    return f"[{', '.join(measure)}]" if isinstance(measure, list) else measure
+
+
 def primary_markdown(study: Study) -> str:
     """The preregistered question, measure and decision rule, one row of numbers and ONE verdict line per
     comparison; then the exploration gap of the regime."""
@@ -95,11 +99,15 @@ def primary_markdown(study: Study) -> str:
     if pr is None:
         return "No primary comparison is preregistered (params `study.primary`).\n\n" + regime_markdown(study)
     conf = f"{100 * (1 - pr.alpha):g} %"
-    measure = MEASURES.get(pr.measure, f"the benchmark `{pr.measure}`, in points")
+    if isinstance(pr.measure, list):
+        names = ", ".join(f"`{m}`" for m in pr.measure)
+        measure = f"the unweighted mean over the benchmarks {names}, in points"
+    else:
+        measure = MEASURES.get(pr.measure, f"the benchmark `{pr.measure}`, in points")
     lines = [
         f"**Question.** {pr.question}",
         "",
-        f"**Measure.** `{pr.measure}`: {measure}. **Decision rule** (params `study.primary`, written before the "
+        f"**Measure.** `{_measure_name(pr.measure)}`: {measure}. **Decision rule** (params `study.primary`, written before the "
         f"runs): {pr.rule}.",
         "",
         f"| Comparison | Δ points [{conf} CI] | p (seeds) | p (problems) | MDE ({100 * pr.power:g} % power) | "
@@ -191,7 +199,9 @@ def comparison_markdown(study: Study) -> str:
     ``target_difference``-point difference would need. A CI that spans zero reads "not detectable at this size
     (MDE x points)" before its interval."""
     t = f"{study.method.target_difference:g}"
+    # the column whose rows are the primary comparison's own (a list measure has no column of its own)
     measure = AVERAGE if study.primary is None or study.primary.measure == "avg" else study.primary.measure
+    measure = None if isinstance(measure, list) else measure
     lines = [
         "| Comparison | Benchmark | Δ points [95 % CI] | p (problems) | p (seeds) | Seeds A / B | Problems | "
         f"MDE (80 % power) | Seeds for ±{t} |",

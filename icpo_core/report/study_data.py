@@ -242,7 +242,7 @@ class Primary(_Model):
     """``study.primary`` as it was preregistered, and its comparisons' results."""
 
     question: str
-    measure: str
+    measure: str | list[str]
     alpha: float
     power: float
     rule: str

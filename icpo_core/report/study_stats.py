@@ -256,19 +256,29 @@ def decision_rule(alpha: float, power: float) -> str:
     )
 
 
+def measure_columns(measure: str | list[str], columns: list[str]) -> tuple[str, list[str]]:
+    """``study.primary.measure`` as (column, the benchmarks it averages): ``avg`` is the mean over every benchmark
+    column, a list the mean over its benchmarks (both the ``AVERAGE`` column), a name that one benchmark."""
+    if isinstance(measure, list):
+        return AVERAGE, list(measure)
+    if measure == "avg":
+        return AVERAGE, list(columns)
+    return measure, [measure]
+
+
 def _primary(
     params: Any, raw: dict[str, dict[str, Raw]], columns: list[str], n_boot: int, n_perm: int
 ) -> Primary | None:
     spec = getattr(params.study, "primary", None)
     if spec is None:
         return None
-    col = AVERAGE if spec.measure == "avg" else spec.measure
+    col, cols = measure_columns(spec.measure, columns)
     results = []
     for a, b in spec.comparisons:
-        if a not in raw or b not in raw or (col != AVERAGE and col not in columns):
+        if a not in raw or b not in raw or any(c not in columns for c in cols):
             results.append(PrimaryResult(a=a, b=b, verdict="n/a", verdict_text="n/a: not in this report"))
             continue
-        cmp, pw = paired(raw[a], raw[b], a, b, col, columns, n_boot, n_perm, 1.0 - spec.alpha)
+        cmp, pw = paired(raw[a], raw[b], a, b, col, cols, n_boot, n_perm, 1.0 - spec.alpha)
         diff = Diff.of(cmp)
         mde = pw.mde_at(spec.alpha, spec.power) if pw is not None else None
         known = bool(pw is not None and pw.seed_variance_known)

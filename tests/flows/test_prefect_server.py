@@ -55,3 +55,20 @@ def test_serve_entry_point_builds_the_same_deployments():
     study = deployments["study-weekly"]
     assert [s.schedule.cron for s in study.schedules] == ["0 4 * * 3"]
     assert "seeds=[0,1,2,3,4,5,6,7]" in study.parameters["overrides"]
+
+
+def test_study_weekly_overrides_make_valid_params_with_sampled_benchmarks():
+    """The weekly study's overrides, applied to params.yaml as `dvc exp run -S` would: valid params, sampled
+    avg@4 benchmarks that the registry resolves beside the greedy ones, and the preregistered measure on the
+    greedy levels only."""
+    from flows.serve import load_deployment_specs
+    from icpo_core.bench.registry import resolve_benchmarks
+    from icpo_core.config.params import load_params
+
+    spec = next(s for s in load_deployment_specs() if s["name"] == "study-weekly")
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml", spec["parameters"]["overrides"])
+    assert params.seeds == list(range(8)) and params.study.ablation_seeds == [0, 1, 2, 3]
+    assert params.study.primary.measure == ["synthetic_l0", "synthetic_l1"]
+    specs = {s.name: s for s in resolve_benchmarks(params.bench.benchmarks, params)}
+    assert set(specs) == {"synthetic_l0", "synthetic_l1", "synthetic_l0_avg4", "synthetic_l1_avg4"}
+    assert specs["synthetic_l0_avg4"].sampling.n == 4 and specs["synthetic_l0"].sampling.n == 1

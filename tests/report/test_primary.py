@@ -15,8 +15,8 @@ from icpo_core.report.labels import LUFFY_INFORMATION
 from icpo_core.report.markdown import primary_markdown, regime_markdown
 from icpo_core.report.mlflow_runs import primary_tags, study_metrics
 from icpo_core.report.stats import t_interval, t_quantile
-from icpo_core.report.study_data import Diff, Study
-from icpo_core.report.study_stats import build_study, format_mde, verdict
+from icpo_core.report.study_data import AVERAGE, Diff, Study
+from icpo_core.report.study_stats import build_study, format_mde, measure_columns, verdict
 
 BENCH = "synthetic_l0"
 N_PROBLEMS = 40
@@ -258,3 +258,20 @@ def test_t_interval_matches_the_t_table():
     assert t_interval([1.0]) == (1.0, None, None)
     mean, lo, hi = t_interval([1.0, 3.0])
     assert mean == 2.0 and hi - mean == pytest.approx(12.706 * np.sqrt(2) / np.sqrt(2), abs=1e-3)
+
+
+def test_a_list_measure_averages_its_benchmarks_only(project):
+    """``measure: [names]``: the mean over those benchmarks (e.g. the greedy levels when sampled ones are benched
+    too); a named benchmark the report has not got gives n/a, not a verdict on something else."""
+    assert measure_columns("avg", ["l0", "l1", "l0_avg4"]) == (AVERAGE, ["l0", "l1", "l0_avg4"])
+    assert measure_columns(["l0", "l1"], ["l0", "l1", "l0_avg4"]) == (AVERAGE, ["l0", "l1"])
+    assert measure_columns("l1", ["l0", "l1"]) == ("l1", ["l1"])
+    avg = build_study(primary_params(), n_boot=200, n_perm=200).primary
+    listed = build_study(primary_params(measure=[BENCH]), n_boot=200, n_perm=200).primary
+    assert listed.measure == [BENCH]
+    assert [r.diff for r in listed.comparisons] == [r.diff for r in avg.comparisons]  # one benchmark: its mean
+    absent = build_study(primary_params(measure=[BENCH, "synthetic_l1"]), n_boot=200, n_perm=200).primary
+    assert {r.verdict for r in absent.comparisons} == {"n/a"}
+    assert run_report(primary_params(measure=[BENCH])) == 0
+    md = (project / "reports/report.md").read_text()
+    assert f"**Measure.** `[{BENCH}]`: the unweighted mean over the benchmarks `{BENCH}`, in points" in md
