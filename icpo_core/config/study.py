@@ -150,7 +150,9 @@ class PrimaryParams(_Section):
     @classmethod
     def _measure(cls, v: str | list[str]) -> str | list[str]:
         if isinstance(v, list) and (not v or "avg" in v):
-            raise ValueError("a list names one or more benchmarks (not 'avg'); or write avg, or one benchmark name")
+            raise ValueError(
+                "a list names one or more benchmarks (not 'avg'); or write avg, or one benchmark name"
+            )
         return v
 
 

@@ -92,6 +92,31 @@ def _measure_name(measure: str | list[str]) -> str:
     return f"[{', '.join(measure)}]" if isinstance(measure, list) else measure
 
 
+def machines_markdown(study: Study) -> str:
+    """Where the runs trained, and what that means for the verdict: bf16 kernels differ between machine kinds and
+    change the trajectories, so a verdict is only shown to hold on the kinds named here."""
+    n = sum(len(v) for v in study.machines.values())
+    parts = [f"{k}: {len(v)} run(s)" for k, v in study.machines.items()]
+    if len(study.machines) == 1:
+        text = (
+            f"**Machine.** All {n} trained runs ran on one machine kind, {parts[0].rsplit(':', 1)[0]}. The verdict "
+            "is not checked on another kind: CPUs and GPUs differ in their bf16 kernels, which change the "
+            "trajectories at the same seeds; rerun the study there to check it."
+        )
+    elif study.machines:
+        text = (
+            f"**Machines.** The trained runs ran on {len(study.machines)} machine kinds ({'; '.join(parts)}); the "
+            "verdict pools them. It is not shown to hold on each kind alone."
+        )
+    else:
+        text = "**Machine.** Not recorded: no train summary of this study names its machine."
+    if study.machines_unrecorded:
+        text += (
+            f" Not recorded for {len(study.machines_unrecorded)} run(s) (their train summary predates it)."
+        )
+    return text + "\n"
+
+
 def primary_markdown(study: Study) -> str:
     """The preregistered question, measure and decision rule, one row of numbers and ONE verdict line per
     comparison; then the exploration gap of the regime."""
@@ -127,6 +152,7 @@ def primary_markdown(study: Study) -> str:
         )
     lines.append("")
     lines += [f"- Verdict, {_pair_name(study, r.a, r.b)}: **{r.verdict_text}**" for r in pr.comparisons]
+    lines += ["", machines_markdown(study)]
     lines += [
         "",
         f"CI: the two-level bootstrap over seeds and problems ({study.method.n_boot} replicates, paired over "

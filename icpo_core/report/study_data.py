@@ -326,6 +326,10 @@ class Study(_Model):
     regime_note: str = ""  # where the regime came from, or why there is none
     process_keys: list[str] = []
     process_interval: str = ""
+    # machine kind (icpo_core.machine.kind) -> the instances that trained on it; instances whose train summary
+    # names no machine
+    machines: dict[str, list[str]] = {}
+    machines_unrecorded: list[str] = []
 
     @model_validator(mode="after")
     def _ordered(self) -> Study:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from icpo_core import paths
+from icpo_core import machine, paths
 from icpo_core.bench.registry import resolve_benchmarks
 from icpo_core.report import stats
 from icpo_core.report.curves import read_steps
@@ -359,6 +359,23 @@ def answer_measures(insts: list[InstanceData], columns: list[str]) -> dict[str, 
     return out
 
 
+def training_machines(instances: list[str], metrics_dir: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """(machine kind -> instances, instances with a train summary that names no machine), from
+    ``metrics/train_<instance>.json``; instances without a summary are left out."""
+    kinds: dict[str, list[str]] = {}
+    unrecorded = []
+    for name in instances:
+        summary = read_json(metrics_dir / f"train_{name}.json")
+        if summary is None:
+            continue
+        label = machine.kind(summary.get("machine"))
+        if label is None:
+            unrecorded.append(name)
+        else:
+            kinds.setdefault(label, []).append(name)
+    return kinds, unrecorded
+
+
 def _columns(params: Any, benches: list[dict[str, Any] | None]) -> list[str]:
     try:
         columns = [s.name for s in resolve_benchmarks(params.bench.benchmarks, params)]
@@ -415,6 +432,8 @@ def build_study(
             pair.power[c] = pw
         comparisons[f"{a}-{b}"] = pair
     regime, regime_note = _regime(metrics_dir)
+    trained = [name for run, r in run_data.items() if run != "base" for name in r.instances.values()]
+    machines, unrecorded = training_machines(trained, metrics_dir)
     return Study(
         profile=str(getattr(params, "profile", "")),
         method=Method(
@@ -439,5 +458,7 @@ def build_study(
         regime=regime,
         regime_note=regime_note,
         process_keys=[*PROCESS_KEYS, *ANSWER_KEYS],
+        machines=machines,
+        machines_unrecorded=unrecorded,
         process_interval=PROCESS_INTERVAL,
     )

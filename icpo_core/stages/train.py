@@ -16,6 +16,7 @@ from icpo_core.engines import verl as verl_engine
 from icpo_core.engines.local.trainer import train_local
 from icpo_core.errors import UserError
 from icpo_core.io_utils import atomic_write_json
+from icpo_core.machine import machine
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         if rc == 0 and not summary_path.exists():
             # DVC declares the summary as an output; verl's own metrics are in MLflow.
             atomic_write_json(
-                summary_path, {"run": args.run, "instance": name, "engine": "verl", "returncode": rc}
+                summary_path,
+                {"run": args.run, "instance": name, "engine": "verl", "returncode": rc, "machine": machine()},
             )
         return rc
     summary = train_local(params, args.run, progress=not args.no_progress, instance=instance)

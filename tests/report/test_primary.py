@@ -269,9 +269,34 @@ def test_a_list_measure_averages_its_benchmarks_only(project):
     avg = build_study(primary_params(), n_boot=200, n_perm=200).primary
     listed = build_study(primary_params(measure=[BENCH]), n_boot=200, n_perm=200).primary
     assert listed.measure == [BENCH]
-    assert [r.diff for r in listed.comparisons] == [r.diff for r in avg.comparisons]  # one benchmark: its mean
+    assert [r.diff for r in listed.comparisons] == [
+        r.diff for r in avg.comparisons
+    ]  # one benchmark: its mean
     absent = build_study(primary_params(measure=[BENCH, "synthetic_l1"]), n_boot=200, n_perm=200).primary
     assert {r.verdict for r in absent.comparisons} == {"n/a"}
     assert run_report(primary_params(measure=[BENCH])) == 0
     md = (project / "reports/report.md").read_text()
     assert f"**Measure.** `[{BENCH}]`: the unweighted mean over the benchmarks `{BENCH}`, in points" in md
+
+
+def test_the_report_names_the_machine_kinds_the_runs_trained_on(project):
+    """A verdict holds for the machine kinds its runs trained on (bf16 kernels differ): one kind is named and
+    not claimed for others; mixed kinds are counted; summaries without a machine are reported as such."""
+    amx = {"cpu": "Example CPU A", "cores": 2, "cpu_bf16": "amx", "gpu": None}
+    avx = {"cpu": "Example CPU B", "cores": 2, "cpu_bf16": "none", "gpu": None}
+    instances = [f"{r}_s{s}" for r in ("grpo", "icpo", "icpo_no_demos", "icpo_rs") for s in SEEDS]
+    for name in instances:
+        (project / "metrics" / f"train_{name}.json").write_text(json.dumps({"instance": name, "machine": amx}))
+    study = build_study(primary_params(), n_boot=100, n_perm=100)
+    assert list(study.machines) == ["Example CPU A (2 cores, bf16: amx)"]
+    assert sorted(study.machines["Example CPU A (2 cores, bf16: amx)"]) == sorted(instances)
+    text = primary_markdown(study)
+    assert f"All {len(instances)} trained runs ran on one machine kind, Example CPU A" in text
+    assert "not checked on another kind" in text
+    (project / "metrics" / "train_grpo_s0.json").write_text(json.dumps({"machine": avx}))
+    (project / "metrics" / "train_grpo_s1.json").write_text(json.dumps({"instance": "grpo_s1"}))
+    study = build_study(primary_params(), n_boot=100, n_perm=100)
+    assert study.machines["Example CPU B (2 cores, bf16: none)"] == ["grpo_s0"]
+    assert study.machines_unrecorded == ["grpo_s1"]
+    text = primary_markdown(study)
+    assert "ran on 2 machine kinds" in text and "Not recorded for 1 run(s)" in text

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from icpo_core import checkpoint_layout as layout
-from icpo_core import paths, steplog, tracking
+from icpo_core import machine, paths, steplog, tracking
 from icpo_core.algorithm import (
     StepMetrics,
 )
@@ -242,6 +242,7 @@ class LocalTrainer(LocalStepper):
             "method": self.algo.method,
             "engine": "local",
             "device": self.device.type,
+            "machine": machine.machine(),  # the report names the machine kinds a study trained on
             "rollout_backend": self.rollout_backend_used,
             "lora": self.train_cfg.lora.enabled,
             "trainable_params": sum(p.numel() for p in lora.trainable_parameters(self.model)),

@@ -121,6 +121,8 @@ def test_lora_run_resumes_to_the_same_result(tiny_project):
     root_b, params_b = tiny_project("b", train=train)
     full = train_local(params_a, "icpo", root=root_a, reward_fn=parity_reward, progress=False)
     assert full["lora"] is True and full["trainable_params"] > 0
+    assert full["machine"]["cores"] >= 1 and full["machine"]["cpu_bf16"] in {"amx", "avx512_bf16", "none"}
+    assert json.loads((root_a / "metrics" / "train_icpo.json").read_text())["machine"] == full["machine"]
     first = train_local(params_b, "icpo", root=root_b, reward_fn=parity_reward, progress=False, stop_after=2)
     assert first["steps"] == 2
     second = train_local(params_b, "icpo", root=root_b, reward_fn=parity_reward, progress=False)
