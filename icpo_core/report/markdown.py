@@ -109,7 +109,10 @@ def machines_markdown(study: Study) -> str:
             "verdict pools them. It is not shown to hold on each kind alone."
         )
     else:
-        text = "**Machine.** Not recorded: no train summary of this study names its machine."
+        text = "**Machine.** Not recorded: no train summary of this study names its machine"
+        if study.machines_unrecorded:
+            text += f" ({len(study.machines_unrecorded)} run(s) trained before summaries recorded it)"
+        return text + ". The verdict is not checked on more than one machine kind.\n"
     if study.machines_unrecorded:
         text += (
             f" Not recorded for {len(study.machines_unrecorded)} run(s) (their train summary predates it)."
