@@ -187,3 +187,5 @@ def test_luffy_and_reward_controls_launch_on_verl(tmp_path, monkeypatch):
         ("grpo_format_reward", "ief", "format", "grpo_format_reward_s1"),
     ]
     assert (root / "metrics" / "train_luffy_s1.json").is_file()  # the DVC output of a verl run
+    verl_summary = json.loads((root / "metrics" / "train_luffy_s1.json").read_text())
+    assert verl_summary["engine"] == "verl" and verl_summary["machine"]["cores"] >= 1  # the report names it
