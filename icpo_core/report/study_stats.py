@@ -314,6 +314,14 @@ def _regime(metrics_dir: Path) -> tuple[Regime | None, str]:
         return None, f"`{paths.METRICS_DIR.name}/{REGIME_FILE}` has an unexpected shape ({msg[:200]})."
 
 
+def over_seeds(per_seed: dict[str, float]) -> ProcessMeasure:
+    """The per-seed values' mean with its Student-t interval across seeds (an empty measure without seeds)."""
+    if not per_seed:
+        return ProcessMeasure()
+    mean, lo, hi = stats.t_interval(list(per_seed.values()))
+    return ProcessMeasure(mean=mean, ci_low=lo, ci_high=hi, n_seeds=len(per_seed), per_seed=per_seed)
+
+
 def process_measures(files: dict[str, Path]) -> dict[str, ProcessMeasure]:
     """Per ``PROCESS_KEYS`` key: each seed's mean over its finite logged values, and the t interval across the
     seeds that logged the key. ``files``: seed -> step log."""
@@ -327,11 +335,7 @@ def process_measures(files: dict[str, Path]) -> dict[str, ProcessMeasure]:
             ]
             if vals:
                 per_seed[seed] = sum(vals) / len(vals)
-        if not per_seed:
-            out[key] = ProcessMeasure()
-            continue
-        mean, lo, hi = stats.t_interval(list(per_seed.values()))
-        out[key] = ProcessMeasure(mean=mean, ci_low=lo, ci_high=hi, n_seeds=len(per_seed), per_seed=per_seed)
+        out[key] = over_seeds(per_seed)
     return out
 
 
@@ -351,11 +355,7 @@ def answer_measures(insts: list[InstanceData], columns: list[str]) -> dict[str, 
             ]
             if vals:
                 per_seed[seed_key(inst.seed)] = sum(vals) / len(vals)
-        if not per_seed:
-            out[key] = ProcessMeasure()
-            continue
-        mean, lo, hi = stats.t_interval(list(per_seed.values()))
-        out[key] = ProcessMeasure(mean=mean, ci_low=lo, ci_high=hi, n_seeds=len(per_seed), per_seed=per_seed)
+        out[key] = over_seeds(per_seed)
     return out
 
 
