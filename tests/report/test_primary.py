@@ -286,7 +286,9 @@ def test_the_report_names_the_machine_kinds_the_runs_trained_on(project):
     avx = {"cpu": "Example CPU B", "cores": 2, "cpu_bf16": "none", "gpu": None}
     instances = [f"{r}_s{s}" for r in ("grpo", "icpo", "icpo_no_demos", "icpo_rs") for s in SEEDS]
     for name in instances:
-        (project / "metrics" / f"train_{name}.json").write_text(json.dumps({"instance": name, "machine": amx}))
+        (project / "metrics" / f"train_{name}.json").write_text(
+            json.dumps({"instance": name, "machine": amx})
+        )
     study = build_study(primary_params(), n_boot=100, n_perm=100)
     assert list(study.machines) == ["Example CPU A (2 cores, bf16: amx)"]
     assert sorted(study.machines["Example CPU A (2 cores, bf16: amx)"]) == sorted(instances)

@@ -342,12 +342,14 @@ def test_old_log_probs_equal_local_trainer(actor, tokenizer, train_parquet, demo
     torch.testing.assert_close(verl_lp[mask], local_lp[mask], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "grpo_verl_loss", "icpo", "luffy"])
+@pytest.mark.parametrize(
+    "algorithm", ["grpo", "grpo_verl_loss", "grpo_shuffled_reward", "icpo", "icpo_no_demos", "luffy"]
+)
 def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_parquet, algorithm):
     """From the same weights and rows, one verl ``update_actor`` and one local ``LocalTrainer.update`` move every
-    parameter by the same amount (atol 1e-7 on steps of up to ~1e-3: float32 summation order): GRPO, ICPO
-    (accepted IEF rows in the batch) and LUFFY (expert-trace rows flagged off-policy, no PPO clip on the rollouts:
-    ``clip_on_policy: false``) with the project's loss installed by ``set_loss_fn`` as on every verl run, and GRPO
+    parameter by the same amount (atol 1e-7 on steps of up to ~1e-3: float32 summation order): GRPO and its
+    shuffled-reward control, ICPO and ICPO without demos (accepted IEF rows in the batch) and LUFFY (expert-trace
+    rows flagged off-policy, no PPO clip on the rollouts: ``clip_on_policy: false``) with the project's loss installed by ``set_loss_fn`` as on every verl run, and GRPO
     with verl's stock loss too."""
     from functools import partial
 
@@ -358,7 +360,7 @@ def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_p
     from icpo_core.engines.verl.trainer import make_actor_loss
 
     worker, cfg, model_dir = actor
-    n_off = {"grpo": 0, "grpo_verl_loss": 0, "icpo": N_OFF, "luffy": 1}[algorithm]
+    n_off = {"icpo": N_OFF, "icpo_no_demos": N_OFF, "luffy": 1}.get(algorithm, 0)
     trainer = _local_trainer(worker, model_dir, n_off, run=algorithm.removesuffix("_verl_loss"))
     if algorithm == "luffy":
         batch = _luffy_batch(tokenizer, train_parquet, trainer.model)
@@ -366,7 +368,7 @@ def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_p
         assert flag.tolist() == [False, False, False, True] * 2  # n_on - n_off rollouts, then the trace
         assert trainer.algo.off_policy == "expert_trace" and not trainer.algo.clip_on_policy
         worker.set_loss_fn(make_actor_loss(OmegaConf.merge(cfg, {"icpo": LUFFY_ICPO})))
-    elif algorithm == "icpo":
+    elif algorithm in ("icpo", "icpo_no_demos"):  # the same loss; the rows' prompts differ before the update
         batch, _ = _icpo_batch(tokenizer, train_parquet, demos_parquet, trainer.model)
         assert 0 < int(batch.batch["icpo_ief"].sum()) < len(batch)
         worker.set_loss_fn(make_actor_loss(cfg))
@@ -376,7 +378,7 @@ def test_one_update_equals_local_engine(actor, tokenizer, train_parquet, demos_p
             cfg,
             {"icpo": {"n_off": 0}, "actor_rollout_ref": {"actor": {"policy_loss": {"loss_mode": "vanilla"}}}},
         )
-        if algorithm == "grpo":  # what RayICPOTrainer installs on a GRPO run (no icpo_ief flag in the batch)
+        if algorithm != "grpo_verl_loss":  # what RayICPOTrainer installs on a GRPO run (no icpo_ief flag)
             worker.set_loss_fn(make_actor_loss(grpo_cfg))
         else:  # verl's own GRPO loss
             worker.set_loss_fn(
