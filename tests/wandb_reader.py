@@ -1,6 +1,7 @@
 """Read an offline wandb run folder back: the records of its ``run-<id>.wandb`` file (wandb's transaction log:
 a ``:W&B`` header, then LevelDB-log blocks of 32 KiB whose records hold ``wandb_internal_pb2.Record`` messages).
-wandb 0.31 ships no Python reader of its own (its core is a Go binary), so this is the format, read directly."""
+wandb 0.31 ships no Python reader of its own (its core is a Go binary), so this is the format, read directly.
+Also the wandb tests' shared autouse fixture :func:`fresh_wandb`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 _BLOCK = 32 * 1024
 _HEADER = 7  # the file header (":W&B", magic, version) and each record header (crc32, length, type)
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+@pytest.fixture(autouse=True)
+def fresh_wandb():
+    """Each test starts and ends with no wandb run and no wandb service in this process: wandb's process-wide
+    state (the current run, the service connection) would otherwise carry one test's run into the next. Autouse
+    in every test module that imports it."""
+    import wandb
+
+    def reset() -> None:
+        if wandb.run is not None:
+            wandb.finish()
+        wandb.teardown()
+
+    reset()
+    yield
+    reset()
 
 
 def records(path: Path) -> list[Any]:

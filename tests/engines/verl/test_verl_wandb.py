@@ -10,29 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from wandb_reader import config_values, metric_steps, offline_runs, read_run
+from wandb_reader import config_values, fresh_wandb, metric_steps, offline_runs, read_run  # noqa: F401
 
 from icpo_core import tracking
 from icpo_core.config import parse_params
 from icpo_core.engines.verl import job
 from icpo_core.engines.verl import overrides as ov
-
-
-@pytest.fixture(autouse=True)
-def _fresh_wandb():
-    """Each test starts and ends with no wandb run and no wandb service in this process: wandb's process-wide
-    state (the current run, the service connection) would otherwise carry one test's run into the next."""
-    import wandb
-
-    def reset() -> None:
-        if wandb.run is not None:
-            wandb.finish()
-        wandb.teardown()
-
-    reset()
-    yield
-    reset()
-
 
 REPO = Path(__file__).resolve().parents[3]
 
