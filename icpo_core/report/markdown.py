@@ -99,7 +99,7 @@ def machines_markdown(study: Study) -> str:
     parts = [f"{k}: {len(v)} run(s)" for k, v in study.machines.items()]
     if len(study.machines) == 1:
         text = (
-            f"**Machine.** All {n} trained runs ran on one machine kind, {parts[0].rsplit(':', 1)[0]}. The verdict "
+            f"**Machine.** All {n} trained runs ran on one machine kind, {next(iter(study.machines))}. The verdict "
             "is not checked on another kind: CPUs and GPUs differ in their bf16 kernels, which change the "
             "trajectories at the same seeds; rerun the study there to check it."
         )

@@ -22,8 +22,6 @@ from icpo_core.errors import UserError
 from icpo_core.io_utils import atomic_write_json
 
 log = logging.getLogger(__name__)
-# MLflow logs a store write failure (a full disk) with the driver's traceback; the stage reports it in one line
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

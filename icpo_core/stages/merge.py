@@ -30,8 +30,6 @@ from icpo_core.errors import DataError, UserError
 from icpo_core.io_utils import atomic_path, check_free_space, disk_full_error, is_disk_full
 
 log = logging.getLogger(__name__)
-# MLflow logs a store write failure (a full disk) with the driver's traceback; the stage reports it in one line
-logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

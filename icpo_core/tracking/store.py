@@ -68,7 +68,10 @@ def ensure_experiment(client: Any, name: str, uri: str, root: str | Path = ".") 
 
 def mlflow_client(uri: str) -> Any:
     """An ``MlflowClient`` for ``uri``, the one way the project opens a tracking store: short HTTP retries
-    (:func:`_prepare_http_env`) and a new SQLite store created whole (:func:`create_sqlite_store`)."""
+    (:func:`_prepare_http_env`) and a new SQLite store created whole (:func:`create_sqlite_store`). MLflow's own
+    log of a store write failure (a full disk: the driver's whole traceback) is silenced: every caller reports
+    a store error in one line and goes on."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     _prepare_http_env(uri)
     create_sqlite_store(uri)
     from mlflow.tracking import MlflowClient
